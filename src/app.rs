@@ -1,0 +1,244 @@
+//! Wiring: load the policy, register metrics, bind both listeners, spawn the tasks. An [`App`]
+//! reports the addresses it bound (port 0 works), which is what tests and the demo use.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Uri;
+use http::uri::Scheme;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::metrics::Metrics;
+use crate::policy::store::PolicyStore;
+use crate::policy::{self, Policy, PolicyError};
+use crate::proxy::{self, ServerLimits, Shared, Upstream, UpstreamSettings};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the policy comes from.
+    pub policy: PolicySource,
+    /// `http://host:port` of the service the guard protects.
+    pub upstream: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub server: ServerLimits,
+    pub upstream_settings: UpstreamSettings,
+    /// Longest pause between two frames of a request body (408 after).
+    pub body_idle_timeout: Duration,
+    /// How long in-flight requests may take to finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// A policy file, or policy text already in memory (the demo's embedded default).
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    File(PathBuf),
+    Text { name: String, text: String },
+}
+
+impl PolicySource {
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        match self {
+            PolicySource::File(path) => policy::load(path),
+            PolicySource::Text { name, text } => policy::parse(text, name),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for everything but the policy and the upstream; both listeners on port 0 of
+    /// loopback, as tests want.
+    pub fn new(policy: PolicySource, upstream: impl Into<String>) -> Config {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            policy,
+            upstream: upstream.into(),
+            listen: loopback,
+            admin: loopback,
+            server: ServerLimits::default(),
+            upstream_settings: UpstreamSettings::default(),
+            body_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("upstream {url:?}: {reason}")]
+    Upstream { url: String, reason: &'static str },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl StartError {
+    /// True when the cause is bad input (policy, upstream URL) rather than the environment.
+    pub fn is_input(&self) -> bool {
+        matches!(self, StartError::Policy(_) | StartError::Upstream { .. })
+    }
+}
+
+/// Parses `--upstream`: plain `http://host:port`, nothing else.
+pub fn parse_upstream(url: &str) -> Result<Upstream, StartError> {
+    let err = |reason| StartError::Upstream {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| err("not a URL; write http://host:port"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(err(
+            "only http:// upstreams are supported (the guard is a sidecar on the same host)",
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| err("missing host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(err(
+            "must not have a path or query; requests keep their own path",
+        ));
+    }
+    Ok(Upstream {
+        scheme: Scheme::HTTP,
+        authority,
+    })
+}
+
+pub struct App {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin: Arc<Admin>,
+    shutdown: watch::Sender<bool>,
+    proxy: JoinHandle<bool>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    pub async fn start(cfg: Config) -> Result<App, StartError> {
+        let policy = cfg.policy.load()?;
+        let upstream = parse_upstream(&cfg.upstream)?;
+        let registry = Registry::new();
+        let metrics = Arc::new(Metrics::register(&registry)?);
+        for w in &policy.warnings {
+            tracing::warn!("{}: {w}", policy.source);
+        }
+        let shared = Arc::new(Shared {
+            policy: PolicyStore::new(policy, &metrics),
+            metrics,
+            upstream,
+            body_idle_timeout: cfg.body_idle_timeout,
+            key_hasher: std::hash::RandomState::new(),
+        });
+
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let proxy_listener = bind(cfg.listen).await?;
+        let admin_listener = bind(cfg.admin).await?;
+        let local = |l: &TcpListener, addr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let proxy_addr = local(&proxy_listener, cfg.listen)?;
+        let admin_addr = local(&admin_listener, cfg.admin)?;
+
+        let (shutdown, rx) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            registry,
+            shared: shared.clone(),
+            ready: false.into(),
+        });
+        let client = proxy::upstream_client(&cfg.upstream_settings);
+        let proxy = tokio::spawn(proxy::serve(
+            proxy_listener,
+            shared.clone(),
+            client,
+            cfg.server.clone(),
+            rx.clone(),
+            cfg.drain_timeout,
+        ));
+        let background = vec![
+            tokio::spawn(admin::serve(admin_listener, admin.clone(), rx)),
+            tokio::spawn(evict_idle_keys(shared)),
+        ];
+        admin.ready.store(true, Ordering::Relaxed);
+        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream, "verbosity-guard listening");
+        Ok(App {
+            proxy_addr,
+            admin_addr,
+            admin,
+            shutdown,
+            proxy,
+            background,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.admin.registry
+    }
+
+    /// Stops accepting, marks the guard unready, lets in-flight requests finish (up to the
+    /// drain timeout), then stops the admin listener. Returns false if the drain timed out.
+    pub async fn shutdown(self) -> bool {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let drained = self.proxy.await.unwrap_or(false);
+        for task in &self.background {
+            task.abort();
+        }
+        drained
+    }
+}
+
+/// Evicts idle client keys on the policy's interval and publishes the tracked-key gauges. The
+/// pass walks every key, so it runs on the blocking pool, off the request workers.
+async fn evict_idle_keys(shared: Arc<Shared>) {
+    loop {
+        let interval = shared.policy.load().policy.limits.key_eviction_interval;
+        tokio::time::sleep(interval).await;
+        let shared = shared.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let snap = shared.policy.load();
+            for route in snap.policy.routes() {
+                for (kind, budget) in route.payload.keyed() {
+                    let n = budget.evict_idle();
+                    shared
+                        .metrics
+                        .tracked_keys
+                        .with_label_values(&[route.name.as_str(), kind.as_str()])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        });
+        let _ = pass.await;
+    }
+}

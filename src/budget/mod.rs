@@ -1,0 +1,230 @@
+//! Rate budgets: governor GCRA limiters behind a small API with named outcomes.
+//!
+//! A [`Budget`] is route-wide; a [`KeyedBudget`] keeps one GCRA state per client key in a
+//! [`KeyStore`] with a hard cap. Both are generic over governor's `Clock`, so tests and offline
+//! simulation drive them with a fake clock and never sleep.
+//!
+//! Governor counts in `u32` cells and its refill interval floors at 1 ns, so byte budgets charge
+//! in cells of `unit` bytes: the smallest power of two that keeps the refill at or below one
+//! million cells per second and the burst within `u32`. A charge rounds up to whole cells, so
+//! it over-counts by less than one unit per request (1 byte for rates up to ~1 MB/s).
+
+mod store;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{InsufficientCapacity, NotUntil, RateLimiter};
+
+pub use store::KeyStore;
+
+/// Which of a route's four budgets a decision concerns. The names are metric labels and appear
+/// in rejection bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetKind {
+    RouteRequests,
+    RouteBytes,
+    ClientRequests,
+    ClientBytes,
+}
+
+impl BudgetKind {
+    pub const ALL: [BudgetKind; 4] = [
+        BudgetKind::RouteRequests,
+        BudgetKind::RouteBytes,
+        BudgetKind::ClientRequests,
+        BudgetKind::ClientBytes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetKind::RouteRequests => "route_requests",
+            BudgetKind::RouteBytes => "route_bytes",
+            BudgetKind::ClientRequests => "client_requests",
+            BudgetKind::ClientBytes => "client_bytes",
+        }
+    }
+
+    pub fn is_bytes(self) -> bool {
+        matches!(self, BudgetKind::RouteBytes | BudgetKind::ClientBytes)
+    }
+}
+
+/// The outcome of charging a budget. Each maps to exactly one response: forward, 429 with
+/// `Retry-After`, 413, or (keyed only) forward under the route-wide budgets alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Over budget now; this much later the same charge would fit.
+    RetryAfter(Duration),
+    /// The charge is larger than the burst and can never fit.
+    NeverFits,
+    /// The key store is full and this key is not in it: the keyed budget was not applied.
+    Untracked,
+}
+
+/// A sustained rate with a burst, in requests or bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Quota {
+    /// Units (requests or bytes) replenished every `per`.
+    pub amount: u64,
+    #[serde(serialize_with = "serialize_secs")]
+    pub per: Duration,
+    /// Units available at once.
+    pub burst: u64,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Most cells per second a budget refills; keeps the refill interval at ≥ 1 µs so the 1 ns
+/// floor never distorts the rate by more than 0.1%.
+const MAX_CELLS_PER_SEC: u128 = 1_000_000;
+
+/// A [`Quota`] translated to governor cells.
+#[derive(Debug, Clone, Copy)]
+struct Cells {
+    unit: u64,
+    quota: governor::Quota,
+}
+
+impl Cells {
+    fn new(q: Quota) -> Cells {
+        let per_ns = q.per.as_nanos().max(1);
+        let amount = u128::from(q.amount.max(1));
+        let burst = u128::from(q.burst.max(1));
+        let mut unit: u128 = 1;
+        while amount * 1_000_000_000 / per_ns / unit > MAX_CELLS_PER_SEC
+            || burst.div_ceil(unit) > u128::from(u32::MAX)
+        {
+            unit *= 2;
+        }
+        let period_ns = (per_ns * unit / amount).clamp(1, u128::from(u64::MAX));
+        let burst_cells = burst.div_ceil(unit).clamp(1, u128::from(u32::MAX));
+        // Both conversions are in range by the clamps above.
+        let period = Duration::from_nanos(period_ns as u64);
+        let burst_cells = NonZeroU32::new(burst_cells as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst_cells);
+        Cells {
+            unit: unit as u64,
+            quota,
+        }
+    }
+
+    /// Cells charged for `n` units, or `None` when that is more than any burst could hold.
+    fn charge(&self, n: u64) -> Option<NonZeroU32> {
+        u32::try_from(n.div_ceil(self.unit))
+            .ok()
+            .and_then(NonZeroU32::new)
+    }
+}
+
+fn verdict<I: governor::clock::Reference>(
+    outcome: Result<Result<(), NotUntil<I>>, InsufficientCapacity>,
+    now: I,
+) -> Verdict {
+    match outcome {
+        Ok(Ok(())) => Verdict::Allow,
+        Ok(Err(not_until)) => Verdict::RetryAfter(not_until.wait_time_from(now)),
+        Err(InsufficientCapacity(_)) => Verdict::NeverFits,
+    }
+}
+
+/// A route-wide budget: one GCRA state shared by every request of the route.
+pub struct Budget<C: Clock = DefaultClock> {
+    quota: Quota,
+    cells: Cells,
+    limiter: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+}
+
+impl<C: Clock> Budget<C> {
+    pub fn new(quota: Quota, clock: C) -> Self {
+        let cells = Cells::new(quota);
+        Budget {
+            quota,
+            cells,
+            limiter: RateLimiter::direct_with_clock(cells.quota, clock),
+        }
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Charges `n` units (requests or bytes). Zero is always allowed and charges nothing.
+    pub fn check(&self, n: u64) -> Verdict {
+        if n == 0 {
+            return Verdict::Allow;
+        }
+        let Some(cells) = self.cells.charge(n) else {
+            return Verdict::NeverFits;
+        };
+        let outcome = self.limiter.check_n(cells);
+        verdict(outcome, self.limiter.clock().now())
+    }
+}
+
+/// A per-client budget: one GCRA state per key, at most `max_keys` keys.
+pub struct KeyedBudget<C: Clock = DefaultClock> {
+    quota: Quota,
+    cells: Cells,
+    keys: KeyStore,
+    max_keys: usize,
+    limiter: RateLimiter<u64, KeyStore, C, NoOpMiddleware<C::Instant>>,
+}
+
+impl<C: Clock> KeyedBudget<C> {
+    pub fn new(quota: Quota, max_keys: usize, clock: C) -> Self {
+        let cells = Cells::new(quota);
+        let keys = KeyStore::default();
+        KeyedBudget {
+            quota,
+            cells,
+            max_keys,
+            limiter: RateLimiter::new(cells.quota, keys.clone(), clock),
+            keys,
+        }
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Charges `n` units to `key`. When the store is full and `key` is new, nothing is charged
+    /// and the answer is [`Verdict::Untracked`]. The cap is checked before inserting, so racing
+    /// inserts can overshoot it by at most the number of requests decided at the same instant.
+    pub fn check(&self, key: u64, n: u64) -> Verdict {
+        if n == 0 {
+            return Verdict::Allow;
+        }
+        if self.keys.len() >= self.max_keys && !self.keys.contains(key) {
+            return Verdict::Untracked;
+        }
+        let Some(cells) = self.cells.charge(n) else {
+            return Verdict::NeverFits;
+        };
+        let outcome = self.limiter.check_key_n(&key, cells);
+        verdict(outcome, self.limiter.clock().now())
+    }
+
+    /// Forgets keys whose state is indistinguishable from a fresh one and returns how many are
+    /// still tracked. Run on an interval; the cost is a pass over the keys.
+    pub fn evict_idle(&self) -> usize {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        self.keys.recount()
+    }
+
+    pub fn tracked_keys(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! `verbosity-guard check`: validate policy files and summarize the valid ones on one screen.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::budget::BudgetKind;
+use crate::policy::units::{ByteRate, ByteSize, Rate};
+use crate::policy::{self, Policy};
+
+pub struct CheckReport {
+    /// True when every file is valid.
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(files: &[PathBuf]) -> CheckReport {
+    let mut report = CheckReport {
+        ok: true,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    for file in files {
+        match policy::load(file) {
+            Ok(p) => summarize(&p, &mut report.stdout),
+            Err(e) => {
+                report.ok = false;
+                let _ = writeln!(report.stderr, "{e}");
+            }
+        }
+    }
+    report
+}
+
+fn summarize(p: &Policy, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "{}: ok, {} routes, version {}",
+        p.source,
+        p.routes().len(),
+        p.version_hash
+    );
+    let _ = writeln!(
+        out,
+        "  {:<16} {:<9} {:<12} {:<42} {:<9} budgets",
+        "route", "priority", "methods", "path", "max_body"
+    );
+    for r in p.routes() {
+        let budgets: Vec<String> = BudgetKind::ALL
+            .iter()
+            .filter_map(|&k| r.payload.quota(k).map(|q| (k, q)))
+            .map(|(k, q)| {
+                let (rate, burst) = if k.is_bytes() {
+                    let rate = ByteRate {
+                        bytes: q.amount,
+                        per: q.per,
+                    }
+                    .to_string();
+                    (rate, ByteSize(q.burst).to_string())
+                } else {
+                    (
+                        Rate {
+                            amount: q.amount,
+                            per: q.per,
+                        }
+                        .to_string(),
+                        q.burst.to_string(),
+                    )
+                };
+                format!("{} {rate} burst {burst}", k.as_str())
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<9} {:<12} {:<42} {:<9} {}",
+            r.name,
+            r.priority.as_str(),
+            r.methods.names().join(","),
+            r.path.to_string(),
+            r.payload
+                .max_body
+                .map_or("-".into(), |b| ByteSize(b).to_string()),
+            if budgets.is_empty() {
+                "-".into()
+            } else {
+                budgets.join("; ")
+            },
+        );
+    }
+    for w in &p.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+}

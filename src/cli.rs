@@ -1,0 +1,136 @@
+//! Command line: every flag also reads a `VERBOSITY_GUARD_*` environment variable, since
+//! sidecars are configured through their environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "verbosity-guard",
+    version,
+    about = "A sidecar reverse proxy that keeps telemetry surges from taking a vehicle API down"
+)]
+pub struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive list.
+    #[arg(
+        long,
+        global = true,
+        env = "VERBOSITY_GUARD_LOG",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    /// Log line format.
+    #[arg(long, global = true, env = "VERBOSITY_GUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the guard in front of an upstream.
+    Serve(Box<ServeArgs>),
+    /// Validate policy files and print a summary of each valid one.
+    Check {
+        /// Policy files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Policy file (YAML).
+    #[arg(long, env = "VERBOSITY_GUARD_POLICY")]
+    pub policy: PathBuf,
+    /// The protected service, as http://host:port.
+    #[arg(long, env = "VERBOSITY_GUARD_UPSTREAM")]
+    pub upstream: String,
+    /// Address for client traffic.
+    #[arg(long, env = "VERBOSITY_GUARD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address for /metrics, /healthz, /readyz and /policy.
+    #[arg(long, env = "VERBOSITY_GUARD_ADMIN", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Worker threads (default: one per CPU available to the process).
+    #[arg(long, env = "VERBOSITY_GUARD_WORKERS")]
+    pub workers: Option<usize>,
+    /// Client connections served at once; more wait in the kernel's accept queue.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive; also the idle limit of HTTP/1 keep-alive.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_HEADER_READ_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub header_read_timeout: HumanDuration,
+    /// Largest request head (HTTP/1) or header list (HTTP/2); at least 8KiB.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_MAX_HEADER_BYTES",
+        default_value = "64KiB"
+    )]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in an HTTP/1 request.
+    #[arg(long, env = "VERBOSITY_GUARD_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Most concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "VERBOSITY_GUARD_H2_MAX_STREAMS", default_value_t = 256)]
+    pub h2_max_streams: u32,
+    /// Longest pause between two frames of a request body (408 after).
+    #[arg(long, env = "VERBOSITY_GUARD_BODY_IDLE_TIMEOUT", default_value = "30s")]
+    pub body_idle_timeout: HumanDuration,
+    /// Time to open a connection to the upstream (502 after).
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_UPSTREAM_CONNECT_TIMEOUT",
+        default_value = "2s"
+    )]
+    pub upstream_connect_timeout: HumanDuration,
+    /// Idle pooled upstream connections are closed after this long.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_UPSTREAM_POOL_IDLE_TIMEOUT",
+        default_value = "60s"
+    )]
+    pub upstream_pool_idle_timeout: HumanDuration,
+    /// Most idle upstream connections kept open.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_UPSTREAM_POOL_MAX_IDLE",
+        default_value_t = 512
+    )]
+    pub upstream_pool_max_idle: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "VERBOSITY_GUARD_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: HumanDuration,
+}
+
+/// clap parses unit flags through the same `FromStr` as the policy file.
+macro_rules! value_parser_from_str {
+    ($($t:ty),*) => {$(
+        impl clap::builder::ValueParserFactory for $t {
+            type Parser = clap::builder::ValueParser;
+            fn value_parser() -> Self::Parser {
+                clap::builder::ValueParser::new(|s: &str| s.parse::<$t>())
+            }
+        }
+    )*};
+}
+
+value_parser_from_str!(ByteSize, HumanDuration);

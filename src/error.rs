@@ -1,0 +1,276 @@
+//! Every way the guard answers a request itself, and the one mapping from such an answer to a
+//! status, a short JSON body, headers and a metric label.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::budget::BudgetKind;
+use crate::route::PathError;
+
+/// Why a request did not get (or did not complete) an upstream exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("invalid request path: {0}")]
+    InvalidPath(#[from] PathError),
+    #[error("request has no client key and the route requires one")]
+    MissingClientKey,
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("over the {} budget", budget.as_str())]
+    OverBudget {
+        budget: BudgetKind,
+        retry_after: Duration,
+    },
+    #[error("a body of {size} bytes can never fit the {} burst of {burst} bytes", budget.as_str())]
+    ExceedsBurst {
+        budget: BudgetKind,
+        size: u64,
+        burst: u64,
+    },
+    #[error("request body stalled for {0:?}")]
+    BodyTimeout(Duration),
+    /// The client's body ended early or its connection failed mid-body.
+    #[error("request body could not be read to its end")]
+    BodyIncomplete,
+    /// The rewritten request target is not a valid URI (cannot happen for a normalized path;
+    /// kept so that no input can panic).
+    #[error("request target cannot be forwarded")]
+    BadTarget,
+    #[error("upstream could not be reached")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("upstream exchange failed")]
+    UpstreamReset(#[source] BoxError),
+    #[error("upstream sent no response within {0:?}")]
+    UpstreamTimeout(Duration),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The JSON body of a guard-made response; fields in this order, absent ones omitted.
+#[derive(Default, serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+/// Who a failure is attributed to in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The request broke a rule: counted in `rejections_total{reason}`.
+    Client,
+    /// The upstream failed: counted in `upstream_errors_total{kind}`.
+    Upstream,
+}
+
+impl GuardError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GuardError::InvalidPath(_)
+            | GuardError::MissingClientKey
+            | GuardError::BodyIncomplete
+            | GuardError::BadTarget => StatusCode::BAD_REQUEST,
+            GuardError::BodyTooLarge { .. } | GuardError::ExceedsBurst { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            GuardError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GuardError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GuardError::UpstreamConnect(_) | GuardError::UpstreamReset(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GuardError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            GuardError::UpstreamConnect(_)
+            | GuardError::UpstreamReset(_)
+            | GuardError::UpstreamTimeout(_) => Blame::Upstream,
+            _ => Blame::Client,
+        }
+    }
+
+    /// The metric label: `reason` for client rejections, `kind` for upstream errors.
+    pub fn label(&self) -> &'static str {
+        match self {
+            GuardError::InvalidPath(_) => "invalid_path",
+            GuardError::MissingClientKey => "missing_client_key",
+            GuardError::BodyTooLarge { .. } => "body_too_large",
+            GuardError::OverBudget { budget, .. } => budget.as_str(),
+            GuardError::ExceedsBurst { .. } => "exceeds_burst",
+            GuardError::BodyTimeout(_) => "body_timeout",
+            GuardError::BodyIncomplete => "body_incomplete",
+            GuardError::BadTarget => "bad_target",
+            GuardError::UpstreamConnect(_) => "connect",
+            GuardError::UpstreamReset(_) => "reset",
+            GuardError::UpstreamTimeout(_) => "timeout",
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    fn code(&self) -> &'static str {
+        match self {
+            GuardError::OverBudget { .. } => "budget_exceeded",
+            GuardError::ExceedsBurst { .. } => "body_exceeds_burst",
+            GuardError::UpstreamConnect(_) | GuardError::UpstreamReset(_) => "upstream_unavailable",
+            GuardError::UpstreamTimeout(_) => "upstream_timeout",
+            other => other.label(),
+        }
+    }
+
+    /// Whole seconds to wait before retrying, rounded up and at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GuardError::OverBudget { retry_after, .. } => {
+                Some(retry_after.as_nanos().div_ceil(1_000_000_000).max(1) as u64)
+            }
+            _ => None,
+        }
+    }
+
+    /// The response the client gets: status, `Retry-After` where meaningful, and a JSON body
+    /// such as `{"error":"budget_exceeded","route":"telemetry","budget":"client_bytes","retry_after_s":2}`.
+    pub fn to_response(&self, route: &str) -> Response<Full<Bytes>> {
+        let mut body = ErrorBody {
+            error: self.code(),
+            route,
+            retry_after_s: self.retry_after_secs(),
+            ..ErrorBody::default()
+        };
+        let detail;
+        match self {
+            GuardError::OverBudget { budget, .. } => body.budget = Some(budget.as_str()),
+            GuardError::ExceedsBurst {
+                budget,
+                size,
+                burst,
+            } => {
+                body.budget = Some(budget.as_str());
+                body.size = Some(*size);
+                body.burst = Some(*burst);
+            }
+            GuardError::BodyTooLarge { limit } => body.limit = Some(*limit),
+            GuardError::UpstreamTimeout(d) => body.timeout_s = Some(d.as_secs_f64()),
+            GuardError::InvalidPath(e) => {
+                detail = e.to_string();
+                body.detail = Some(&detail);
+            }
+            _ => {}
+        }
+        let mut json = serde_json::to_vec(&body).unwrap_or_default();
+        json.push(b'\n');
+        let mut resp = Response::new(Full::new(Bytes::from(json)));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = body.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    /// Finds a `GuardError` that a request body raised inside an upstream client error, so a body
+    /// cut off mid-stream is answered for what it was (413, 429, 408), not as a 502.
+    pub fn from_upstream(err: BoxError) -> GuardError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+        while let Some(e) = source {
+            if let Some(own) = e.downcast_ref::<GuardError>() {
+                return own
+                    .clone_client_error()
+                    .unwrap_or(GuardError::UpstreamReset(err));
+            }
+            source = e.source();
+        }
+        let connect = err
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect());
+        if connect {
+            GuardError::UpstreamConnect(err)
+        } else {
+            GuardError::UpstreamReset(err)
+        }
+    }
+
+    /// Copies the client-side errors a body can raise (they carry no source).
+    fn clone_client_error(&self) -> Option<GuardError> {
+        Some(match self {
+            GuardError::BodyTooLarge { limit } => GuardError::BodyTooLarge { limit: *limit },
+            GuardError::OverBudget {
+                budget,
+                retry_after,
+            } => GuardError::OverBudget {
+                budget: *budget,
+                retry_after: *retry_after,
+            },
+            GuardError::ExceedsBurst {
+                budget,
+                size,
+                burst,
+            } => GuardError::ExceedsBurst {
+                budget: *budget,
+                size: *size,
+                burst: *burst,
+            },
+            GuardError::BodyTimeout(d) => GuardError::BodyTimeout(*d),
+            GuardError::BodyIncomplete => GuardError::BodyIncomplete,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn over_budget_maps_to_429_with_retry_after_and_json() {
+        let e = GuardError::OverBudget {
+            budget: BudgetKind::ClientBytes,
+            retry_after: Duration::from_millis(1200),
+        };
+        let resp = e.to_response("telemetry");
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"{\"error\":\"budget_exceeded\",\"route\":\"telemetry\",\"budget\":\"client_bytes\",\"retry_after_s\":2}\n"
+        );
+        assert_eq!(e.label(), "client_bytes");
+    }
+
+    #[test]
+    fn body_errors_inside_upstream_errors_are_recovered() {
+        let inner: BoxError = Box::new(GuardError::BodyTooLarge { limit: 10 });
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapper")]
+        struct Wrapper(#[source] BoxError);
+        let e = GuardError::from_upstream(Box::new(Wrapper(inner)));
+        assert!(matches!(e, GuardError::BodyTooLarge { limit: 10 }));
+        assert_eq!(e.status(), 413);
+        let e = GuardError::from_upstream("boom".into());
+        assert!(matches!(e, GuardError::UpstreamReset(_)));
+        assert_eq!(e.status(), 502);
+    }
+}

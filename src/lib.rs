@@ -1,0 +1,14 @@
+//! verbosity-guard: a sidecar reverse proxy that keeps telemetry surges from taking a
+//! vehicle-fleet API down. See the README for the design and the policy reference.
+
+pub mod admin;
+pub mod app;
+pub mod budget;
+pub mod check;
+pub mod cli;
+pub mod error;
+pub mod log;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod route;

@@ -1,0 +1,110 @@
+//! The `verbosity-guard` binary: parse the command line, set up logging, run the command.
+//!
+//! Exit codes: 0 success; 1 runtime failure (cannot bind, drain timed out); 2 usage error;
+//! 65 invalid input (a policy that does not check, a bad upstream URL).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use verbosity_guard::app::{App, Config, PolicySource};
+use verbosity_guard::cli::{Cli, Command, LogFormat, ServeArgs};
+use verbosity_guard::{check, proxy};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 65;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Check { files } => {
+            let report = check::run(&files);
+            print!("{}", report.stdout);
+            eprint!("{}", report.stderr);
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        }
+        Command::Serve(args) => match serve(*args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_RUNTIME),
+            Err(e) => {
+                eprintln!("verbosity-guard: {e:#}");
+                let input = e
+                    .downcast_ref::<verbosity_guard::app::StartError>()
+                    .is_some_and(|s| s.is_input());
+                ExitCode::from(if input { EXIT_BAD_INPUT } else { EXIT_RUNTIME })
+            }
+        },
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the guard until SIGTERM or SIGINT, then drains. Ok(false) when the drain timed out.
+fn serve(args: ServeArgs) -> anyhow::Result<bool> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let mut cfg = Config::new(PolicySource::File(args.policy), args.upstream);
+        cfg.listen = args.listen;
+        cfg.admin = args.admin;
+        cfg.server = proxy::ServerLimits {
+            max_connections: args.max_connections.max(1),
+            header_read_timeout: args.header_read_timeout.0,
+            max_header_bytes: usize::try_from(args.max_header_bytes.0).unwrap_or(usize::MAX),
+            max_headers: args.max_headers,
+            h2_max_streams: args.h2_max_streams,
+        };
+        cfg.upstream_settings = proxy::UpstreamSettings {
+            connect_timeout: args.upstream_connect_timeout.0,
+            pool_idle_timeout: args.upstream_pool_idle_timeout.0,
+            pool_max_idle: args.upstream_pool_max_idle,
+        };
+        cfg.body_idle_timeout = args.body_idle_timeout.0;
+        cfg.drain_timeout = args.drain_timeout.0;
+        let app = App::start(cfg).await?;
+        shutdown_signal().await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        let drained = tokio::select! {
+            drained = app.shutdown() => drained,
+            _ = shutdown_signal() => {
+                tracing::warn!("second signal: exiting without waiting for the drain");
+                false
+            }
+        };
+        if !drained {
+            tracing::warn!("drain did not finish in time");
+        }
+        Ok(drained)
+    })
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler")?,
+    }
+    Ok(())
+}

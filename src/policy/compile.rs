@@ -1,0 +1,351 @@
+//! Raw policy → compiled [`Policy`]: resolve defaults, check invariants, build budgets.
+//!
+//! Every problem is collected (not just the first) and names its field path, with the line when
+//! the raw value carries a span, so `check` can list all of them in one run.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::DefaultClock;
+use http::HeaderName;
+use serde_saphyr::Spanned;
+
+use super::raw::{RawByteBudget, RawClientKey, RawPolicy, RawRequestBudget, RawRoute};
+use super::units::ByteSize;
+use super::{ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Problem, Route};
+use crate::budget::{Budget, KeyedBudget, Quota};
+use crate::route::{MethodSet, PathMatcher};
+
+pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 1_000_000;
+pub const DEFAULT_KEY_EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_KEY_EVICTION_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_ROUTE_NAME: usize = 64;
+
+struct Compiler {
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Compiler {
+    fn problem(
+        &mut self,
+        line: Option<usize>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            line,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn line<T>(s: &Spanned<T>) -> Option<usize> {
+    Some(s.referenced.line() as usize).filter(|&l| l > 0)
+}
+
+/// Compiles a parsed policy. `file` names it in messages; `version_hash` identifies its text.
+pub fn compile(raw: RawPolicy, file: &str, version_hash: &str) -> Result<Policy, PolicyError> {
+    let mut c = Compiler {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    if raw.version.value != 1 {
+        c.problem(
+            line(&raw.version),
+            "version",
+            format!(
+                "unsupported version {} (this guard reads version 1)",
+                raw.version.value
+            ),
+        );
+    }
+
+    let max_keys = match &raw.limits.max_tracked_keys {
+        Some(s) if s.value == 0 => {
+            c.problem(line(s), "limits.max_tracked_keys", "must be at least 1");
+            1
+        }
+        Some(s) => s.value,
+        None => DEFAULT_MAX_TRACKED_KEYS,
+    };
+    let limits = Limits {
+        max_tracked_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
+        key_eviction_interval: raw
+            .limits
+            .key_eviction_interval
+            .map_or(DEFAULT_KEY_EVICTION_INTERVAL, |d| d.0),
+    };
+    if limits.key_eviction_interval < MIN_KEY_EVICTION_INTERVAL {
+        c.problem(
+            None,
+            "limits.key_eviction_interval",
+            "must be at least 100ms",
+        );
+    }
+    let default_timeout = raw
+        .upstream
+        .timeout
+        .map_or(DEFAULT_UPSTREAM_TIMEOUT, |d| d.0);
+    if default_timeout.is_zero() {
+        c.problem(None, "upstream.timeout", "must be greater than zero");
+    }
+    let default_key = match &raw.client_key {
+        Some(k) => client_key(&mut c, k, "client_key"),
+        None => ClientKeySpec {
+            source: KeySource::PeerIp,
+            fallback: Default::default(),
+        },
+    };
+
+    if raw.routes.is_empty() {
+        c.problem(
+            None,
+            "routes",
+            "at least one route is required, ending with a catch-all",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut catch_all: Option<usize> = None;
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Some(first) = catch_all {
+            c.problem(
+                line(&r.name),
+                &at,
+                format!(
+                    "route {:?} can never match: routes[{first}] before it takes every request",
+                    r.name.value
+                ),
+            );
+        }
+        if !names.insert(r.name.value.as_str()) {
+            c.problem(
+                line(&r.name),
+                format!("{at}.name"),
+                format!("duplicate route name {:?}", r.name.value),
+            );
+        }
+        let route = compile_route(&mut c, r, &at, &default_key, default_timeout, &limits);
+        if route.methods == MethodSet::ANY && route.path.is_everything() {
+            catch_all.get_or_insert(i);
+        }
+        routes.push(route);
+    }
+    if catch_all.is_none() && !raw.routes.is_empty() {
+        c.problem(
+            None,
+            "routes",
+            "the last route must be a catch-all (match: { path_prefix: / } with no methods) so every request has a budget",
+        );
+    }
+
+    if !c.problems.is_empty() {
+        return Err(PolicyError::Invalid {
+            file: file.to_owned(),
+            problems: c.problems,
+        });
+    }
+    Ok(Policy {
+        source: file.to_owned(),
+        version_hash: version_hash.to_owned(),
+        limits,
+        routes,
+        warnings: c.warnings,
+    })
+}
+
+fn compile_route(
+    c: &mut Compiler,
+    r: &RawRoute,
+    at: &str,
+    default_key: &ClientKeySpec,
+    default_timeout: Duration,
+    limits: &Limits,
+) -> Route {
+    let name = &r.name.value;
+    let valid_name = !name.is_empty()
+        && name.len() <= MAX_ROUTE_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid_name {
+        c.problem(
+            line(&r.name),
+            format!("{at}.name"),
+            format!("{name:?} is not a route name (lowercase letters, digits, '_' and '-', at most {MAX_ROUTE_NAME})"),
+        );
+    }
+
+    let m = &r.matcher;
+    let methods = match &m.methods {
+        None => MethodSet::ANY,
+        Some(list) if list.is_empty() => {
+            c.problem(
+                None,
+                format!("{at}.match.methods"),
+                "must list at least one method (omit it to match any)",
+            );
+            MethodSet::ANY
+        }
+        Some(list) => match MethodSet::parse(list.iter().map(|s| s.value.as_str())) {
+            Ok(set) => set,
+            Err(bad) => {
+                let l = list.iter().find(|s| s.value == bad).and_then(line);
+                c.problem(
+                    l,
+                    format!("{at}.match.methods"),
+                    format!("{bad:?} is not an HTTP method"),
+                );
+                MethodSet::ANY
+            }
+        },
+    };
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(p), None) => PathMatcher::exact_or_template(&p.value)
+            .map_err(|e| c.problem(line(p), format!("{at}.match.path"), e.to_string())),
+        (None, Some(p)) => PathMatcher::prefix(&p.value)
+            .map_err(|e| c.problem(line(p), format!("{at}.match.path_prefix"), e.to_string())),
+        _ => {
+            c.problem(
+                line(&r.name),
+                format!("{at}.match"),
+                "exactly one of `path` and `path_prefix` is required",
+            );
+            Err(())
+        }
+    };
+    // A placeholder keeps compiling the rest of the route so all its problems are reported.
+    let path = path.unwrap_or_else(|()| PathMatcher::Exact("/".into()));
+
+    let client_key = match &r.client_key {
+        Some(k) => client_key(c, k, &format!("{at}.client_key")),
+        None => default_key.clone(),
+    };
+    let timeout = r.timeout.map_or(default_timeout, |d| d.0);
+    if timeout.is_zero() {
+        c.problem(None, format!("{at}.timeout"), "must be greater than zero");
+    }
+
+    let p = &r.payload;
+    let at_p = format!("{at}.payload");
+    let max_body = p.max_body.map(|s| s.0);
+    let clock = DefaultClock::default;
+    let route_requests = p
+        .route_requests
+        .as_ref()
+        .and_then(|b| request_quota(c, b, &format!("{at_p}.route_requests")))
+        .map(|q| Arc::new(Budget::new(q, clock())));
+    let client_requests = p
+        .client_requests
+        .as_ref()
+        .and_then(|b| request_quota(c, b, &format!("{at_p}.client_requests")))
+        .map(|q| Arc::new(KeyedBudget::new(q, limits.max_tracked_keys, clock())));
+    let route_bytes = p
+        .route_bytes
+        .as_ref()
+        .map(|b| byte_quota(c, b, &format!("{at_p}.route_bytes"), max_body))
+        .map(|q| Arc::new(Budget::new(q, clock())));
+    let client_bytes = p
+        .client_bytes
+        .as_ref()
+        .map(|b| byte_quota(c, b, &format!("{at_p}.client_bytes"), max_body))
+        .map(|q| Arc::new(KeyedBudget::new(q, limits.max_tracked_keys, clock())));
+
+    Route {
+        name: name.clone(),
+        methods,
+        path,
+        priority: r.priority.unwrap_or_default(),
+        client_key,
+        timeout,
+        payload: Payload {
+            max_body,
+            route_requests,
+            route_bytes,
+            client_requests,
+            client_bytes,
+        },
+    }
+}
+
+fn client_key(c: &mut Compiler, k: &RawClientKey, at: &str) -> ClientKeySpec {
+    let fallback = k.fallback.unwrap_or_default();
+    let source = match (&k.header, &k.query) {
+        (Some(h), None) => match HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => KeySource::Header(name),
+            Err(_) => {
+                c.problem(
+                    line(h),
+                    format!("{at}.header"),
+                    format!("{:?} is not a header name", h.value),
+                );
+                KeySource::PeerIp
+            }
+        },
+        (None, Some(q)) if q.value.is_empty() => {
+            c.problem(line(q), format!("{at}.query"), "must not be empty");
+            KeySource::PeerIp
+        }
+        (None, Some(q)) => KeySource::Query(q.value.as_str().into()),
+        (None, None) => KeySource::PeerIp,
+        (Some(h), Some(_)) => {
+            c.problem(line(h), at, "set at most one of `header` and `query`");
+            KeySource::PeerIp
+        }
+    };
+    ClientKeySpec { source, fallback }
+}
+
+fn request_quota(c: &mut Compiler, b: &RawRequestBudget, at: &str) -> Option<Quota> {
+    let burst = match &b.burst {
+        Some(s) if s.value == 0 => {
+            c.problem(line(s), format!("{at}.burst"), "must be at least 1");
+            return None;
+        }
+        Some(s) => u64::from(s.value),
+        None => default_burst(b.rate.amount, b.rate.per),
+    };
+    Some(Quota {
+        amount: b.rate.amount,
+        per: b.rate.per,
+        burst,
+    })
+}
+
+fn byte_quota(c: &mut Compiler, b: &RawByteBudget, at: &str, max_body: Option<u64>) -> Quota {
+    let burst = match b.burst {
+        Some(ByteSize(0)) => {
+            c.problem(None, format!("{at}.burst"), "must be greater than zero");
+            1
+        }
+        Some(ByteSize(n)) => n,
+        None => default_burst(b.rate.bytes, b.rate.per),
+    };
+    if let Some(max) = max_body.filter(|&m| m > burst) {
+        c.warnings.push(format!(
+            "{at}: burst {} is smaller than max_body {}; bodies between the two always get 413",
+            ByteSize(burst),
+            ByteSize(max)
+        ));
+    }
+    Quota {
+        amount: b.rate.bytes,
+        per: b.rate.per,
+        burst,
+    }
+}
+
+/// One second's worth of the rate, at least one unit.
+fn default_burst(amount: u64, per: Duration) -> u64 {
+    let per_sec = u128::from(amount) * 1_000_000_000 / per.as_nanos().max(1);
+    u64::try_from(per_sec).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,318 @@
+//! Policy files: parse raw, compile, use.
+//!
+//! [`load`] reads a YAML file into the [`raw`] serde mirror (unknown fields rejected, units parsed
+//! with the parser's line and field path in errors), then [`compile`] resolves every default,
+//! matcher and quota into an immutable [`Policy`]. Request code only ever sees a compiled policy.
+
+mod compile;
+pub mod raw;
+pub mod store;
+pub mod units;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
+
+use crate::budget::{Budget, BudgetKind, KeyedBudget, Quota};
+use crate::route::{MethodSet, PathMatcher};
+
+pub use compile::compile;
+
+/// Largest policy file read; a policy is a page of YAML, not a data set.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// How valuable a route's traffic is. Critical routes are never degraded for the sake of bulk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical,
+    #[default]
+    Normal,
+    Bulk,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
+/// What identifies a client when the configured header or query parameter is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFallback {
+    /// The peer's IP address.
+    #[default]
+    PeerIp,
+    /// One key shared by every request without an identity.
+    Shared,
+    /// Refuse the request with 400.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(HeaderName),
+    Query(Box<str>),
+    PeerIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKeySpec {
+    pub source: KeySource,
+    pub fallback: KeyFallback,
+}
+
+/// A route's payload budgets. Budgets are shared (`Arc`) so that a policy reload can hand an
+/// unchanged budget, with its state, to the new policy.
+#[derive(Default)]
+pub struct Payload {
+    pub max_body: Option<u64>,
+    pub route_requests: Option<Arc<Budget>>,
+    pub route_bytes: Option<Arc<Budget>>,
+    pub client_requests: Option<Arc<KeyedBudget>>,
+    pub client_bytes: Option<Arc<KeyedBudget>>,
+}
+
+impl Payload {
+    /// True when any per-client budget needs the request's client key.
+    pub fn needs_client_key(&self) -> bool {
+        self.client_requests.is_some() || self.client_bytes.is_some()
+    }
+
+    /// True when a byte budget must be charged as the body streams (no Content-Length).
+    pub fn has_byte_budget(&self) -> bool {
+        self.route_bytes.is_some() || self.client_bytes.is_some()
+    }
+
+    pub fn quota(&self, kind: BudgetKind) -> Option<Quota> {
+        match kind {
+            BudgetKind::RouteRequests => self.route_requests.as_ref().map(|b| b.quota()),
+            BudgetKind::RouteBytes => self.route_bytes.as_ref().map(|b| b.quota()),
+            BudgetKind::ClientRequests => self.client_requests.as_ref().map(|b| b.quota()),
+            BudgetKind::ClientBytes => self.client_bytes.as_ref().map(|b| b.quota()),
+        }
+    }
+
+    pub fn keyed(&self) -> impl Iterator<Item = (BudgetKind, &Arc<KeyedBudget>)> {
+        [
+            (BudgetKind::ClientRequests, &self.client_requests),
+            (BudgetKind::ClientBytes, &self.client_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(k, b)| b.as_ref().map(|b| (k, b)))
+    }
+}
+
+pub struct Route {
+    pub name: String,
+    pub methods: MethodSet,
+    pub path: PathMatcher,
+    pub priority: Priority,
+    pub client_key: ClientKeySpec,
+    /// Longest wait for the upstream's response headers.
+    pub timeout: Duration,
+    pub payload: Payload,
+}
+
+impl Route {
+    pub fn matches(&self, method: &http::Method, path: &str) -> bool {
+        self.methods.contains(method) && self.path.matches(path)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    pub max_tracked_keys: usize,
+    #[serde(serialize_with = "serialize_secs")]
+    pub key_eviction_interval: Duration,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// A compiled, immutable policy.
+pub struct Policy {
+    /// Where it came from, for messages.
+    pub source: String,
+    /// FNV-1a of the file's bytes, in hex: identifies the policy in `/policy` and metrics.
+    pub version_hash: String,
+    pub limits: Limits,
+    /// Never empty, and the last route matches every request: `compile` is the only
+    /// constructor and refuses anything else, which is what makes [`Policy::route`] total.
+    routes: Vec<Route>,
+    /// Legal but suspicious settings, reported by `check` and logged at start-up.
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    /// The first route that takes this method and normalized path, with its index.
+    pub fn route(&self, method: &http::Method, path: &str) -> (usize, &Route) {
+        let last = self.routes.len() - 1;
+        let i = self.routes[..last]
+            .iter()
+            .position(|r| r.matches(method, path))
+            .unwrap_or(last);
+        (i, &self.routes[i])
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The effective policy as JSON, as served on `/policy`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let routes: Vec<_> = self.routes.iter().map(route_json).collect();
+        serde_json::json!({
+            "source": self.source,
+            "version_hash": self.version_hash,
+            "limits": self.limits,
+            "routes": routes,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+fn route_json(r: &Route) -> serde_json::Value {
+    let key = match &r.client_key.source {
+        KeySource::Header(h) => serde_json::json!({ "header": h.as_str() }),
+        KeySource::Query(q) => serde_json::json!({ "query": &**q }),
+        KeySource::PeerIp => serde_json::json!({ "peer_ip": true }),
+    };
+    let mut budgets = serde_json::Map::new();
+    for kind in BudgetKind::ALL {
+        if let Some(q) = r.payload.quota(kind) {
+            budgets.insert(kind.as_str().into(), serde_json::json!(q));
+        }
+    }
+    serde_json::json!({
+        "name": r.name,
+        "methods": r.methods.names(),
+        "path": r.path.to_string(),
+        "priority": r.priority,
+        "client_key": key,
+        "client_key_fallback": r.client_key.fallback,
+        "timeout_s": r.timeout.as_secs_f64(),
+        "max_body": r.payload.max_body,
+        "budgets": budgets,
+    })
+}
+
+/// One problem found in a policy file, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    /// Field path such as `routes[2].payload.max_body`.
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    /// `file:line: path: message`, or `file: path: message` when the line is unknown.
+    pub fn in_file<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
+        struct InFile<'a>(&'a str, &'a Problem);
+        impl fmt::Display for InFile<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let InFile(file, p) = self;
+                match p.line {
+                    Some(line) => write!(f, "{file}:{line}: {}: {}", p.path, p.message),
+                    None => write!(f, "{file}: {}: {}", p.path, p.message),
+                }
+            }
+        }
+        InFile(file, self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: larger than {MAX_POLICY_BYTES} bytes")]
+    TooLarge { file: String },
+    /// The YAML does not parse or does not fit the schema; the parser stops at the first one.
+    #[error("{}", .problem.in_file(.file))]
+    Parse { file: String, problem: Problem },
+    /// The YAML fits the schema but the policy is not valid; every problem is listed.
+    #[error("{}", .problems.iter().map(|p| p.in_file(.file).to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Reads and compiles a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    let read_err = |source| PolicyError::Read {
+        file: file.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge { file });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    parse(&text, &file)
+}
+
+/// Parses and compiles policy text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    let mut path = None;
+    let raw = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut track = serde_path_to_error::Track::new();
+        let result =
+            raw::RawPolicy::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        if result.is_err() {
+            path = Some(track.path());
+        }
+        result
+    })
+    .map_err(|err| {
+        use serde_saphyr::MessageFormatter;
+        // The message may quote file content: neutralize control characters before printing.
+        let message = serde_saphyr::DefaultMessageFormatter
+            .format_message(err.without_snippet())
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let path = path.map(|p| p.to_string()).unwrap_or_default();
+        PolicyError::Parse {
+            file: file.to_owned(),
+            problem: Problem {
+                line: err.location().map(|l| l.line() as usize).filter(|&l| l > 0),
+                path: if path.is_empty() || path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message,
+            },
+        }
+    })?;
+    compile(raw, file, &version_hash(text.as_bytes()))
+}
+
+/// FNV-1a 64: a stable identifier of the policy text (not a security hash).
+fn version_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! The active policy, published through one `ArcSwap`.
+//!
+//! A request loads the snapshot once and uses it to the end, so a policy swap never changes the
+//! rules under a request in flight. The snapshot also carries the per-route metric handles
+//! resolved for that policy.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use super::Policy;
+use crate::metrics::{Metrics, RouteMetrics};
+
+pub struct Snapshot {
+    pub policy: Policy,
+    /// Indexed like `policy.routes()`.
+    pub route_metrics: Vec<RouteMetrics>,
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    fn new(policy: Policy, metrics: &Metrics) -> Snapshot {
+        let route_metrics = policy
+            .routes()
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
+        Snapshot {
+            policy,
+            route_metrics,
+            loaded_at: SystemTime::now(),
+        }
+    }
+}
+
+pub struct PolicyStore {
+    current: ArcSwap<Snapshot>,
+}
+
+impl PolicyStore {
+    pub fn new(policy: Policy, metrics: &Metrics) -> PolicyStore {
+        let snapshot = Snapshot::new(policy, metrics);
+        publish_info(&snapshot, metrics);
+        PolicyStore {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The active snapshot; hold it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Makes `policy` the active one in a single atomic swap.
+    pub fn install(&self, policy: Policy, metrics: &Metrics) {
+        let snapshot = Snapshot::new(policy, metrics);
+        publish_info(&snapshot, metrics);
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+fn publish_info(s: &Snapshot, metrics: &Metrics) {
+    metrics.policy_info.reset();
+    metrics
+        .policy_info
+        .with_label_values(&[s.policy.version_hash.as_str(), s.policy.source.as_str()])
+        .set(1);
+    let secs = s
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics.policy_loaded.set(secs);
+}

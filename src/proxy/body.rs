@@ -1,0 +1,236 @@
+//! The request body on its way upstream: streamed frame by frame, never buffered, with the
+//! checks that cannot be done from the headers alone.
+//!
+//! - `max_body` for chunked or lying bodies: the frame that crosses the limit is not forwarded
+//!   and the body fails with [`GuardError::BodyTooLarge`];
+//! - byte budgets for bodies without a Content-Length, charged per frame;
+//! - an idle timeout between frames (hyper has no body read timeout);
+//! - the body byte counters.
+//!
+//! A failure here aborts the upstream request; the handler finds the `GuardError` in the client
+//! error's source chain and answers the client with it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use prometheus::IntCounter;
+use tokio::time::{Instant, Sleep};
+
+use crate::budget::{Budget, BudgetKind, KeyedBudget, Verdict};
+use crate::error::GuardError;
+
+/// Byte budgets a streamed body is charged to, client budget first.
+#[derive(Clone, Default)]
+pub struct ByteCharge {
+    pub client: Option<(Arc<KeyedBudget>, u64)>,
+    pub route: Option<Arc<Budget>>,
+}
+
+/// Whether a charge applied the per-client budget or skipped it because the key cap was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    Tracked,
+    Untracked,
+}
+
+impl ByteCharge {
+    pub fn is_empty(&self) -> bool {
+        self.client.is_none() && self.route.is_none()
+    }
+
+    pub fn charge(&self, n: u64) -> Result<Tracking, GuardError> {
+        let mut tracking = Tracking::Tracked;
+        if let Some((budget, key)) = &self.client {
+            let burst = budget.quota().burst;
+            tracking = enforce(BudgetKind::ClientBytes, budget.check(*key, n), n, burst)?;
+        }
+        if let Some(budget) = &self.route {
+            enforce(
+                BudgetKind::RouteBytes,
+                budget.check(n),
+                n,
+                budget.quota().burst,
+            )?;
+        }
+        Ok(tracking)
+    }
+}
+
+/// Turns a budget verdict into the request's fate.
+pub fn enforce(
+    kind: BudgetKind,
+    verdict: Verdict,
+    n: u64,
+    burst: u64,
+) -> Result<Tracking, GuardError> {
+    match verdict {
+        Verdict::Allow => Ok(Tracking::Tracked),
+        Verdict::Untracked => Ok(Tracking::Untracked),
+        Verdict::RetryAfter(retry_after) => Err(GuardError::OverBudget {
+            budget: kind,
+            retry_after,
+        }),
+        Verdict::NeverFits => Err(GuardError::ExceedsBurst {
+            budget: kind,
+            size: n,
+            burst,
+        }),
+    }
+}
+
+pin_project! {
+    /// A client body being streamed upstream.
+    pub struct GuardedBody {
+        #[pin]
+        inner: Incoming,
+        // Armed on the first Pending only: a body that arrived with its headers never touches
+        // the timer wheel or allocates one.
+        idle: Option<Pin<Box<Sleep>>>,
+        idle_timeout: Duration,
+        last_frame: Instant,
+        // Most bytes let through, or `None` when Content-Length already bounded the body.
+        limit: Option<u64>,
+        seen: u64,
+        charge: ByteCharge,
+        received: IntCounter,
+        forwarded: IntCounter,
+        // Set once the body failed, so it is not polled again.
+        failed: bool,
+    }
+}
+
+impl GuardedBody {
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        limit: Option<u64>,
+        charge: ByteCharge,
+        received: IntCounter,
+        forwarded: IntCounter,
+    ) -> Self {
+        GuardedBody {
+            inner,
+            idle: None,
+            idle_timeout,
+            last_frame: Instant::now(),
+            limit,
+            seen: 0,
+            charge,
+            received,
+            forwarded,
+            failed: false,
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = GuardError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+        let this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(_))) => return fail(this.failed, GuardError::BodyIncomplete),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {
+                // The timer is reset lazily: it fires at its old deadline and is pushed back
+                // to `last_frame + idle_timeout` if frames arrived meanwhile.
+                let deadline = *this.last_frame + *this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                loop {
+                    ready!(idle.as_mut().poll(cx));
+                    let deadline = *this.last_frame + *this.idle_timeout;
+                    if deadline <= Instant::now() {
+                        return fail(this.failed, GuardError::BodyTimeout(*this.idle_timeout));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            }
+        };
+        *this.last_frame = Instant::now();
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let n = data.len() as u64;
+        this.received.inc_by(n);
+        *this.seen += n;
+        if let Some(limit) = *this.limit
+            && *this.seen > limit
+        {
+            return fail(this.failed, GuardError::BodyTooLarge { limit });
+        }
+        if !this.charge.is_empty()
+            && let Err(e) = this.charge.charge(n)
+        {
+            return fail(this.failed, e);
+        }
+        this.forwarded.inc_by(n);
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn fail(failed: &mut bool, err: GuardError) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+    *failed = true;
+    Poll::Ready(Some(Err(err)))
+}
+
+pin_project! {
+    /// What the upstream client sends: nothing, or a guarded client body.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        Empty,
+        Stream { #[pin] body: GuardedBody },
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = GuardError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+        match self.project() {
+            UpstreamBodyProj::Empty => Poll::Ready(None),
+            UpstreamBodyProj::Stream { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Stream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Stream { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The guard middleware: a tower `Service` that takes a client request through the policy's
+//! phases and hands what survives to the inner (upstream) service.
+//!
+//! `run` reads top to bottom as the request's life: normalize, route, identify, charge budgets,
+//! rewrite, forward. Each phase is a plain function over the request parts or a budget, and every
+//! phase can end the request with a [`GuardError`]. `call` records the outcome in one place.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version, request};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tower::{Service, ServiceExt};
+
+use super::body::{ByteCharge, GuardedBody, Tracking, UpstreamBody, enforce};
+use super::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
+};
+use crate::budget::BudgetKind;
+use crate::error::{Blame, BoxError, GuardError};
+use crate::metrics::{Metrics, UNROUTED};
+use crate::policy::store::{PolicyStore, Snapshot};
+use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Route};
+use crate::route::normalize_path;
+
+/// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub policy: PolicyStore,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Upstream,
+    /// Longest pause allowed between two frames of a request body.
+    pub body_idle_timeout: Duration,
+    /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
+    /// to collide.
+    pub key_hasher: std::hash::RandomState,
+}
+
+/// Per-connection facts, computed once at accept.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: IpAddr,
+    /// `peer` rendered for `X-Forwarded-For`.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: IpAddr) -> ConnInfo {
+        let peer_value = HeaderValue::try_from(peer.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, peer_value }
+    }
+}
+
+/// The guard in front of `S`, the service that talks to the upstream.
+#[derive(Clone)]
+pub struct Guard<S> {
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    inner: S,
+}
+
+impl<S> Guard<S> {
+    pub fn new(shared: Arc<Shared>, conn: ConnInfo, inner: S) -> Self {
+        Guard {
+            shared,
+            conn,
+            inner,
+        }
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Guard<S>
+where
+    S: Service<Request<UpstreamBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service's readiness is awaited per request inside `run`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let mut this = self.clone();
+        Box::pin(async move {
+            let snapshot = this.shared.policy.load();
+            let metrics = this.shared.metrics.clone();
+            let _in_flight = InFlight::enter(&metrics);
+            let mut route = None;
+            let result = this.run(&snapshot, &mut route, req).await;
+            Ok(record_outcome(&metrics, &snapshot, route, result))
+        })
+    }
+}
+
+impl<S> Guard<S>
+where
+    S: Service<Request<UpstreamBody>, Response = Response<Incoming>>,
+    S::Error: Into<BoxError>,
+{
+    async fn run(
+        &mut self,
+        snap: &Snapshot,
+        route_idx: &mut Option<usize>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, GuardError> {
+        let (mut parts, body) = req.into_parts();
+
+        // 1. Normalize the path, so no spelling of it can reach another route's budget.
+        //    `None` means the path already was normal (the common case, no allocation).
+        let normalized = match normalize_path(parts.uri.path())? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+
+        // 2. Route: first match wins; the table ends with a catch-all.
+        let path = normalized.as_deref().unwrap_or(parts.uri.path());
+        let (idx, route) = snap.policy.route(&parts.method, path);
+        *route_idx = Some(idx);
+        let rm = &snap.route_metrics[idx];
+
+        // 3. Identify the client, only when a per-client budget needs the key.
+        let key = match route.payload.needs_client_key() {
+            true => Some(self.client_key(&route.client_key, &parts)?),
+            false => None,
+        };
+
+        // 4. Payload budgets. Size first (no state), then the client's budgets, then the
+        //    route's, so one client's excess never spends the budget the route shares.
+        let declared = body.size_hint().exact();
+        let streamed_charge = self.charge_budgets(route, key, declared)?;
+
+        // 5. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in.
+        self.rewrite(&mut parts, normalized)?;
+        let body = if body.is_end_stream() {
+            UpstreamBody::Empty
+        } else {
+            let body = GuardedBody::new(
+                body,
+                self.shared.body_idle_timeout,
+                route.payload.max_body.filter(|_| declared.is_none()),
+                streamed_charge,
+                rm.request_bytes.clone(),
+                rm.forwarded_bytes.clone(),
+            );
+            UpstreamBody::Stream { body }
+        };
+
+        // 6. Forward, bounded by the route's timeout for the response headers.
+        let started = Instant::now();
+        let inner = self
+            .inner
+            .ready()
+            .await
+            .map_err(|e| GuardError::from_upstream(e.into()))?;
+        let response =
+            tokio::time::timeout(route.timeout, inner.call(Request::from_parts(parts, body)))
+                .await
+                .map_err(|_| GuardError::UpstreamTimeout(route.timeout))?
+                .map_err(|e| GuardError::from_upstream(e.into()))?;
+        rm.upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+
+        // 7. Respond: the upstream's answer, streamed, minus its hop-by-hop headers.
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Hashes the client's identity for per-client budgets, following the route's key spec.
+    fn client_key(&self, spec: &ClientKeySpec, parts: &request::Parts) -> Result<u64, GuardError> {
+        let mut h = self.shared.key_hasher.build_hasher();
+        let found = match &spec.source {
+            KeySource::Header(name) => parts
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes().trim_ascii())
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    h.write_u8(1);
+                    h.write(v);
+                })
+                .is_some(),
+            KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
+            KeySource::PeerIp => false,
+        };
+        if !found {
+            match (&spec.source, spec.fallback) {
+                (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
+                    h.write_u8(3);
+                    std::hash::Hash::hash(&self.conn.peer, &mut h);
+                }
+                (_, KeyFallback::Shared) => h.write_u8(4),
+                (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
+            }
+        }
+        Ok(h.finish())
+    }
+
+    /// Charges the request and, when its length is declared, its body to every budget of the
+    /// route. Returns the byte charge still owed per frame when the length is not declared.
+    fn charge_budgets(
+        &self,
+        route: &Route,
+        key: Option<u64>,
+        declared: Option<u64>,
+    ) -> Result<ByteCharge, GuardError> {
+        let p = &route.payload;
+        if let (Some(limit), Some(len)) = (p.max_body, declared)
+            && len > limit
+        {
+            return Err(GuardError::BodyTooLarge { limit });
+        }
+        let untracked = |kind: BudgetKind, t: Tracking| {
+            if t == Tracking::Untracked {
+                self.shared.metrics.record_untracked(&route.name, kind);
+            }
+        };
+        let bytes = declared.unwrap_or(0);
+        if let (Some(b), Some(k)) = (&p.client_requests, key) {
+            let kind = BudgetKind::ClientRequests;
+            untracked(kind, enforce(kind, b.check(k, 1), 1, b.quota().burst)?);
+        }
+        if let (Some(b), Some(k)) = (&p.client_bytes, key) {
+            let kind = BudgetKind::ClientBytes;
+            untracked(
+                kind,
+                enforce(kind, b.check(k, bytes), bytes, b.quota().burst)?,
+            );
+        }
+        if let Some(b) = &p.route_requests {
+            enforce(BudgetKind::RouteRequests, b.check(1), 1, b.quota().burst)?;
+        }
+        if let Some(b) = &p.route_bytes {
+            enforce(
+                BudgetKind::RouteBytes,
+                b.check(bytes),
+                bytes,
+                b.quota().burst,
+            )?;
+        }
+        if declared.is_some() || !p.has_byte_budget() {
+            return Ok(ByteCharge::default());
+        }
+        Ok(ByteCharge {
+            client: p.client_bytes.clone().zip(key),
+            route: p.route_bytes.clone(),
+        })
+    }
+
+    fn rewrite(
+        &self,
+        parts: &mut request::Parts,
+        normalized: Option<String>,
+    ) -> Result<(), GuardError> {
+        // HTTP/2 clients name the host in :authority, not Host; the upstream speaks HTTP/1.1.
+        let host = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => {
+                let h = parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                if let Some(h) = &h {
+                    parts.headers.insert(header::HOST, h.clone());
+                }
+                h
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        append_forwarded(
+            &mut parts.headers,
+            &X_FORWARDED_FOR,
+            self.conn.peer_value.clone(),
+        );
+        append_forwarded(
+            &mut parts.headers,
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static("http"),
+        );
+        if let Some(host) = host {
+            append_forwarded(&mut parts.headers, &X_FORWARDED_HOST, host);
+        }
+
+        let path_and_query = match normalized {
+            None => parts.uri.path_and_query().cloned(),
+            Some(mut target) => {
+                if let Some(q) = parts.uri.query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                Some(PathAndQuery::try_from(target).map_err(|_| GuardError::BadTarget)?)
+            }
+        };
+        let mut uri = uri::Parts::default();
+        uri.scheme = Some(self.shared.upstream.scheme.clone());
+        uri.authority = Some(self.shared.upstream.authority.clone());
+        uri.path_and_query = path_and_query;
+        parts.uri = Uri::from_parts(uri).map_err(|_| GuardError::BadTarget)?;
+        parts.version = Version::HTTP_11;
+        Ok(())
+    }
+}
+
+/// Feeds the percent-decoded value of the first `name=` parameter in `query` to `h`. Decoding
+/// first means `vin=%41` and `vin=A` are the same client. Returns false when absent or empty.
+fn hash_query_param(query: Option<&str>, name: &str, h: &mut impl Hasher) -> bool {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == name).then_some(v)
+        })
+    else {
+        return false;
+    };
+    if value.is_empty() {
+        return false;
+    }
+    h.write_u8(2);
+    let v = value.as_bytes();
+    let mut i = 0;
+    while i < v.len() {
+        let (byte, used) = match v[i] {
+            b'+' => (b' ', 1),
+            b'%' => match (
+                v.get(i + 1).and_then(|&b| hex(b)),
+                v.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(hi), Some(lo)) => (hi << 4 | lo, 3),
+                _ => (b'%', 1),
+            },
+            b => (b, 1),
+        };
+        h.write_u8(byte);
+        i += used;
+    }
+    true
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The one place a request's outcome is counted and an error becomes a response.
+fn record_outcome(
+    metrics: &Metrics,
+    snap: &Snapshot,
+    route: Option<usize>,
+    result: Result<Response<Incoming>, GuardError>,
+) -> Response<ResponseBody> {
+    let rm = route.map(|i| &snap.route_metrics[i]);
+    let name = route.map_or(UNROUTED, |i| snap.policy.routes()[i].name.as_str());
+    match result {
+        Ok(response) => {
+            if let Some(rm) = rm {
+                rm.forwarded.inc();
+            }
+            response.map(Either::Left)
+        }
+        Err(err) => {
+            match (err.blame(), rm) {
+                (Blame::Client, Some(rm)) => rm.rejected.inc(),
+                (Blame::Upstream, Some(rm)) => rm.upstream_error.inc(),
+                (_, None) => metrics
+                    .requests
+                    .with_label_values(&[name, "rejected"])
+                    .inc(),
+            }
+            let family = match err.blame() {
+                Blame::Client => &metrics.rejections,
+                Blame::Upstream => &metrics.upstream_errors,
+            };
+            family.with_label_values(&[name, err.label()]).inc();
+            err.to_response(name).map(Either::Right)
+        }
+    }
+}
+
+/// Holds the in-flight gauge up while a request is handled, including when the client goes
+/// away and hyper drops the future.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, RandomState};
+
+    use super::*;
+
+    fn key(query: &str, s: &RandomState) -> Option<u64> {
+        let mut h = s.build_hasher();
+        hash_query_param(Some(query), "vin", &mut h).then(|| h.finish())
+    }
+
+    #[test]
+    fn query_keys_are_decoded_before_hashing() {
+        let s = RandomState::new();
+        assert_eq!(key("vin=ABC", &s), key("a=1&vin=%41BC", &s));
+        assert_eq!(key("vin=a+b", &s), key("vin=a%20b", &s));
+        assert_ne!(key("vin=ABC", &s), key("vin=ABD", &s));
+        assert_eq!(key("vin=", &s), None);
+        assert_eq!(key("vinx=1", &s), None);
+        assert_eq!(key("vin=A&vin=B", &s), key("vin=A", &s));
+    }
+}
