@@ -1,0 +1,312 @@
+//! Shared by the integration tests: a real upstream HTTP server that records what reaches it,
+//! the guard started in-process on 127.0.0.1:0, and metric scraping.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify, mpsc};
+use verbosity_guard::app::{App, Config, PolicySource};
+
+/// How long a test waits for something that should happen promptly before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP/1.1 server on loopback. Its behaviour is chosen by the request path:
+/// - `/__status/{code}`: empty response with that status;
+/// - `/__slow/{ms}`: waits, then 200 (scripted upstream slowness);
+/// - `/__stream/{bytes}`: streams that many bytes back in 16 KiB chunks;
+/// - `/__hop`: a response carrying hop-by-hop headers;
+/// - `/__hold`: records the request, then answers only after [`TestUpstream::release`];
+/// - `/__abort`: drops the connection without answering;
+/// - `/__progressive`: reports each request body frame as it arrives (see
+///   [`TestUpstream::body_progress`]), then answers `first`, and `second` only after
+///   [`TestUpstream::release`], so a test can prove bodies stream instead of buffering;
+/// - anything else: 200 echoing the request body, with `x-upstream-saw-path`.
+///
+/// Every request is recorded once its body has been read (before answering).
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub url: String,
+    requests: Mutex<mpsc::UnboundedReceiver<Recorded>>,
+    progress: Mutex<mpsc::UnboundedReceiver<usize>>,
+    release: Arc<Notify>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let hold = release.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                let hold = hold.clone();
+                let progress = progress_tx.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        handle(req, tx.clone(), progress.clone(), hold.clone())
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            requests: Mutex::new(rx),
+            progress: Mutex::new(progress_rx),
+            release,
+        }
+    }
+
+    /// The next request the upstream received; fails the test if none arrives in time.
+    pub async fn next_request(&self) -> Recorded {
+        let mut rx = self.requests.lock().await;
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("upstream received no request in time")
+            .expect("upstream stopped")
+    }
+
+    /// A request already received, if any (does not wait).
+    pub async fn try_next_request(&self) -> Option<Recorded> {
+        self.requests.lock().await.try_recv().ok()
+    }
+
+    /// Bytes of a `/__progressive` request body received so far, as of its next frame.
+    pub async fn body_progress(&self) -> usize {
+        let mut rx = self.progress.lock().await;
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("upstream received no body frame in time")
+            .expect("upstream stopped")
+    }
+
+    /// Lets one held `/__hold` request answer (or the next one, if none is waiting yet).
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<Recorded>,
+    progress: mpsc::UnboundedSender<usize>,
+    hold: Arc<Notify>,
+) -> Result<Response<UpstreamBody>, std::io::Error> {
+    if req.uri().path() == "/__progressive" {
+        return Ok(progressive(req.into_body(), progress, hold).await);
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/".into(), |p| p.to_string());
+    let _ = tx.send(Recorded {
+        method: parts.method.clone(),
+        target: target.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let path = parts.uri.path();
+    let arg = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let full = |b: Bytes| Full::new(b).boxed();
+    let mut resp = Response::new(full(Bytes::new()));
+    if let Some(code) = arg("/__status/") {
+        *resp.status_mut() = StatusCode::from_u16(code as u16).unwrap();
+    } else if let Some(ms) = arg("/__slow/") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    } else if let Some(n) = arg("/__stream/") {
+        let chunks = (0..n).step_by(16 * 1024).map(move |off| {
+            let len = (n - off).min(16 * 1024) as usize;
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; len])))
+        });
+        *resp.body_mut() = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    } else if path == "/__hop" {
+        let h = resp.headers_mut();
+        h.insert("connection", "x-resp-hop".parse().unwrap());
+        h.insert("x-resp-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+    } else if path == "/__hold" {
+        hold.notified().await;
+    } else if path == "/__abort" {
+        return Err(std::io::Error::other("aborting on purpose"));
+    } else {
+        resp.headers_mut()
+            .insert("x-upstream-saw-path", target.parse().unwrap());
+        *resp.body_mut() = full(body);
+    }
+    Ok(resp)
+}
+
+async fn progressive(
+    mut body: Incoming,
+    progress: mpsc::UnboundedSender<usize>,
+    hold: Arc<Notify>,
+) -> Response<UpstreamBody> {
+    let mut total = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            total += data.len();
+            let _ = progress.send(total);
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let _ = tx.try_send(Ok(Frame::data(Bytes::from_static(b"first"))));
+    tokio::spawn(async move {
+        hold.notified().await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+            .await;
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    Response::new(StreamBody::new(stream).boxed())
+}
+
+/// The guard, started in-process in front of an upstream.
+pub struct TestGuard {
+    pub app: App,
+    /// `http://127.0.0.1:PORT` of the proxy listener.
+    pub url: String,
+    pub admin: String,
+}
+
+impl TestGuard {
+    pub async fn start(policy_yaml: &str, upstream_url: &str) -> TestGuard {
+        Self::start_with(policy_yaml, upstream_url, |_| {}).await
+    }
+
+    pub async fn start_with(
+        policy_yaml: &str,
+        upstream_url: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestGuard {
+        let source = PolicySource::Text {
+            name: "test-policy.yaml".into(),
+            text: policy_yaml.into(),
+        };
+        let mut cfg = Config::new(source, upstream_url);
+        tweak(&mut cfg);
+        let app = App::start(cfg).await.expect("guard starts");
+        TestGuard {
+            url: format!("http://{}", app.proxy_addr()),
+            admin: format!("http://{}", app.admin_addr()),
+            app,
+        }
+    }
+
+    /// The metrics page, as Prometheus would scrape it.
+    pub async fn scrape(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one series, 0 when it does not exist (yet).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.scrape().await, name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Finds `name{labels...} value` in Prometheus text; labels may be given in any order and must
+/// all match (the series may have more).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|line| {
+            let Some(rest) = line.strip_prefix(name) else {
+                return false;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return false;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A policy with one budgeted route and a catch-all, for tests that need just one knob.
+pub fn policy_with_route(route_yaml: &str) -> String {
+    format!(
+        "version: 1\nclient_key: {{ header: x-vehicle-id }}\nroutes:\n{route_yaml}\n  - name: default\n    match: {{ path_prefix: / }}\n"
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// Sends raw bytes on a new connection and returns the response head (status line and headers)
+/// as soon as it has arrived; the connection is left as the server leaves it.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(PATIENCE, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+    })
+    .await
+    .expect("no response head in time");
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Parses the JSON body of a guard response.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&resp.bytes().await.unwrap()).expect("JSON body")
+}
