@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::proxy::Shared;
 use crate::warn_limited;
@@ -33,22 +33,21 @@ pub struct Admin {
     pub ready: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+/// Serves until the task is aborted, which [`App::drained`](crate::app::App::drained) does
+/// after the proxy has drained, so probes see 503 from `/readyz` throughout the drain.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn_limited!("admin accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn_limited!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -72,6 +71,7 @@ fn respond(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
+            refresh_gauges(&admin.shared);
             let encoder = TextEncoder::new();
             let mut buf = Vec::with_capacity(16 * 1024);
             match encoder.encode(&admin.registry.gather(), &mut buf) {
@@ -98,6 +98,21 @@ fn respond(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::NOT_FOUND,
             "not found; try /metrics /healthz /readyz /policy\n",
         ),
+    }
+}
+
+/// Gauges that mirror live state are read when scraped, so they are exact whenever seen.
+fn refresh_gauges(shared: &Shared) {
+    let snap = shared.policy.load();
+    let gauge = &shared.metrics.tracked_keys;
+    gauge.reset();
+    for route in snap.policy.routes() {
+        for (kind, budget) in route.payload.keyed() {
+            let n = i64::try_from(budget.tracked_keys()).unwrap_or(i64::MAX);
+            gauge
+                .with_label_values(&[route.name.as_str(), kind.as_str()])
+                .set(n);
+        }
     }
 }
 

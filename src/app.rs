@@ -175,11 +175,11 @@ impl App {
             shared.clone(),
             client,
             cfg.server.clone(),
-            rx.clone(),
+            rx,
             cfg.drain_timeout,
         ));
         let background = vec![
-            tokio::spawn(admin::serve(admin_listener, admin.clone(), rx)),
+            tokio::spawn(admin::serve(admin_listener, admin.clone())),
             tokio::spawn(evict_idle_keys(shared)),
         ];
         admin.ready.store(true, Ordering::Relaxed);
@@ -206,21 +206,32 @@ impl App {
         &self.admin.registry
     }
 
-    /// Stops accepting, marks the guard unready, lets in-flight requests finish (up to the
-    /// drain timeout), then stops the admin listener. Returns false if the drain timed out.
-    pub async fn shutdown(self) -> bool {
+    /// Starts shutting down: `/readyz` answers 503 from now on and the proxy stops accepting.
+    /// In-flight requests continue; [`App::drained`] waits for them.
+    pub fn begin_shutdown(&self) {
         self.admin.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until in-flight requests have finished (up to the drain timeout), then stops the
+    /// admin listener. Returns false if the drain timed out.
+    pub async fn drained(self) -> bool {
         let drained = self.proxy.await.unwrap_or(false);
         for task in &self.background {
             task.abort();
         }
         drained
     }
+
+    /// [`App::begin_shutdown`] then [`App::drained`].
+    pub async fn shutdown(self) -> bool {
+        self.begin_shutdown();
+        self.drained().await
+    }
 }
 
-/// Evicts idle client keys on the policy's interval and publishes the tracked-key gauges. The
-/// pass walks every key, so it runs on the blocking pool, off the request workers.
+/// Evicts idle client keys on the policy's interval. The pass walks every key, so it runs on
+/// the blocking pool, off the request workers. (The tracked-keys gauges are read at scrape time.)
 async fn evict_idle_keys(shared: Arc<Shared>) {
     loop {
         let interval = shared.policy.load().policy.limits.key_eviction_interval;
@@ -229,13 +240,8 @@ async fn evict_idle_keys(shared: Arc<Shared>) {
         let pass = tokio::task::spawn_blocking(move || {
             let snap = shared.policy.load();
             for route in snap.policy.routes() {
-                for (kind, budget) in route.payload.keyed() {
-                    let n = budget.evict_idle();
-                    shared
-                        .metrics
-                        .tracked_keys
-                        .with_label_values(&[route.name.as_str(), kind.as_str()])
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                for (_, budget) in route.payload.keyed() {
+                    budget.evict_idle();
                 }
             }
         });

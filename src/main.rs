@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 runtime failure (cannot bind, drain timed out); 2 usage error;
 //! 65 invalid input (a policy that does not check, a bad upstream URL).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -47,7 +48,8 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

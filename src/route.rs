@@ -180,8 +180,13 @@ impl MethodSet {
 }
 
 /// How a route matches a normalized path.
+///
+/// Matching ignores one trailing slash: `/a/b/` is matched as `/a/b`, because many frameworks
+/// serve both, so a trailing slash must not lead a request around its route's budget. The
+/// upstream still receives the path as the client wrote it (normalized).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatcher {
+    /// Stored without a trailing slash (except the root).
     Exact(Box<str>),
     /// Stored without a trailing slash (except the root); matches on segment boundaries.
     Prefix(Box<str>),
@@ -212,7 +217,9 @@ impl PathMatcher {
     /// Compiles `match.path`: an exact path, or a template when it has `{...}` segments.
     pub fn exact_or_template(pattern: &str) -> Result<PathMatcher, PatternError> {
         if !pattern.contains(['{', '}']) {
-            return Ok(PathMatcher::Exact(check_normal(pattern)?.into()));
+            return Ok(PathMatcher::Exact(
+                without_trailing_slash(check_normal(pattern)?).into(),
+            ));
         }
         check_normal(pattern)?;
         let bad = |seg: &str| PatternError::BadTemplate(pattern.into(), seg.into());
@@ -259,7 +266,9 @@ impl PathMatcher {
         matches!(self, PathMatcher::Prefix(p) if &**p == "/")
     }
 
+    /// Matches a normalized path.
     pub fn matches(&self, path: &str) -> bool {
+        let path = without_trailing_slash(path);
         match self {
             PathMatcher::Exact(p) => **p == *path,
             PathMatcher::Prefix(p) => {
@@ -289,6 +298,13 @@ impl std::fmt::Display for PathMatcher {
                 Ok(())
             }
         }
+    }
+}
+
+fn without_trailing_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
     }
 }
 
@@ -387,6 +403,13 @@ mod tests {
         assert!(!t.matches("/api/1/vehicles/42/command"));
         assert!(!t.matches("/api/1/vehicles/42/command/unlock/x"));
         assert!(!t.matches("/api/1/vehicles/42/command/"));
+        assert!(
+            t.matches("/api/1/vehicles/42/command/unlock/"),
+            "a trailing slash is no escape"
+        );
+        let e = PathMatcher::exact_or_template("/health/").unwrap();
+        assert!(e.matches("/health") && e.matches("/health/") && !e.matches("/healthz"));
+        assert!(PathMatcher::exact_or_template("/").unwrap().matches("/"));
         assert!(!t.matches("/api/1/vehicles/42/commands/unlock"));
         let r = PathMatcher::exact_or_template("/files/{*rest}").unwrap();
         assert!(r.matches("/files/a/b/c"));

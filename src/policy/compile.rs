@@ -231,9 +231,6 @@ fn compile_route(
         None => default_key.clone(),
     };
     let timeout = r.timeout.map_or(default_timeout, |d| d.0);
-    if timeout.is_zero() {
-        c.problem(None, format!("{at}.timeout"), "must be greater than zero");
-    }
 
     let p = &r.payload;
     let at_p = format!("{at}.payload");

@@ -289,7 +289,9 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
+        // serde_path_to_error writes `?` for a position it could not name (syntax errors).
         let path = path.map(|p| p.to_string()).unwrap_or_default();
+        let path = path.trim_end_matches(".?").to_owned();
         PolicyError::Parse {
             file: file.to_owned(),
             problem: Problem {

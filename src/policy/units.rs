@@ -47,7 +47,7 @@ pub struct ByteRate {
     pub per: Duration,
 }
 
-/// A duration: `250ms`, `30s`, `5m`, `1h`.
+/// A duration greater than zero: `250ms`, `30s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HumanDuration(pub Duration);
 
@@ -149,6 +149,9 @@ impl FromStr for HumanDuration {
             "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
             _ => return Err(err()),
         };
+        if d.is_zero() {
+            return Err(UnitError::Zero(s.to_owned()));
+        }
         Ok(HumanDuration(d))
     }
 }
@@ -300,6 +303,10 @@ mod tests {
         );
         assert_eq!("5m".parse(), Ok(HumanDuration(Duration::from_secs(300))));
         assert!("5".parse::<HumanDuration>().is_err());
+        assert!(matches!(
+            "0s".parse::<HumanDuration>(),
+            Err(UnitError::Zero(_))
+        ));
         for s in ["512B", "16KiB", "1MiB", "3GiB"] {
             assert_eq!(s.parse::<ByteSize>().unwrap().to_string(), s);
         }

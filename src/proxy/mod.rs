@@ -106,7 +106,10 @@ pub async fn serve(
         let conn = graceful.watch(conn);
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // Pinned here rather than awaited by value so the socket stays open until the
+            // outcome is counted: whoever sees the connection close can read its metric.
+            let mut conn = std::pin::pin!(conn);
+            if let Err(e) = conn.as_mut().await {
                 metrics
                     .connection_errors
                     .with_label_values(&[connection_error_kind(e.as_ref())])

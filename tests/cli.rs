@@ -1,0 +1,156 @@
+//! The binary as users run it: `check` exit codes and messages, every shipped policy valid,
+//! every policy in `policies/invalid/` refused with the message written at its top, and `serve`
+//! refusing bad input with exit code 65.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_verbosity-guard");
+const EXIT_BAD_INPUT: i32 = 65;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("binary runs")
+}
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no policies in {}", dir.display());
+    files
+}
+
+#[test]
+fn every_shipped_policy_checks_and_is_summarized() {
+    for file in yaml_files("policies") {
+        let out = run(&["check", file.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(": ok, "), "{stdout}");
+    }
+    let out = run(&["check", "policies/vehicle-api.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "commands",
+        "critical",
+        "/api/1/vehicles/{id}/command/{command}",
+        "telemetry",
+        "client_bytes 64KiB/s burst 1MiB",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "summary lacks {expected:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn every_invalid_policy_fails_with_its_expected_message() {
+    for file in yaml_files("policies/invalid") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            file.display()
+        );
+        let out = run(&["check", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_BAD_INPUT),
+            "{}",
+            file.display()
+        );
+        for want in expected {
+            assert!(
+                stderr.lines().any(|l| l.contains(&format!("/{want}"))),
+                "{}: expected a line with {want:?}, got:\n{stderr}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn check_with_any_invalid_file_fails_but_reports_the_valid_ones() {
+    let out = run(&[
+        "check",
+        "policies/vehicle-api.yaml",
+        "policies/invalid/bad-size.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policies/vehicle-api.yaml: ok"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"12XB\" is not a size"));
+
+    let out = run(&["check", "does/not/exist.yaml"]);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does/not/exist.yaml: cannot read"));
+
+    let out = run(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn serve_refuses_bad_input_with_exit_65() {
+    let out = run(&[
+        "serve",
+        "--policy",
+        "policies/invalid/no-catch-all.yaml",
+        "--upstream",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the last route must be a catch-all"));
+
+    for upstream in [
+        "https://127.0.0.1:9",
+        "http://127.0.0.1:9/base",
+        "not a url",
+    ] {
+        let out = run(&[
+            "serve",
+            "--policy",
+            "policies/vehicle-api.yaml",
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT), "{upstream}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("upstream"),
+            "{upstream}"
+        );
+    }
+}
+
+#[test]
+fn flags_can_come_from_the_environment() {
+    let out = Command::new(BIN)
+        .args(["serve", "--upstream", "http://127.0.0.1:9"])
+        .env("VERBOSITY_GUARD_POLICY", "policies/invalid/bad-size.yaml")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad-size.yaml:9"));
+}
