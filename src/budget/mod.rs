@@ -9,6 +9,7 @@
 //! million cells per second and the burst within `u32`. A charge rounds up to whole cells, so
 //! it over-counts by less than one unit per request (1 byte for rates up to ~1 MB/s).
 
+pub mod decision;
 mod store;
 
 use std::num::NonZeroU32;

@@ -11,7 +11,6 @@
 //! error's source chain and answers the client with it.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -22,67 +21,8 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use crate::budget::{Budget, BudgetKind, KeyedBudget, Verdict};
+use crate::budget::decision::ByteCharge;
 use crate::error::GuardError;
-
-/// Byte budgets a streamed body is charged to, client budget first.
-#[derive(Clone, Default)]
-pub struct ByteCharge {
-    pub client: Option<(Arc<KeyedBudget>, u64)>,
-    pub route: Option<Arc<Budget>>,
-}
-
-/// Whether a charge applied the per-client budget or skipped it because the key cap was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tracking {
-    Tracked,
-    Untracked,
-}
-
-impl ByteCharge {
-    pub fn is_empty(&self) -> bool {
-        self.client.is_none() && self.route.is_none()
-    }
-
-    pub fn charge(&self, n: u64) -> Result<Tracking, GuardError> {
-        let mut tracking = Tracking::Tracked;
-        if let Some((budget, key)) = &self.client {
-            let burst = budget.quota().burst;
-            tracking = enforce(BudgetKind::ClientBytes, budget.check(*key, n), n, burst)?;
-        }
-        if let Some(budget) = &self.route {
-            enforce(
-                BudgetKind::RouteBytes,
-                budget.check(n),
-                n,
-                budget.quota().burst,
-            )?;
-        }
-        Ok(tracking)
-    }
-}
-
-/// Turns a budget verdict into the request's fate.
-pub fn enforce(
-    kind: BudgetKind,
-    verdict: Verdict,
-    n: u64,
-    burst: u64,
-) -> Result<Tracking, GuardError> {
-    match verdict {
-        Verdict::Allow => Ok(Tracking::Tracked),
-        Verdict::Untracked => Ok(Tracking::Untracked),
-        Verdict::RetryAfter(retry_after) => Err(GuardError::OverBudget {
-            budget: kind,
-            retry_after,
-        }),
-        Verdict::NeverFits => Err(GuardError::ExceedsBurst {
-            budget: kind,
-            size: n,
-            burst,
-        }),
-    }
-}
 
 pin_project! {
     /// A client body being streamed upstream.

@@ -24,15 +24,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
-use super::body::{ByteCharge, GuardedBody, Tracking, UpstreamBody, enforce};
+use super::body::{GuardedBody, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
-use crate::budget::BudgetKind;
+use crate::budget::decision;
 use crate::error::{Blame, BoxError, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
-use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Route};
+use crate::policy::{ClientKeySpec, KeyFallback, KeySource};
 use crate::route::normalize_path;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
@@ -147,14 +147,22 @@ where
 
         // 3. Identify the client, only when a per-client budget needs the key.
         let key = match route.payload.needs_client_key() {
-            true => Some(self.client_key(&route.client_key, &parts)?),
+            true => Some(client_key(
+                &route.client_key,
+                &parts,
+                self.conn.peer,
+                &self.shared.key_hasher,
+            )?),
             false => None,
         };
 
         // 4. Payload budgets. Size first (no state), then the client's budgets, then the
         //    route's, so one client's excess never spends the budget the route shares.
         let declared = body.size_hint().exact();
-        let streamed_charge = self.charge_budgets(route, key, declared)?;
+        let metrics = &self.shared.metrics;
+        let stream_charge = decision::admit(&route.payload, key, declared, |kind| {
+            metrics.record_untracked(&route.name, kind)
+        })?;
 
         // 5. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in.
         self.rewrite(&mut parts, normalized)?;
@@ -165,7 +173,7 @@ where
                 body,
                 self.shared.body_idle_timeout,
                 route.payload.max_body.filter(|_| declared.is_none()),
-                streamed_charge,
+                stream_charge,
                 rm.request_bytes.clone(),
                 rm.forwarded_bytes.clone(),
             );
@@ -191,87 +199,6 @@ where
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
-    }
-
-    /// Hashes the client's identity for per-client budgets, following the route's key spec.
-    fn client_key(&self, spec: &ClientKeySpec, parts: &request::Parts) -> Result<u64, GuardError> {
-        let mut h = self.shared.key_hasher.build_hasher();
-        let found = match &spec.source {
-            KeySource::Header(name) => parts
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes().trim_ascii())
-                .filter(|v| !v.is_empty())
-                .map(|v| {
-                    h.write_u8(1);
-                    h.write(v);
-                })
-                .is_some(),
-            KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
-            KeySource::PeerIp => false,
-        };
-        if !found {
-            match (&spec.source, spec.fallback) {
-                (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
-                    h.write_u8(3);
-                    std::hash::Hash::hash(&self.conn.peer, &mut h);
-                }
-                (_, KeyFallback::Shared) => h.write_u8(4),
-                (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
-            }
-        }
-        Ok(h.finish())
-    }
-
-    /// Charges the request and, when its length is declared, its body to every budget of the
-    /// route. Returns the byte charge still owed per frame when the length is not declared.
-    fn charge_budgets(
-        &self,
-        route: &Route,
-        key: Option<u64>,
-        declared: Option<u64>,
-    ) -> Result<ByteCharge, GuardError> {
-        let p = &route.payload;
-        if let (Some(limit), Some(len)) = (p.max_body, declared)
-            && len > limit
-        {
-            return Err(GuardError::BodyTooLarge { limit });
-        }
-        let untracked = |kind: BudgetKind, t: Tracking| {
-            if t == Tracking::Untracked {
-                self.shared.metrics.record_untracked(&route.name, kind);
-            }
-        };
-        let bytes = declared.unwrap_or(0);
-        if let (Some(b), Some(k)) = (&p.client_requests, key) {
-            let kind = BudgetKind::ClientRequests;
-            untracked(kind, enforce(kind, b.check(k, 1), 1, b.quota().burst)?);
-        }
-        if let (Some(b), Some(k)) = (&p.client_bytes, key) {
-            let kind = BudgetKind::ClientBytes;
-            untracked(
-                kind,
-                enforce(kind, b.check(k, bytes), bytes, b.quota().burst)?,
-            );
-        }
-        if let Some(b) = &p.route_requests {
-            enforce(BudgetKind::RouteRequests, b.check(1), 1, b.quota().burst)?;
-        }
-        if let Some(b) = &p.route_bytes {
-            enforce(
-                BudgetKind::RouteBytes,
-                b.check(bytes),
-                bytes,
-                b.quota().burst,
-            )?;
-        }
-        if declared.is_some() || !p.has_byte_budget() {
-            return Ok(ByteCharge::default());
-        }
-        Ok(ByteCharge {
-            client: p.client_bytes.clone().zip(key),
-            route: p.route_bytes.clone(),
-        })
     }
 
     fn rewrite(
@@ -326,6 +253,42 @@ where
         parts.version = Version::HTTP_11;
         Ok(())
     }
+}
+
+/// Hashes the client's identity for per-client budgets, following the route's key spec. The
+/// hash is keyed per process (SipHash), so clients cannot choose colliding identities.
+pub fn client_key(
+    spec: &ClientKeySpec,
+    parts: &request::Parts,
+    peer: IpAddr,
+    hasher: &std::hash::RandomState,
+) -> Result<u64, GuardError> {
+    let mut h = hasher.build_hasher();
+    let found = match &spec.source {
+        KeySource::Header(name) => parts
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                h.write_u8(1);
+                h.write(v);
+            })
+            .is_some(),
+        KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
+        KeySource::PeerIp => false,
+    };
+    if !found {
+        match (&spec.source, spec.fallback) {
+            (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
+                h.write_u8(3);
+                std::hash::Hash::hash(&peer, &mut h);
+            }
+            (_, KeyFallback::Shared) => h.write_u8(4),
+            (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
+        }
+    }
+    Ok(h.finish())
 }
 
 /// Feeds the percent-decoded value of the first `name=` parameter in `query` to `h`. Decoding

@@ -1,0 +1,88 @@
+//! The per-request decision path without I/O: normalize the path, match the route, hash the
+//! client key, charge the payload budgets. `cargo bench --bench decision`.
+
+use std::hash::RandomState;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{Method, Request};
+use verbosity_guard::budget::decision::admit;
+use verbosity_guard::policy;
+use verbosity_guard::proxy::guard::client_key;
+use verbosity_guard::route::normalize_path;
+
+/// The shipped policy's routes with budgets raised so that every charge is admitted: the bench
+/// measures the decision, not the 429 path.
+fn policy() -> policy::Policy {
+    let text = include_str!("../policies/vehicle-api.yaml")
+        .replace(
+            "rate: 2/s, burst: 10",
+            "rate: 100000000/s, burst: 100000000",
+        )
+        .replace(
+            "rate: 10/s, burst: 20",
+            "rate: 100000000/s, burst: 100000000",
+        )
+        .replace("rate: 64KiB/s, burst: 1MiB", "rate: 1000GiB/s, burst: 1GiB")
+        .replace("rate: 50MiB/s, burst: 8MiB", "rate: 1000GiB/s, burst: 1GiB");
+    policy::parse(&text, "bench.yaml").expect("bench policy compiles")
+}
+
+fn decision(c: &mut Criterion) {
+    let policy = policy();
+    let hasher = RandomState::new();
+    let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let requests: Vec<_> = (0..1024)
+        .map(|i| {
+            let (method, path) = match i % 4 {
+                0 => (Method::POST, format!("/api/1/vehicles/{i}/command/unlock")),
+                1 => (Method::POST, "/api/1/telemetry/batch".to_owned()),
+                2 => (Method::GET, format!("/api/1/vehicles/{i}/vehicle_data")),
+                _ => (Method::GET, "/favicon.ico".to_owned()),
+            };
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("x-vehicle-id", format!("VIN{i:014}"))
+                .body(())
+                .unwrap();
+            req.into_parts().0
+        })
+        .collect();
+
+    let mut g = c.benchmark_group("decision");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("route_match", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            let parts = &requests[i];
+            let path = normalize_path(parts.uri.path()).unwrap();
+            policy.route(&parts.method, &path).0
+        })
+    });
+    g.bench_function("route_match_key_and_budgets", |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            let parts = &requests[i];
+            let path = normalize_path(parts.uri.path()).unwrap();
+            let (_, route) = policy.route(&parts.method, &path);
+            let key = route
+                .payload
+                .needs_client_key()
+                .then(|| client_key(&route.client_key, parts, peer, &hasher).unwrap());
+            admit(&route.payload, key, Some(512), |_| {}).is_ok()
+        })
+    });
+    g.bench_function("normalize_dirty_path", |b| {
+        b.iter(|| {
+            normalize_path("//api/1/./vehicles/%37/x/../command/unlock")
+                .unwrap()
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);
