@@ -206,6 +206,12 @@ impl App {
         &self.admin.registry
     }
 
+    /// Runs one idle-key eviction pass now, as the background task does every
+    /// `limits.key_eviction_interval`.
+    pub fn evict_idle_keys(&self) {
+        evict_pass(&self.admin.shared);
+    }
+
     /// Starts shutting down: `/readyz` answers 503 from now on and the proxy stops accepting.
     /// In-flight requests continue; [`App::drained`] waits for them.
     pub fn begin_shutdown(&self) {
@@ -237,14 +243,16 @@ async fn evict_idle_keys(shared: Arc<Shared>) {
         let interval = shared.policy.load().policy.limits.key_eviction_interval;
         tokio::time::sleep(interval).await;
         let shared = shared.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let snap = shared.policy.load();
-            for route in snap.policy.routes() {
-                for (_, budget) in route.payload.keyed() {
-                    budget.evict_idle();
-                }
-            }
-        });
-        let _ = pass.await;
+        let _ = tokio::task::spawn_blocking(move || evict_pass(&shared)).await;
+    }
+}
+
+/// Forgets every client key whose budget is back to a fresh state.
+fn evict_pass(shared: &Shared) {
+    let snap = shared.policy.load();
+    for route in snap.policy.routes() {
+        for (_, budget) in route.payload.keyed() {
+            budget.evict_idle();
+        }
     }
 }

@@ -267,3 +267,34 @@ routes:
     assert_eq!(resp.status(), 400);
     assert_eq!(json(resp).await["error"], "missing_client_key");
 }
+
+#[tokio::test]
+async fn idle_client_keys_are_evicted() {
+    let up = TestUpstream::start().await;
+    let policy = "version: 1
+client_key: { header: x-vehicle-id }
+limits: { key_eviction_interval: 1h }
+routes:
+  - name: cmd
+    match: { path_prefix: /cmd }
+    payload: { client_requests: { rate: 1000/s, burst: 1 } }
+  - name: default
+    match: { path_prefix: / }
+";
+    let g = TestGuard::start(policy, &up.url).await;
+    let tracked = async || {
+        g.metric(
+            "verbosity_guard_tracked_keys",
+            &[("route", "cmd"), ("budget", "client_requests")],
+        )
+        .await
+    };
+    assert_eq!(post(&g, "/cmd", Some("a"), 0).await.status(), 200);
+    assert_eq!(post(&g, "/cmd", Some("b"), 0).await.status(), 200);
+    assert_eq!(tracked().await, 2.0);
+    // A key is idle once its budget has refilled (1 ms at 1000/s): let the budget's clock move.
+    // (That busy keys are kept is tested on a fake clock in budget::tests.)
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    g.app.evict_idle_keys();
+    assert_eq!(tracked().await, 0.0);
+}
