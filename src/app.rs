@@ -19,7 +19,7 @@ use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
 use crate::policy::store::PolicyStore;
 use crate::policy::{self, Policy, PolicyError};
-use crate::proxy::{self, ServerLimits, Shared, Upstream, UpstreamSettings};
+use crate::proxy::{self, ServerLimits, Shared, Target, UpstreamSettings};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,6 +29,8 @@ pub struct Config {
     pub upstream: String,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Worker threads serving client connections, each with its own runtime and upstream pool.
+    pub workers: usize,
     pub server: ServerLimits,
     pub upstream_settings: UpstreamSettings,
     /// Longest pause between two frames of a request body (408 after).
@@ -63,6 +65,7 @@ impl Config {
             upstream: upstream.into(),
             listen: loopback,
             admin: loopback,
+            workers: 2,
             server: ServerLimits::default(),
             upstream_settings: UpstreamSettings::default(),
             body_idle_timeout: Duration::from_secs(30),
@@ -83,6 +86,8 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] io::Error),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -95,7 +100,7 @@ impl StartError {
 }
 
 /// Parses `--upstream`: plain `http://host:port`, nothing else.
-pub fn parse_upstream(url: &str) -> Result<Upstream, StartError> {
+pub fn parse_upstream(url: &str) -> Result<Target, StartError> {
     let err = |reason| StartError::Upstream {
         url: url.to_owned(),
         reason,
@@ -117,10 +122,7 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, StartError> {
             "must not have a path or query; requests keep their own path",
         ));
     }
-    Ok(Upstream {
-        scheme: Scheme::HTTP,
-        authority,
-    })
+    Ok(Target { authority })
 }
 
 pub struct App {
@@ -128,14 +130,14 @@ pub struct App {
     admin_addr: SocketAddr,
     admin: Arc<Admin>,
     shutdown: watch::Sender<bool>,
-    proxy: JoinHandle<bool>,
+    workers: Vec<tokio::sync::oneshot::Receiver<bool>>,
     background: Vec<JoinHandle<()>>,
 }
 
 impl App {
     pub async fn start(cfg: Config) -> Result<App, StartError> {
         let policy = cfg.policy.load()?;
-        let upstream = parse_upstream(&cfg.upstream)?;
+        let target = parse_upstream(&cfg.upstream)?;
         let registry = Registry::new();
         let metrics = Arc::new(Metrics::register(&registry)?);
         for w in &policy.warnings {
@@ -144,7 +146,7 @@ impl App {
         let shared = Arc::new(Shared {
             policy: PolicyStore::new(policy, &metrics),
             metrics,
-            upstream,
+            target,
             body_idle_timeout: cfg.body_idle_timeout,
             key_hasher: std::hash::RandomState::new(),
         });
@@ -169,16 +171,22 @@ impl App {
             shared: shared.clone(),
             ready: false.into(),
         });
-        let client = proxy::upstream_client(&cfg.upstream_settings);
-        let proxy = tokio::spawn(proxy::serve(
-            proxy_listener,
-            shared.clone(),
-            client,
-            cfg.server.clone(),
-            rx,
+        let (queues, drained) = proxy::spawn_workers(
+            cfg.workers,
+            &shared,
+            &cfg.server,
+            &cfg.upstream_settings,
             cfg.drain_timeout,
-        ));
+        )
+        .map_err(StartError::Workers)?;
         let background = vec![
+            tokio::spawn(proxy::accept(
+                proxy_listener,
+                queues,
+                shared.clone(),
+                cfg.server.max_connections,
+                rx,
+            )),
             tokio::spawn(admin::serve(admin_listener, admin.clone())),
             tokio::spawn(evict_idle_keys(shared)),
         ];
@@ -189,7 +197,7 @@ impl App {
             admin_addr,
             admin,
             shutdown,
-            proxy,
+            workers: drained,
             background,
         })
     }
@@ -221,8 +229,11 @@ impl App {
 
     /// Waits until in-flight requests have finished (up to the drain timeout), then stops the
     /// admin listener. Returns false if the drain timed out.
-    pub async fn drained(self) -> bool {
-        let drained = self.proxy.await.unwrap_or(false);
+    pub async fn drained(mut self) -> bool {
+        let mut drained = true;
+        for worker in std::mem::take(&mut self.workers) {
+            drained &= worker.await.unwrap_or(false);
+        }
         for task in &self.background {
             task.abort();
         }
@@ -233,6 +244,17 @@ impl App {
     pub async fn shutdown(self) -> bool {
         self.begin_shutdown();
         self.drained().await
+    }
+}
+
+impl Drop for App {
+    /// An app dropped without [`App::shutdown`] still stops accepting, so its worker threads
+    /// finish once their connections close.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the guard in front of an upstream.
     Serve(Box<ServeArgs>),
+    /// Simulate a fleet, a verbosity surge, and the guard containing it; no set-up needed.
+    Demo(crate::demo::DemoArgs),
     /// Validate policy files and print a summary of each valid one.
     Check {
         /// Policy files to check.
@@ -62,7 +64,8 @@ pub struct ServeArgs {
     /// Address for /metrics, /healthz, /readyz and /policy.
     #[arg(long, env = "VERBOSITY_GUARD_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
-    /// Worker threads (default: one per CPU available to the process).
+    /// Worker threads serving requests, each with its own upstream pool (default: one per CPU
+    /// available to the process).
     #[arg(long, env = "VERBOSITY_GUARD_WORKERS")]
     pub workers: Option<usize>,
     /// Client connections served at once; more wait in the kernel's accept queue.

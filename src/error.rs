@@ -202,7 +202,7 @@ impl GuardError {
             source = e.source();
         }
         let connect = err
-            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .downcast_ref::<crate::proxy::UpstreamError>()
             .is_some_and(|e| e.is_connect());
         if connect {
             GuardError::UpstreamConnect(err)

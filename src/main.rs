@@ -30,6 +30,13 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         }
+        Command::Demo(args) => match demo(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("verbosity-guard demo: {e:#}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
         Command::Serve(args) => match serve(*args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(EXIT_RUNTIME),
@@ -54,6 +61,15 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn demo(args: &verbosity_guard::demo::DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(verbosity_guard::demo::run(args))?;
+    Ok(())
 }
 
 /// Runs the guard until SIGTERM or SIGINT, then drains. Ok(false) when the drain timed out.
@@ -84,12 +100,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         };
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;
+        // Handlers first: a signal that arrives once the app is listening must drain it, not kill
+        // the process with the default action.
+        let mut signals = Signals::install()?;
         let app = App::start(cfg).await?;
-        shutdown_signal().await?;
+        signals.recv().await;
         tracing::info!("shutting down: draining in-flight requests");
         let drained = tokio::select! {
             drained = app.shutdown() => drained,
-            _ = shutdown_signal() => {
+            _ = signals.recv() => {
                 tracing::warn!("second signal: exiting without waiting for the drain");
                 false
             }
@@ -101,12 +120,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
     })
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler")?,
+/// SIGTERM and SIGINT, installed together.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

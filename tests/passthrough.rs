@@ -223,3 +223,34 @@ async fn bodies_are_streamed_not_buffered() {
     assert_eq!(resp.chunk().await.unwrap().unwrap(), "second");
     assert!(resp.chunk().await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_upstream_gets_an_origin_form_request_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A bare TCP upstream, so the request line is seen exactly as written on the wire.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", raw.local_addr().unwrap());
+    let g = TestGuard::start(&policy_with_route(POLICY), &url).await;
+    let request = tokio::spawn(client().get(format!("{}/api/x?q=1", g.url)).send());
+    let (mut conn, _) = raw.accept().await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "guard closed before sending a whole head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("GET /api/x?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "\r\nhost: {}\r\n",
+            g.url.trim_start_matches("http://")
+        )),
+        "{head}"
+    );
+    assert_eq!(request.await.unwrap().unwrap().status(), 204);
+}

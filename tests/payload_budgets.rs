@@ -71,6 +71,21 @@ async fn declared_body_over_max_body_gets_413_before_any_byte_is_read() {
 }
 
 #[tokio::test]
+async fn a_client_still_uploading_receives_the_413_instead_of_a_reset() {
+    let up = TestUpstream::start().await;
+    let route =
+        "  - name: upload\n    match: { path_prefix: /upload }\n    payload: { max_body: 1KiB }\n";
+    let g = TestGuard::start(&policy_with_route(route), &up.url).await;
+    // 8 MiB is far more than the socket buffers hold: the client is still writing when the
+    // guard answers. Without lingering close it would see a connection reset.
+    for _ in 0..3 {
+        let resp = post(&g, "/upload", None, 8 << 20).await;
+        assert_eq!(resp.status(), 413);
+        assert_eq!(json(resp).await["error"], "body_too_large");
+    }
+}
+
+#[tokio::test]
 async fn chunked_body_over_max_body_is_cut_off_at_the_limit() {
     let up = TestUpstream::start().await;
     let route =

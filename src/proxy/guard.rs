@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version, request};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -28,6 +28,7 @@ use super::body::{GuardedBody, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
+use super::upstream::PooledBody;
 use crate::budget::decision;
 use crate::error::{Blame, BoxError, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
@@ -36,12 +37,11 @@ use crate::policy::{ClientKeySpec, KeyFallback, KeySource};
 use crate::route::normalize_path;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
-/// Where requests go.
+/// Where requests go: `host:port` of a plain-HTTP upstream.
 #[derive(Debug, Clone)]
-pub struct Upstream {
-    pub scheme: Scheme,
+pub struct Target {
     pub authority: Authority,
 }
 
@@ -49,7 +49,7 @@ pub struct Upstream {
 pub struct Shared {
     pub policy: PolicyStore,
     pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
+    pub target: Target,
     /// Longest pause allowed between two frames of a request body.
     pub body_idle_timeout: Duration,
     /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
@@ -93,7 +93,7 @@ impl<S> Guard<S> {
 
 impl<S> Service<Request<Incoming>> for Guard<S>
 where
-    S: Service<Request<UpstreamBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S: Service<Request<UpstreamBody>, Response = Response<PooledBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
 {
@@ -121,7 +121,7 @@ where
 
 impl<S> Guard<S>
 where
-    S: Service<Request<UpstreamBody>, Response = Response<Incoming>>,
+    S: Service<Request<UpstreamBody>, Response = Response<PooledBody>>,
     S::Error: Into<BoxError>,
 {
     async fn run(
@@ -129,7 +129,7 @@ where
         snap: &Snapshot,
         route_idx: &mut Option<usize>,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, GuardError> {
+    ) -> Result<Response<PooledBody>, GuardError> {
         let (mut parts, body) = req.into_parts();
 
         // 1. Normalize the path, so no spelling of it can reach another route's budget.
@@ -235,21 +235,21 @@ where
             append_forwarded(&mut parts.headers, &X_FORWARDED_HOST, host);
         }
 
-        let path_and_query = match normalized {
-            None => parts.uri.path_and_query().cloned(),
+        // The upstream gets origin form (path and query), as a client would send it; hyper's
+        // connection writes the target verbatim.
+        parts.uri = match normalized {
+            None => match parts.uri.path_and_query() {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            },
             Some(mut target) => {
                 if let Some(q) = parts.uri.query() {
                     target.push('?');
                     target.push_str(q);
                 }
-                Some(PathAndQuery::try_from(target).map_err(|_| GuardError::BadTarget)?)
+                Uri::from(PathAndQuery::try_from(target).map_err(|_| GuardError::BadTarget)?)
             }
         };
-        let mut uri = uri::Parts::default();
-        uri.scheme = Some(self.shared.upstream.scheme.clone());
-        uri.authority = Some(self.shared.upstream.authority.clone());
-        uri.path_and_query = path_and_query;
-        parts.uri = Uri::from_parts(uri).map_err(|_| GuardError::BadTarget)?;
         parts.version = Version::HTTP_11;
         Ok(())
     }
@@ -337,7 +337,7 @@ fn record_outcome(
     metrics: &Metrics,
     snap: &Snapshot,
     route: Option<usize>,
-    result: Result<Response<Incoming>, GuardError>,
+    result: Result<Response<PooledBody>, GuardError>,
 ) -> Response<ResponseBody> {
     let rm = route.map(|i| &snap.route_metrics[i]);
     let name = route.map_or(UNROUTED, |i| snap.policy.routes()[i].name.as_str());

@@ -1,25 +1,35 @@
-//! The proxy listener: accepts client connections and serves each through the stack built in
-//! [`stack`]. Bounds on connections, header reads and draining live here; the per-request rules
-//! live in [`guard`].
+//! The proxy listener and its workers.
+//!
+//! One accept loop takes client connections (up to `max_connections` at once) and hands them
+//! round-robin to N worker threads. Each worker runs a single-threaded tokio runtime with its own
+//! upstream connection pool, so a request is served start to finish on one thread, with no
+//! cross-thread handoff and no contended lock (the shape nginx and Envoy use). Per-request rules
+//! live in [`guard`]; the stack is assembled in [`stack`].
 
 pub mod body;
 pub mod guard;
 pub mod headers;
+mod linger;
 mod stack;
+pub mod upstream;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-pub use guard::{ConnInfo, Guard, Shared, Upstream};
-pub use stack::{UpstreamClient, UpstreamSettings, stack, upstream_client};
+pub use guard::{ConnInfo, Guard, Shared, Target};
+pub use stack::stack;
+pub use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 use crate::warn_limited;
+use linger::Lingering;
 
 /// Listener-level bounds, set from the command line.
 #[derive(Debug, Clone)]
@@ -49,40 +59,76 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves the proxy on `listener` until `shutdown` flips, then stops accepting and waits up to
-/// `drain` for in-flight connections to finish. Returns false if the drain timed out.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    client: UpstreamClient,
-    limits: ServerLimits,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) -> bool {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // hyper ignores header_read_timeout unless a timer is set.
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+/// An accepted connection on its way to a worker, with its slot under `max_connections`.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
 
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let metrics = shared.metrics.clone();
+/// Where the accept loop sends a worker its connections.
+pub struct WorkerQueue(mpsc::UnboundedSender<Accepted>);
+
+/// Starts `n` worker threads serving through `shared` toward `settings`' upstream. Each drains
+/// for up to `drain` once the accept loop stops feeding it. Returns each worker's queue and a
+/// receiver that says whether its drain finished in time.
+pub fn spawn_workers(
+    n: usize,
+    shared: &Arc<Shared>,
+    limits: &ServerLimits,
+    settings: &UpstreamSettings,
+    drain: Duration,
+) -> std::io::Result<(Vec<WorkerQueue>, Vec<oneshot::Receiver<bool>>)> {
+    let n = n.max(1);
+    (0..n)
+        .map(|i| {
+            let (conns, rx) = mpsc::unbounded_channel();
+            let (done, drained) = oneshot::channel();
+            let upstream = Upstream::new(
+                &shared.target.authority,
+                settings,
+                settings.pool_max_idle.div_ceil(n),
+            );
+            let (shared, limits) = (shared.clone(), limits.clone());
+            thread::Builder::new()
+                .name(format!("guard-worker-{i}"))
+                .spawn(move || {
+                    let drained = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(run_worker(rx, shared, upstream, limits, drain)),
+                        Err(e) => {
+                            tracing::error!("worker {i} cannot start its runtime: {e}");
+                            false
+                        }
+                    };
+                    let _ = done.send(drained);
+                })?;
+            Ok((WorkerQueue(conns), drained))
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map(|workers| workers.into_iter().unzip())
+}
+
+/// Accepts until `shutdown` flips, spreading connections over `workers`. Returning drops the
+/// listener (new clients are refused) and the workers' queues (each then drains).
+pub async fn accept(
+    listener: TcpListener,
+    queues: Vec<WorkerQueue>,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut next = 0;
     loop {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
-                Err(_) => break,
+                Err(_) => return,
             },
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => return,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -94,17 +140,63 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        shared.metrics.connections.inc();
+        shared.metrics.connections_open.inc();
+        let _ = queues[next].0.send(Accepted {
+            stream,
+            peer,
+            permit,
+        });
+        next = (next + 1) % queues.len();
+    }
+}
+
+async fn run_worker(
+    mut conns: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    limits: ServerLimits,
+    drain: Duration,
+) -> bool {
+    let sweeper = tokio::spawn({
+        let upstream = upstream.clone();
+        async move {
+            let period = (upstream.idle_timeout() / 2).max(Duration::from_secs(1));
+            loop {
+                tokio::time::sleep(period).await;
+                upstream.sweep();
+            }
+        }
+    });
+    let builder = server_builder(&limits);
+    let graceful = GracefulShutdown::new();
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = conns.recv().await
+    {
+        let metrics = shared.metrics.clone();
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                warn_limited!("cannot adopt a connection: {e}");
+                metrics.connections_open.dec();
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        metrics.connections.inc();
-        metrics.connections_open.inc();
-        let service = stack(shared.clone(), ConnInfo::new(peer.ip()), client.clone());
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = metrics.clone();
+        let service = stack(shared.clone(), ConnInfo::new(peer.ip()), upstream.clone());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(Lingering::new(stream)), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             // Pinned here rather than awaited by value so the socket stays open until the
             // outcome is counted: whoever sees the connection close can read its metric.
@@ -119,10 +211,28 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
-    tokio::time::timeout(drain, graceful.shutdown())
+    let drained = tokio::time::timeout(drain, graceful.shutdown())
         .await
-        .is_ok()
+        .is_ok();
+    sweeper.abort();
+    drained
+}
+
+fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper ignores header_read_timeout unless a timer is set.
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Labels a connection's failure. hyper answers malformed heads (400/431) itself before the

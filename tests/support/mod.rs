@@ -25,7 +25,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: Method,
-    /// Path and query.
+    /// The request target exactly as received (origin form: path and query).
     pub target: String,
     pub version: Version,
     pub headers: HeaderMap,

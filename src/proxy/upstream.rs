@@ -1,0 +1,271 @@
+//! The upstream client: keep-alive HTTP/1.1 connections to the one upstream, pooled per worker.
+//!
+//! Each worker thread owns an [`Upstream`], so its idle list is only ever touched by that thread:
+//! checkout and return take an uncontended lock. A connection goes back to the pool when its
+//! response body has been read to the end (see [`PooledBody`]); a body dropped early closes it.
+//! This replaces hyper-util's pooled client, whose shared pool and per-request URI handling cost
+//! about 15% of throughput on the loopback benchmark.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::UpstreamBody;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Time allowed to open a TCP connection to the upstream (502 after).
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Most idle connections kept, across all workers.
+    pub pool_max_idle: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 512,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connecting to {addr} took longer than {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("upstream exchange failed")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// True when no connection could be made (as opposed to one that failed mid-exchange).
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, UpstreamError::Exchange(_))
+    }
+}
+
+/// One worker's connections to the upstream. Cloning shares the pool.
+#[derive(Clone)]
+pub struct Upstream(Arc<Inner>);
+
+struct Inner {
+    /// `host:port` to connect to.
+    addr: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl Upstream {
+    /// A pool for one worker; `max_idle` is this worker's share of the idle limit.
+    pub fn new(authority: &Authority, settings: &UpstreamSettings, max_idle: usize) -> Upstream {
+        let port = authority.port_u16().unwrap_or(80);
+        Upstream(Arc::new(Inner {
+            addr: format!("{}:{port}", authority.host()),
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.pool_idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Sends `req` on a pooled connection, or a new one. A pooled connection that turns out to
+    /// be unusable before the request was written (closed by the upstream while idle) is
+    /// replaced by a fresh one, once; nothing is ever sent twice.
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        Ok(self.pooled(resp, sender))
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The list holds no invariant a panic could break; keep using it.
+        self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle();
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < self.0.idle_timeout && !c.sender.is_closed() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < self.0.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let addr = &self.0.addr;
+        let stream = tokio::time::timeout(self.0.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr: addr.clone(),
+                after: self.0.connect_timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        // The connection's I/O runs as its own task on this worker; it ends when the sender is
+        // dropped (by the pool or an aborted exchange) or the upstream closes.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn pooled(
+        &self,
+        resp: Response<Incoming>,
+        sender: SendRequest<UpstreamBody>,
+    ) -> Response<PooledBody> {
+        resp.map(|inner| {
+            let mut conn = Some((sender, self.clone()));
+            if inner.is_end_stream() {
+                // No body to wait for (HEAD, 204, Content-Length: 0): reusable right away.
+                if let Some((sender, pool)) = conn.take() {
+                    pool.checkin(sender);
+                }
+            }
+            PooledBody { inner, conn }
+        })
+    }
+
+    /// Closes idle connections past the idle timeout; run periodically by each worker.
+    pub fn sweep(&self) {
+        let timeout = self.0.idle_timeout;
+        self.idle()
+            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.0.idle_timeout
+    }
+}
+
+impl tower::Service<Request<UpstreamBody>> for Upstream {
+    type Response = Response<PooledBody>;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}
+
+pin_project! {
+    /// An upstream response body that returns its connection to the pool once read to the end.
+    pub struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        conn: Option<(SendRequest<UpstreamBody>, Upstream)>,
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            // Readers such as hyper's server stop polling once `is_end_stream` says the last
+            // frame has come, so the end is noticed on that frame, not only on `None`.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some((sender, pool)) = this.conn.take() {
+                    pool.checkin(sender);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some((sender, pool)) = this.conn.take() {
+                    pool.checkin(sender);
+                }
+            }
+            // A failed body leaves the connection in an unknown state: close it.
+            Poll::Ready(Some(Err(_))) => drop(this.conn.take()),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
