@@ -51,6 +51,12 @@ pub struct ByteRate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HumanDuration(pub Duration);
 
+impl From<HumanDuration> for std::time::Duration {
+    fn from(d: HumanDuration) -> Self {
+        d.0
+    }
+}
+
 impl Rate {
     /// The rate as a float per second, for display and summaries.
     pub fn per_second(&self) -> f64 {
