@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::budget::BudgetKind;
+use crate::proxy::UpstreamError;
 use crate::route::PathError;
 
 /// Why a request did not get (or did not complete) an upstream exchange.
@@ -40,14 +41,12 @@ pub enum GuardError {
     #[error("request target cannot be forwarded")]
     BadTarget,
     #[error("upstream could not be reached")]
-    UpstreamConnect(#[source] BoxError),
+    UpstreamConnect(#[source] UpstreamError),
     #[error("upstream exchange failed")]
-    UpstreamReset(#[source] BoxError),
+    UpstreamReset(#[source] UpstreamError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
 }
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The JSON body of a guard-made response; fields in this order, absent ones omitted.
 #[derive(Default, serde::Serialize)]
@@ -189,25 +188,26 @@ impl GuardError {
         resp
     }
 
-    /// Finds a `GuardError` that a request body raised inside an upstream client error, so a body
-    /// cut off mid-stream is answered for what it was (413, 429, 408), not as a 502.
-    pub fn from_upstream(err: BoxError) -> GuardError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
-        while let Some(e) = source {
-            if let Some(own) = e.downcast_ref::<GuardError>() {
-                return own
-                    .clone_client_error()
-                    .unwrap_or(GuardError::UpstreamReset(err));
+    /// Maps an upstream failure. A request body cut off mid-stream (413, 429, 408) surfaces as
+    /// an exchange error whose source chain holds the body's `GuardError`: the client is answered
+    /// for what it did, not with a 502.
+    pub fn from_upstream(err: UpstreamError, timeout: Duration) -> GuardError {
+        match err {
+            UpstreamError::Timeout => GuardError::UpstreamTimeout(timeout),
+            e if e.is_connect() => GuardError::UpstreamConnect(e),
+            e => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                while let Some(s) = source {
+                    if let Some(own) = s
+                        .downcast_ref::<GuardError>()
+                        .and_then(GuardError::clone_client_error)
+                    {
+                        return own;
+                    }
+                    source = s.source();
+                }
+                GuardError::UpstreamReset(e)
             }
-            source = e.source();
-        }
-        let connect = err
-            .downcast_ref::<crate::proxy::UpstreamError>()
-            .is_some_and(|e| e.is_connect());
-        if connect {
-            GuardError::UpstreamConnect(err)
-        } else {
-            GuardError::UpstreamReset(err)
         }
     }
 
@@ -261,16 +261,23 @@ mod tests {
     }
 
     #[test]
-    fn body_errors_inside_upstream_errors_are_recovered() {
-        let inner: BoxError = Box::new(GuardError::BodyTooLarge { limit: 10 });
-        #[derive(Debug, thiserror::Error)]
-        #[error("wrapper")]
-        struct Wrapper(#[source] BoxError);
-        let e = GuardError::from_upstream(Box::new(Wrapper(inner)));
-        assert!(matches!(e, GuardError::BodyTooLarge { limit: 10 }));
-        assert_eq!(e.status(), 413);
-        let e = GuardError::from_upstream("boom".into());
-        assert!(matches!(e, GuardError::UpstreamReset(_)));
-        assert_eq!(e.status(), 502);
+    fn upstream_failures_map_to_502_and_504() {
+        // (A body error inside an exchange error is covered end to end by the chunked-upload
+        // tests in tests/payload_budgets.rs, which need a real hyper connection.)
+        let refused = UpstreamError::Connect {
+            addr: "127.0.0.1:9".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let e = GuardError::from_upstream(refused, Duration::from_secs(5));
+        assert_eq!(
+            (e.status(), e.label(), e.blame()),
+            (StatusCode::BAD_GATEWAY, "connect", Blame::Upstream)
+        );
+        let e = GuardError::from_upstream(UpstreamError::Timeout, Duration::from_secs(5));
+        assert_eq!(
+            (e.status(), e.label()),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+        assert!(matches!(e, GuardError::UpstreamTimeout(d) if d == Duration::from_secs(5)));
     }
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,15 +22,16 @@ use http::{Request, Response, Uri, Version, request};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tower::{Service, ServiceExt};
+use tokio::time::Instant;
+use tower::Service;
 
 use super::body::{GuardedBody, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
-use super::upstream::PooledBody;
+use super::upstream::{PooledBody, Upstream};
 use crate::budget::decision;
-use crate::error::{Blame, BoxError, GuardError};
+use crate::error::{Blame, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
 use crate::policy::{ClientKeySpec, KeyFallback, KeySource};
@@ -73,59 +74,49 @@ impl ConnInfo {
     }
 }
 
-/// The guard in front of `S`, the service that talks to the upstream.
+/// The guard in front of this worker's upstream pool.
 #[derive(Clone)]
-pub struct Guard<S> {
+pub struct Guard {
     shared: Arc<Shared>,
     conn: ConnInfo,
-    inner: S,
+    upstream: Upstream,
 }
 
-impl<S> Guard<S> {
-    pub fn new(shared: Arc<Shared>, conn: ConnInfo, inner: S) -> Self {
+impl Guard {
+    pub fn new(shared: Arc<Shared>, conn: ConnInfo, upstream: Upstream) -> Self {
         Guard {
             shared,
             conn,
-            inner,
+            upstream,
         }
     }
 }
 
-impl<S> Service<Request<Incoming>> for Guard<S>
-where
-    S: Service<Request<UpstreamBody>, Response = Response<PooledBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-{
+impl Service<Request<Incoming>> for Guard {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The inner service's readiness is awaited per request inside `run`.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let mut this = self.clone();
+        let this = self.clone();
         Box::pin(async move {
             let snapshot = this.shared.policy.load();
-            let metrics = this.shared.metrics.clone();
-            let _in_flight = InFlight::enter(&metrics);
+            let metrics = &this.shared.metrics;
+            let _in_flight = InFlight::enter(metrics);
             let mut route = None;
             let result = this.run(&snapshot, &mut route, req).await;
-            Ok(record_outcome(&metrics, &snapshot, route, result))
+            Ok(record_outcome(metrics, &snapshot, route, result))
         })
     }
 }
 
-impl<S> Guard<S>
-where
-    S: Service<Request<UpstreamBody>, Response = Response<PooledBody>>,
-    S::Error: Into<BoxError>,
-{
+impl Guard {
     async fn run(
-        &mut self,
+        &self,
         snap: &Snapshot,
         route_idx: &mut Option<usize>,
         req: Request<Incoming>,
@@ -182,16 +173,12 @@ where
 
         // 6. Forward, bounded by the route's timeout for the response headers.
         let started = Instant::now();
-        let inner = self
-            .inner
-            .ready()
+        let request = Request::from_parts(parts, body);
+        let response = self
+            .upstream
+            .send(request, started + route.timeout)
             .await
-            .map_err(|e| GuardError::from_upstream(e.into()))?;
-        let response =
-            tokio::time::timeout(route.timeout, inner.call(Request::from_parts(parts, body)))
-                .await
-                .map_err(|_| GuardError::UpstreamTimeout(route.timeout))?
-                .map_err(|e| GuardError::from_upstream(e.into()))?;
+            .map_err(|e| GuardError::from_upstream(e, route.timeout))?;
         rm.upstream_duration
             .observe(started.elapsed().as_secs_f64());
 
@@ -221,6 +208,8 @@ where
             }
         };
         strip_hop_by_hop(&mut parts.headers);
+        // Room for the three X-Forwarded-* headers: at most one growth of the map.
+        parts.headers.reserve(3);
         append_forwarded(
             &mut parts.headers,
             &X_FORWARDED_FOR,

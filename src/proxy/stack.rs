@@ -1,9 +1,12 @@
-//! The request stack for one client connection, outermost layer first.
+//! The service each client connection is served by.
+//!
+//! Today it is one tower service, [`Guard`], adapted to hyper: it runs the request's phases and
+//! forwards on this worker's upstream pool. Cross-cutting layers (critical-route reservations,
+//! brownout) wrap it here, outermost first, each with a line saying why it sits where it does.
 
 use std::sync::Arc;
 
 use hyper_util::service::TowerToHyperService;
-use tower::ServiceBuilder;
 
 use super::guard::{ConnInfo, Guard, Shared};
 use super::upstream::Upstream;
@@ -12,12 +15,6 @@ pub fn stack(
     shared: Arc<Shared>,
     conn: ConnInfo,
     upstream: Upstream,
-) -> TowerToHyperService<Guard<Upstream>> {
-    let service = ServiceBuilder::new()
-        // The guard: normalize, route, identify the client, charge payload budgets, rewrite
-        // headers. Every request's outcome is recorded here, whichever phase ended it.
-        .layer_fn(|inner| Guard::new(shared.clone(), conn.clone(), inner))
-        // The upstream: this worker's pool of keep-alive connections; bodies stream both ways.
-        .service(upstream);
-    TowerToHyperService::new(service)
+) -> TowerToHyperService<Guard> {
+    TowerToHyperService::new(Guard::new(shared, conn, upstream))
 }

@@ -6,7 +6,6 @@
 //! This replaces hyper-util's pooled client, whose shared pool and per-request URI handling cost
 //! about 15% of throughput on the loopback benchmark.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +21,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::body::UpstreamBody;
 
@@ -58,12 +57,17 @@ pub enum UpstreamError {
     ConnectTimeout { addr: String, after: Duration },
     #[error("upstream exchange failed")]
     Exchange(#[source] hyper::Error),
+    #[error("upstream sent no response headers in time")]
+    Timeout,
 }
 
 impl UpstreamError {
     /// True when no connection could be made (as opposed to one that failed mid-exchange).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, UpstreamError::Exchange(_))
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+        )
     }
 }
 
@@ -81,8 +85,34 @@ struct Inner {
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
+}
+
+/// One upstream connection: its request handle, and the timer that bounds each exchange on it.
+/// The timer lives as long as the connection and is moved to each new deadline, which tokio
+/// does with an atomic update when the deadline is later: no timer is created per request.
+struct Conn {
+    sender: SendRequest<UpstreamBody>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Sends `req`, waiting for the response headers until the timer fires. `Err(Some(req))`
+    /// gives back a request that was never written.
+    async fn exchange(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<UpstreamBody>>)> {
+        tokio::select! {
+            biased;
+            sent = self.sender.try_send_request(req) => sent.map_err(|mut e| {
+                let unsent = e.take_message();
+                (UpstreamError::Exchange(e.into_error()), unsent)
+            }),
+            () = self.timer.as_mut() => Err((UpstreamError::Timeout, None)),
+        }
+    }
 }
 
 impl Upstream {
@@ -98,31 +128,30 @@ impl Upstream {
         }))
     }
 
-    /// Sends `req` on a pooled connection, or a new one. A pooled connection that turns out to
-    /// be unusable before the request was written (closed by the upstream while idle) is
-    /// replaced by a fresh one, once; nothing is ever sent twice.
+    /// Sends `req` on a pooled connection, or a new one, waiting for the response headers until
+    /// `deadline`. A pooled connection that turns out to be unusable before the request was
+    /// written (closed by the upstream while idle) is replaced; nothing is ever sent twice.
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
+        deadline: Instant,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
+        while let Some(mut conn) = self.checkout() {
+            conn.timer.as_mut().reset(deadline);
+            if conn.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Exchange(e.into_error())),
-                },
+            match conn.exchange(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, conn)),
+                Err((_, Some(unsent))) => req = unsent,
+                Err((e, None)) => return Err(e),
             }
         }
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        Ok(self.pooled(resp, sender))
+        let mut conn = self.connect(deadline).await?;
+        match conn.exchange(req).await {
+            Ok(resp) => Ok(self.pooled(resp, conn)),
+            Err((e, _)) => Err(e),
+        }
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -130,30 +159,31 @@ impl Upstream {
         self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle();
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < self.0.idle_timeout && !c.sender.is_closed() {
-                return Some(c.sender);
+            if c.since.elapsed() < self.0.idle_timeout && !c.conn.sender.is_closed() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle();
         if idle.len() < self.0.max_idle {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    /// Opens a connection whose exchange timer is set to `deadline`.
+    async fn connect(&self, deadline: Instant) -> Result<Conn, UpstreamError> {
         let addr = &self.0.addr;
         let stream = tokio::time::timeout(self.0.connect_timeout, TcpStream::connect(addr))
             .await
@@ -175,20 +205,19 @@ impl Upstream {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        })
     }
 
-    fn pooled(
-        &self,
-        resp: Response<Incoming>,
-        sender: SendRequest<UpstreamBody>,
-    ) -> Response<PooledBody> {
+    fn pooled(&self, resp: Response<Incoming>, conn: Conn) -> Response<PooledBody> {
         resp.map(|inner| {
-            let mut conn = Some((sender, self.clone()));
+            let mut conn = Some((conn, self.clone()));
             if inner.is_end_stream() {
                 // No body to wait for (HEAD, 204, Content-Length: 0): reusable right away.
-                if let Some((sender, pool)) = conn.take() {
-                    pool.checkin(sender);
+                if let Some((conn, pool)) = conn.take() {
+                    pool.checkin(conn);
                 }
             }
             PooledBody { inner, conn }
@@ -199,26 +228,11 @@ impl Upstream {
     pub fn sweep(&self) {
         let timeout = self.0.idle_timeout;
         self.idle()
-            .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+            .retain(|c| c.since.elapsed() < timeout && !c.conn.sender.is_closed());
     }
 
     pub fn idle_timeout(&self) -> Duration {
         self.0.idle_timeout
-    }
-}
-
-impl tower::Service<Request<UpstreamBody>> for Upstream {
-    type Response = Response<PooledBody>;
-    type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.send(req).await })
     }
 }
 
@@ -227,7 +241,7 @@ pin_project! {
     pub struct PooledBody {
         #[pin]
         inner: Incoming,
-        conn: Option<(SendRequest<UpstreamBody>, Upstream)>,
+        conn: Option<(Conn, Upstream)>,
     }
 }
 
@@ -245,13 +259,13 @@ impl Body for PooledBody {
             // Readers such as hyper's server stop polling once `is_end_stream` says the last
             // frame has come, so the end is noticed on that frame, not only on `None`.
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some((sender, pool)) = this.conn.take() {
-                    pool.checkin(sender);
+                if let Some((conn, pool)) = this.conn.take() {
+                    pool.checkin(conn);
                 }
             }
             Poll::Ready(None) => {
-                if let Some((sender, pool)) = this.conn.take() {
-                    pool.checkin(sender);
+                if let Some((conn, pool)) = this.conn.take() {
+                    pool.checkin(conn);
                 }
             }
             // A failed body leaves the connection in an unknown state: close it.
