@@ -48,7 +48,7 @@ fn every_shipped_policy_checks_and_is_summarized() {
         "critical",
         "/api/1/vehicles/{id}/command/{command}",
         "telemetry",
-        "client_bytes 64KiB/s burst 1MiB",
+        "client_bytes 64KiB/s burst 64KiB",
     ] {
         assert!(
             stdout.contains(expected),

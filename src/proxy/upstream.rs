@@ -71,39 +71,45 @@ impl UpstreamError {
     }
 }
 
-/// One worker's connections to the upstream. Cloning shares the pool.
-#[derive(Clone)]
-pub struct Upstream(Arc<Inner>);
+/// One worker's connections to the upstream, sending request bodies of type `B`. Cloning
+/// shares the pool. (The demo's simulated fleet uses the same pool with in-memory bodies.)
+pub struct Upstream<B = UpstreamBody>(Arc<Inner<B>>);
 
-struct Inner {
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream(self.0.clone())
+    }
+}
+
+struct Inner<B> {
     /// `host:port` to connect to.
     addr: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Idle<B>>>,
 }
 
-struct Idle {
-    conn: Conn,
+struct Idle<B> {
+    conn: Conn<B>,
     since: Instant,
 }
 
 /// One upstream connection: its request handle, and the timer that bounds each exchange on it.
 /// The timer lives as long as the connection and is moved to each new deadline, which tokio
 /// does with an atomic update when the deadline is later: no timer is created per request.
-struct Conn {
-    sender: SendRequest<UpstreamBody>,
+struct Conn<B> {
+    sender: SendRequest<B>,
     timer: Pin<Box<Sleep>>,
 }
 
-impl Conn {
+impl<B: Body + 'static> Conn<B> {
     /// Sends `req`, waiting for the response headers until the timer fires. `Err(Some(req))`
     /// gives back a request that was never written.
     async fn exchange(
         &mut self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<UpstreamBody>>)> {
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<B>>)> {
         tokio::select! {
             biased;
             sent = self.sender.try_send_request(req) => sent.map_err(|mut e| {
@@ -115,9 +121,14 @@ impl Conn {
     }
 }
 
-impl Upstream {
+impl<B> Upstream<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// A pool for one worker; `max_idle` is this worker's share of the idle limit.
-    pub fn new(authority: &Authority, settings: &UpstreamSettings, max_idle: usize) -> Upstream {
+    pub fn new(authority: &Authority, settings: &UpstreamSettings, max_idle: usize) -> Upstream<B> {
         let port = authority.port_u16().unwrap_or(80);
         Upstream(Arc::new(Inner {
             addr: format!("{}:{port}", authority.host()),
@@ -133,9 +144,9 @@ impl Upstream {
     /// written (closed by the upstream while idle) is replaced; nothing is ever sent twice.
     pub async fn send(
         &self,
-        mut req: Request<UpstreamBody>,
+        mut req: Request<B>,
         deadline: Instant,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+    ) -> Result<Response<PooledBody<B>>, UpstreamError> {
         while let Some(mut conn) = self.checkout() {
             conn.timer.as_mut().reset(deadline);
             if conn.sender.ready().await.is_err() {
@@ -154,12 +165,12 @@ impl Upstream {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle<B>>> {
         // The list holds no invariant a panic could break; keep using it.
         self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Conn<B>> {
         let mut idle = self.idle();
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < self.0.idle_timeout && !c.conn.sender.is_closed() {
@@ -169,7 +180,7 @@ impl Upstream {
         None
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, conn: Conn<B>) {
         if conn.sender.is_closed() {
             return;
         }
@@ -183,7 +194,7 @@ impl Upstream {
     }
 
     /// Opens a connection whose exchange timer is set to `deadline`.
-    async fn connect(&self, deadline: Instant) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, deadline: Instant) -> Result<Conn<B>, UpstreamError> {
         let addr = &self.0.addr;
         let stream = tokio::time::timeout(self.0.connect_timeout, TcpStream::connect(addr))
             .await
@@ -211,7 +222,7 @@ impl Upstream {
         })
     }
 
-    fn pooled(&self, resp: Response<Incoming>, conn: Conn) -> Response<PooledBody> {
+    fn pooled(&self, resp: Response<Incoming>, conn: Conn<B>) -> Response<PooledBody<B>> {
         resp.map(|inner| {
             let mut conn = Some((conn, self.clone()));
             if inner.is_end_stream() {
@@ -238,14 +249,19 @@ impl Upstream {
 
 pin_project! {
     /// An upstream response body that returns its connection to the pool once read to the end.
-    pub struct PooledBody {
+    pub struct PooledBody<B = UpstreamBody> {
         #[pin]
         inner: Incoming,
-        conn: Option<(Conn, Upstream)>,
+        conn: Option<(Conn<B>, Upstream<B>)>,
     }
 }
 
-impl Body for PooledBody {
+impl<B> Body for PooledBody<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 

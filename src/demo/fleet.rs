@@ -1,0 +1,507 @@
+//! The fleet simulator: vehicles uploading telemetry and owners sending commands, over real HTTP
+//! (a pooled keep-alive client, [`super::client`]), measured on the client side.
+//!
+//! Vehicles are open loop, like firmware on a timer: a vehicle uploads on schedule whether or not
+//! its last upload came back, up to `MAX_IN_FLIGHT_PER_VEHICLE` at once; beyond that the batch
+//! is dropped in the vehicle and counted. At `surge_at` the verbosity change rolls out over
+//! `ROLLOUT`: each vehicle switches to debug and sends `surge_factor` times its normal volume,
+//! in bigger and more frequent batches. Owners send commands and state reads at a steady rate with
+//! a client timeout, which is what "locked out of the car" is measured by.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+use super::client::Client;
+use super::rng::Rng;
+use super::stats::{Histogram, PHASE_HEADER, PerPhase, Phase, lock};
+use super::telemetry::{
+    BatchSpec, EPOCH_MS, LevelCounts, LevelMix, MAX_RECORD_BYTES, Templates, write_batch,
+};
+use crate::proxy::UpstreamError;
+
+/// A healthy vehicle uploads one batch of `NORMAL_RECORDS` records (~15 KB) per second.
+const NORMAL_INTERVAL: Duration = Duration::from_secs(1);
+const NORMAL_RECORDS: usize = 50;
+/// In the surge, batches are this many times bigger (and the rest of the surge factor comes
+/// from sending them more often), so a factor of 20 gives ~45 KB batches, 6.7 per second.
+const SURGE_BATCH_GROWTH: u32 = 3;
+/// Bounds one vehicle's concurrent uploads. A simulated vehicle stands for a slice of a large
+/// fleet, so it may have several uploads in flight: 16 covers a surging vehicle's 6.7 batches/s
+/// for the ~2 s a saturated API takes to answer, so the surge reaches the API in full, as it
+/// would from a real fleet, and memory stays bounded (16 x ~45 KB per vehicle).
+const MAX_IN_FLIGHT_PER_VEHICLE: usize = 16;
+/// Bounds the fleet's concurrent uploads (and so its sockets) whatever `--vehicles` says.
+const MAX_IN_FLIGHT_UPLOADS: usize = 2048;
+/// Bounds owners' concurrent requests; at 30/s with a 3 s timeout at most ~90 are needed.
+const MAX_IN_FLIGHT_OWNERS: usize = 256;
+/// How long a vehicle waits for an upload's answer.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an owner's app waits before telling the owner it failed.
+const OWNER_TIMEOUT: Duration = Duration::from_secs(3);
+/// The verbosity change reaches the whole fleet within this window, like a config push.
+const ROLLOUT: Duration = Duration::from_secs(1);
+/// Every third owner request is a state read; the rest are commands.
+const READ_EVERY: u64 = 3;
+const COMMANDS: [&str; 6] = [
+    "door_unlock",
+    "door_lock",
+    "honk_horn",
+    "flash_lights",
+    "auto_conditioning_start",
+    "remote_start_drive",
+];
+
+/// The run's timeline. Every request is stamped with the phase it was generated in.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub start: Instant,
+    pub surge_at: Instant,
+    pub end: Instant,
+}
+
+impl Clock {
+    pub fn phase_at(&self, t: Instant) -> Phase {
+        if t < self.surge_at {
+            Phase::Normal
+        } else {
+            Phase::Surge
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub vehicles: usize,
+    pub surge_factor: u32,
+    pub clock: Clock,
+    /// Where requests go: the API itself, or the guard in front of it.
+    pub target: std::net::SocketAddr,
+    pub seed: u64,
+    /// Owners' requests per second, commands and reads together.
+    pub owner_rate: f64,
+}
+
+/// How a request ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx.
+    Ok,
+    /// 429 from the guard.
+    Throttled,
+    /// 413 from the guard.
+    TooLarge,
+    /// 503 from the API: no worker within its queue timeout.
+    Shed,
+    /// No answer within the client's timeout (or 504 from the guard).
+    TimedOut,
+    /// Any other status or a transport error.
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Throttled,
+        Outcome::TooLarge,
+        Outcome::Shed,
+        Outcome::TimedOut,
+        Outcome::Failed,
+    ];
+    pub const COUNT: usize = Outcome::ALL.len();
+
+    fn of(status: StatusCode) -> Outcome {
+        match status.as_u16() {
+            200..=299 => Outcome::Ok,
+            429 => Outcome::Throttled,
+            413 => Outcome::TooLarge,
+            503 => Outcome::Shed,
+            504 => Outcome::TimedOut,
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// Answered by the guard itself.
+    pub fn is_guard_rejection(self) -> bool {
+        matches!(self, Outcome::Throttled | Outcome::TooLarge)
+    }
+}
+
+/// A count per outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcomes(pub [u64; Outcome::COUNT]);
+
+impl Outcomes {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl std::ops::Index<Outcome> for Outcomes {
+    type Output = u64;
+    fn index(&self, o: Outcome) -> &u64 {
+        &self.0[o as usize]
+    }
+}
+
+impl std::ops::IndexMut<Outcome> for Outcomes {
+    fn index_mut(&mut self, o: Outcome) -> &mut u64 {
+        &mut self.0[o as usize]
+    }
+}
+
+/// Owners' requests of one kind: how they ended and how long they took (failures included,
+/// a timeout counting as the full timeout).
+#[derive(Debug, Default, Clone)]
+pub struct OwnerStats {
+    pub outcomes: Outcomes,
+    pub latency: Histogram,
+}
+
+/// What the fleet did in one phase (requests counted in the phase they were generated in).
+#[derive(Debug, Default, Clone)]
+pub struct FleetPhase {
+    /// Upload outcomes, for batches that were sent.
+    pub batches: Outcomes,
+    /// Batches dropped in the vehicle because its uploads were all in flight.
+    pub dropped: u64,
+    /// Records generated, whether sent or dropped.
+    pub records: LevelCounts,
+    /// Telemetry bytes generated, whether sent or dropped.
+    pub bytes: u64,
+    pub commands: OwnerStats,
+    pub reads: OwnerStats,
+}
+
+/// What completed during one progress tick.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetTick {
+    pub commands_ok: u64,
+    pub commands: u64,
+    /// Requests of any kind answered 429 or 413 by the guard.
+    pub guard_rejections: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    phases: PerPhase<FleetPhase>,
+    tick: FleetTick,
+}
+
+/// The fleet's measurements, shared with the tasks that record them.
+#[derive(Debug, Default, Clone)]
+pub struct FleetMeter(Arc<Mutex<FleetStats>>);
+
+impl FleetMeter {
+    pub fn take_tick(&self) -> FleetTick {
+        std::mem::take(&mut lock(&self.0).tick)
+    }
+
+    pub fn totals(&self) -> PerPhase<FleetPhase> {
+        lock(&self.0).phases.clone()
+    }
+
+    fn generated(&self, phase: Phase, bytes: usize, records: &LevelCounts, dropped: bool) {
+        let mut s = lock(&self.0);
+        let p = &mut s.phases[phase];
+        p.bytes += bytes as u64;
+        p.records.add(records);
+        p.dropped += u64::from(dropped);
+    }
+
+    fn uploaded(&self, phase: Phase, outcome: Outcome) {
+        let mut s = lock(&self.0);
+        s.phases[phase].batches[outcome] += 1;
+        s.tick.guard_rejections += u64::from(outcome.is_guard_rejection());
+    }
+
+    fn owner_done(&self, phase: Phase, action: Action, outcome: Outcome, latency: Duration) {
+        let mut s = lock(&self.0);
+        let p = &mut s.phases[phase];
+        let stats = match action {
+            Action::Command(_) => &mut p.commands,
+            Action::Read => &mut p.reads,
+        };
+        stats.outcomes[outcome] += 1;
+        stats.latency.record(latency);
+        s.tick.guard_rejections += u64::from(outcome.is_guard_rejection());
+        if let Action::Command(_) = action {
+            s.tick.commands += 1;
+            s.tick.commands_ok += u64::from(outcome == Outcome::Ok);
+        }
+    }
+}
+
+/// What every task of the fleet shares.
+struct Ctx {
+    cfg: FleetConfig,
+    /// `Host` of every request: the target's address.
+    host: HeaderValue,
+    client: Client,
+    meter: FleetMeter,
+    templates: Templates,
+    uploads: Arc<Semaphore>,
+}
+
+/// Runs the fleet until `clock.end`, then waits for every request still in flight (each ends
+/// within its client timeout).
+pub async fn run(cfg: FleetConfig, meter: FleetMeter) {
+    // An address always renders as a valid header value.
+    let host = HeaderValue::from_str(&cfg.target.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+    let ctx = Arc::new(Ctx {
+        host,
+        client: Client::new(cfg.target),
+        templates: Templates::new(&mut Rng::new(cfg.seed, u64::MAX)),
+        uploads: Arc::new(Semaphore::new(MAX_IN_FLIGHT_UPLOADS)),
+        meter,
+        cfg,
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(owners(ctx.clone()));
+    for id in 0..ctx.cfg.vehicles {
+        tasks.spawn(vehicle(ctx.clone(), id));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The vehicle's identification number, also its client key (`x-vehicle-id`).
+fn vin(id: usize) -> String {
+    format!("5YJ3E7EB0KF{id:06}")
+}
+
+/// How a vehicle uploads in its current mode.
+struct Cadence {
+    interval: Duration,
+    records: usize,
+    mix: LevelMix,
+}
+
+impl Cadence {
+    fn normal() -> Cadence {
+        Cadence {
+            interval: NORMAL_INTERVAL,
+            records: NORMAL_RECORDS,
+            mix: LevelMix::NORMAL,
+        }
+    }
+
+    fn surge(factor: u32) -> Cadence {
+        let growth = SURGE_BATCH_GROWTH.min(factor).max(1);
+        Cadence {
+            interval: NORMAL_INTERVAL.mul_f64(f64::from(growth) / f64::from(factor.max(1))),
+            records: NORMAL_RECORDS * growth as usize,
+            mix: LevelMix::surge(factor),
+        }
+    }
+}
+
+async fn vehicle(ctx: Arc<Ctx>, id: usize) {
+    let clock = ctx.cfg.clock;
+    let mut rng = Rng::new(ctx.cfg.seed, id as u64);
+    let vin = vin(id);
+    // A VIN is ASCII, so this cannot fail; if it did, the vehicle would stay silent.
+    let Ok(key) = HeaderValue::from_str(&vin) else {
+        return;
+    };
+    let switch_at = clock.surge_at + ROLLOUT.mul_f64(rng.unit());
+    let (normal, surge) = (Cadence::normal(), Cadence::surge(ctx.cfg.surge_factor));
+    // Vehicles start at random points of their cycle, as a real fleet does.
+    let mut next = clock.start + NORMAL_INTERVAL.mul_f64(rng.unit());
+    let mut uploads = JoinSet::new();
+    while next < clock.end {
+        tokio::select! {
+            () = sleep_until(next) => {}
+            Some(_) = uploads.join_next(), if !uploads.is_empty() => continue,
+        }
+        let cadence = if next >= switch_at { &surge } else { &normal };
+        let phase = clock.phase_at(next);
+        let ts = EPOCH_MS + next.duration_since(clock.start).as_millis() as u64;
+        let (body, records) = batch(&ctx, &mut rng, &vin, ts, cadence);
+        send_or_drop(&ctx, &mut uploads, &key, phase, body, &records);
+        next += cadence.interval;
+        // A vehicle that fell behind (an overloaded machine) skips ticks instead of bursting.
+        next = next.max(Instant::now());
+    }
+    while uploads.join_next().await.is_some() {}
+}
+
+/// Starts uploading a batch, or drops it when the vehicle (or the fleet) has too many uploads in
+/// flight; either way the batch counts as generated.
+fn send_or_drop(
+    ctx: &Arc<Ctx>,
+    uploads: &mut JoinSet<()>,
+    key: &HeaderValue,
+    phase: Phase,
+    body: Bytes,
+    records: &LevelCounts,
+) {
+    let permit = (uploads.len() < MAX_IN_FLIGHT_PER_VEHICLE)
+        .then(|| ctx.uploads.clone().try_acquire_owned().ok())
+        .flatten();
+    ctx.meter
+        .generated(phase, body.len(), records, permit.is_none());
+    if let Some(permit) = permit {
+        let (ctx, key) = (ctx.clone(), key.clone());
+        uploads.spawn(async move {
+            let outcome = upload(&ctx, key, phase, body).await;
+            ctx.meter.uploaded(phase, outcome);
+            drop(permit);
+        });
+    }
+}
+
+fn batch(
+    ctx: &Ctx,
+    rng: &mut Rng,
+    vin: &str,
+    ts_ms: u64,
+    cadence: &Cadence,
+) -> (Bytes, LevelCounts) {
+    let spec = BatchSpec {
+        vin,
+        ts_ms,
+        records: cadence.records,
+        mix: cadence.mix,
+    };
+    let mut buf = Vec::with_capacity(cadence.records * MAX_RECORD_BYTES);
+    let mut counts = LevelCounts::default();
+    write_batch(&mut buf, &ctx.templates, rng, &spec, &mut counts);
+    (Bytes::from(buf), counts)
+}
+
+async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, body: Bytes) -> Outcome {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/1/telemetry/logs")
+        .header(header::HOST, ctx.host.clone())
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header("x-vehicle-id", key)
+        .header(PHASE_HEADER, phase.as_str())
+        .body(Full::new(body));
+    match req {
+        Ok(req) => exchange(&ctx.client, req, UPLOAD_TIMEOUT).await,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+/// Sends `req` and reads the whole answer, within `limit`.
+async fn exchange(client: &Client, req: Request<Full<Bytes>>, limit: Duration) -> Outcome {
+    // The pool bounds the wait for response headers; the outer timeout bounds the body too.
+    match tokio::time::timeout(limit, client.exchange(req, limit)).await {
+        Ok(Ok(status)) => Outcome::of(status),
+        Ok(Err(UpstreamError::Timeout)) | Err(_) => Outcome::TimedOut,
+        Ok(Err(_)) => Outcome::Failed,
+    }
+}
+
+/// What an owner does.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Command(&'static str),
+    Read,
+}
+
+/// Owners of the whole fleet: one request every `1 / owner_rate` seconds to a random vehicle.
+async fn owners(ctx: Arc<Ctx>) {
+    let clock = ctx.cfg.clock;
+    let mut rng = Rng::new(ctx.cfg.seed, u64::MAX - 1);
+    let period = Duration::from_secs_f64(1.0 / ctx.cfg.owner_rate.max(0.1));
+    let mut next = clock.start + period / 2;
+    let mut in_flight = JoinSet::new();
+    let mut n: u64 = 0;
+    while next < clock.end {
+        tokio::select! {
+            () = sleep_until(next) => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+        }
+        n += 1;
+        let action = if n.is_multiple_of(READ_EVERY) {
+            Action::Read
+        } else {
+            Action::Command(COMMANDS[rng.below(COMMANDS.len() as u64) as usize])
+        };
+        let vehicle = rng.below(ctx.cfg.vehicles.max(1) as u64) as usize;
+        let phase = clock.phase_at(next);
+        if in_flight.len() < MAX_IN_FLIGHT_OWNERS {
+            let ctx = ctx.clone();
+            in_flight.spawn(async move { owner_request(&ctx, action, vehicle, phase).await });
+        } else {
+            // The app could not even send: that owner is locked out too.
+            ctx.meter
+                .owner_done(phase, action, Outcome::Failed, Duration::ZERO);
+        }
+        next += period;
+        next = next.max(Instant::now());
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn owner_request(ctx: &Ctx, action: Action, vehicle: usize, phase: Phase) {
+    let started = Instant::now();
+    let (method, path, body) = match action {
+        Action::Command(cmd) => (
+            Method::POST,
+            format!("/api/1/vehicles/{vehicle}/command/{cmd}"),
+            Bytes::from_static(br#"{"source":"owner-app"}"#),
+        ),
+        Action::Read => (
+            Method::GET,
+            format!("/api/1/vehicles/{vehicle}/vehicle_data"),
+            Bytes::new(),
+        ),
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, ctx.host.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        // The app acts for one car, and is budgeted as that car on the critical routes.
+        .header("x-vehicle-id", vin(vehicle))
+        .header(PHASE_HEADER, phase.as_str())
+        .body(Full::new(body));
+    let outcome = match req {
+        Ok(req) => exchange(&ctx.client, req, OWNER_TIMEOUT).await,
+        Err(_) => Outcome::Failed,
+    };
+    ctx.meter
+        .owner_done(phase, action, outcome, started.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surge_cadence_multiplies_volume_by_the_factor() {
+        let (n, s) = (Cadence::normal(), Cadence::surge(20));
+        let per_s = |c: &Cadence| c.records as f64 / c.interval.as_secs_f64();
+        assert!((per_s(&s) / per_s(&n) - 20.0).abs() < 1e-9);
+        assert!(s.records > n.records && s.interval < n.interval);
+        let one = Cadence::surge(1);
+        assert_eq!((one.records, one.interval), (n.records, n.interval));
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(Outcome::of(StatusCode::OK), Outcome::Ok);
+        assert_eq!(
+            Outcome::of(StatusCode::TOO_MANY_REQUESTS),
+            Outcome::Throttled
+        );
+        assert_eq!(
+            Outcome::of(StatusCode::PAYLOAD_TOO_LARGE),
+            Outcome::TooLarge
+        );
+        assert_eq!(Outcome::of(StatusCode::SERVICE_UNAVAILABLE), Outcome::Shed);
+        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY), Outcome::Failed);
+        assert!(Outcome::Throttled.is_guard_rejection() && !Outcome::Shed.is_guard_rejection());
+        assert_eq!(vin(17), "5YJ3E7EB0KF000017");
+    }
+}
