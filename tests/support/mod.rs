@@ -102,13 +102,19 @@ impl TestUpstream {
         self.requests.lock().await.try_recv().ok()
     }
 
-    /// Bytes of a `/__progressive` request body received so far, as of its next frame.
-    pub async fn body_progress(&self) -> usize {
+    /// Waits until the upstream has received at least `bytes` of a `/__progressive` request
+    /// body (frames may be split or merged on the way) and returns the count it reached.
+    pub async fn body_progress(&self, bytes: usize) -> usize {
         let mut rx = self.progress.lock().await;
-        tokio::time::timeout(PATIENCE, rx.recv())
-            .await
-            .expect("upstream received no body frame in time")
-            .expect("upstream stopped")
+        loop {
+            let total = tokio::time::timeout(PATIENCE, rx.recv())
+                .await
+                .expect("upstream received no body frame in time")
+                .expect("upstream stopped");
+            if total >= bytes {
+                return total;
+            }
+        }
     }
 
     /// Lets one held `/__hold` request answer (or the next one, if none is waiting yet).

@@ -1,4 +1,9 @@
-//! Lingering close for client connections.
+//! The client connection's I/O: protocol sniffing, replay, and lingering close.
+//!
+//! [`sniff`] reads the first bytes of a connection to tell HTTP/2 prior knowledge from HTTP/1;
+//! [`ClientIo`] replays those bytes to hyper before reading on.
+//!
+//! ## Lingering close
 //!
 //! When the guard answers before a request body has been read (413, 429 mid-upload), hyper closes
 //! the connection with the client's unread bytes still in the socket, and the kernel then resets
@@ -16,6 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,16 +31,41 @@ pub const LINGER_MAX: Duration = Duration::from_secs(5);
 /// A closing client silent this long is assumed done.
 pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 
-/// A client stream whose shutdown lingers; reads and writes pass straight through.
-pub struct Lingering {
+/// HTTP/2 prior knowledge starts with this preface (RFC 9113 §3.4); anything else is HTTP/1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes decide between HTTP/2 (`true`) and HTTP/1, returning what was
+/// read so it can be replayed. Usually one read: clients send the preface or a request line
+/// at once.
+pub async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok((false, buf.freeze()));
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+
+/// A client stream: replays the sniffed bytes, then reads and writes pass straight through;
+/// its shutdown lingers.
+pub struct ClientIo {
+    replay: Bytes,
     // Only `None` once dropped.
     stream: Option<TcpStream>,
     closing: bool,
 }
 
-impl Lingering {
-    pub fn new(stream: TcpStream) -> Self {
-        Lingering {
+impl ClientIo {
+    pub fn new(stream: TcpStream, replay: Bytes) -> Self {
+        ClientIo {
+            replay,
             stream: Some(stream),
             closing: false,
         }
@@ -52,17 +83,22 @@ impl Lingering {
     }
 }
 
-impl AsyncRead for Lingering {
+impl AsyncRead for ClientIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         self.with(|s| s.poll_read(cx, buf))
     }
 }
 
-impl AsyncWrite for Lingering {
+impl AsyncWrite for ClientIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -94,7 +130,7 @@ impl AsyncWrite for Lingering {
     }
 }
 
-impl Drop for Lingering {
+impl Drop for ClientIo {
     fn drop(&mut self) {
         let Some(stream) = self.stream.take() else {
             return;
