@@ -161,6 +161,9 @@ pub async fn accept(
 /// upload arrive in one read, which measured 18% faster than 64 KiB reads.
 const READ_BUFFER: usize = 256 * 1024;
 
+/// hyper's HTTP/1 header-count limit when none is configured.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// The HTTP/1 and HTTP/2 connection settings, built once per worker.
 struct Builders {
     h1: http1::Builder,
@@ -176,9 +179,13 @@ impl Builders {
             // hyper ignores header_read_timeout unless a timer is set.
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(READ_BUFFER.max(limits.max_header_bytes));
+        // Set only when it differs from hyper's own limit of 100: an explicit limit makes hyper
+        // initialise its header array on every request (measured ~1% of a small GET).
+        if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(limits.max_headers);
+        }
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_streams)
