@@ -191,7 +191,13 @@ impl App {
             tokio::spawn(evict_idle_keys(shared)),
         ];
         admin.ready.store(true, Ordering::Relaxed);
-        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream, "verbosity-guard listening");
+        tracing::info!(
+            %proxy_addr,
+            %admin_addr,
+            upstream = %cfg.upstream,
+            workers = cfg.workers,
+            "verbosity-guard listening"
+        );
         Ok(App {
             proxy_addr,
             admin_addr,

@@ -74,11 +74,9 @@ fn demo(args: &verbosity_guard::demo::DemoArgs) -> anyhow::Result<()> {
 
 /// Runs the guard until SIGTERM or SIGINT, then drains. Ok(false) when the drain timed out.
 fn serve(args: ServeArgs) -> anyhow::Result<bool> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.workers {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = runtime
+    // The requests are served on `workers` threads of their own (see `proxy`); this runtime only
+    // accepts, answers the admin listener and waits for signals, so one thread is plenty.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
@@ -86,6 +84,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         let mut cfg = Config::new(PolicySource::File(args.policy), args.upstream);
         cfg.listen = args.listen;
         cfg.admin = args.admin;
+        cfg.workers = args.workers.map_or_else(default_workers, |n| n.max(1));
         cfg.server = proxy::ServerLimits {
             max_connections: args.max_connections.max(1),
             header_read_timeout: args.header_read_timeout.0,
@@ -141,4 +140,9 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// One worker per CPU this process may run on (cgroup quotas included), at least one.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

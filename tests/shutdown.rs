@@ -50,6 +50,8 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
+            "--workers",
+            "3",
         ])
         .arg("--policy")
         .arg(&policy)
@@ -79,6 +81,12 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
 
     let started = wait_for("verbosity-guard listening").await;
     let proxy = started["fields"]["proxy_addr"].as_str().unwrap().to_owned();
+    assert_eq!(started["fields"]["workers"], 3, "{started}");
+    assert_eq!(
+        worker_threads(child.id()),
+        3,
+        "--workers 3 must start 3 serving threads"
+    );
     let in_flight = tokio::spawn(client().get(format!("http://{proxy}/__hold")).send());
     up.next_request().await;
 
@@ -96,4 +104,13 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Threads of process `pid` that serve requests (named `guard-worker-N`), read from /proc.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("guard-worker-"))
+        .count()
 }
