@@ -12,4 +12,5 @@ pub mod log;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod records;
 pub mod route;
