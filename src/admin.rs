@@ -107,10 +107,10 @@ fn refresh_gauges(shared: &Shared) {
     let gauge = &shared.metrics.tracked_keys;
     gauge.reset();
     for route in snap.policy.routes() {
-        for (kind, budget) in route.payload.keyed() {
+        for (label, budget) in route.keyed_budgets() {
             let n = i64::try_from(budget.tracked_keys()).unwrap_or(i64::MAX);
             gauge
-                .with_label_values(&[route.name.as_str(), kind.as_str()])
+                .with_label_values(&[route.name.as_str(), label])
                 .set(n);
         }
     }

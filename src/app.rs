@@ -279,7 +279,7 @@ async fn evict_idle_keys(shared: Arc<Shared>) {
 fn evict_pass(shared: &Shared) {
     let snap = shared.policy.load();
     for route in snap.policy.routes() {
-        for (_, budget) in route.payload.keyed() {
+        for (_, budget) in route.keyed_budgets() {
             budget.evict_idle();
         }
     }

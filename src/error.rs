@@ -8,7 +8,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::budget::BudgetKind;
+use crate::codec::CodecError;
 use crate::proxy::UpstreamError;
+use crate::records::NotFormat;
 use crate::route::PathError;
 
 /// Why a request did not get (or did not complete) an upstream exchange.
@@ -46,6 +48,30 @@ pub enum GuardError {
     UpstreamReset(#[source] UpstreamError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("unsupported Content-Encoding {0:?}")]
+    UnsupportedEncoding(String),
+    #[error("decoded body exceeds {limit} bytes")]
+    DecodedTooLarge { limit: u64 },
+    #[error("body is not valid {0}")]
+    CorruptBody(&'static str),
+    #[error("batch is not {format}: {reason}")]
+    MalformedBatch {
+        format: &'static str,
+        reason: NotFormat,
+    },
+    /// The guard failed at something that cannot fail on valid input (re-encoding a batch).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<CodecError> for GuardError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Unsupported(v) => GuardError::UnsupportedEncoding(v),
+            CodecError::TooLarge { limit } => GuardError::DecodedTooLarge { limit },
+            CodecError::Corrupt(enc) => GuardError::CorruptBody(enc),
+        }
+    }
 }
 
 /// The JSON body of a guard-made response; fields in this order, absent ones omitted.
@@ -84,10 +110,14 @@ impl GuardError {
             GuardError::InvalidPath(_)
             | GuardError::MissingClientKey
             | GuardError::BodyIncomplete
-            | GuardError::BadTarget => StatusCode::BAD_REQUEST,
-            GuardError::BodyTooLarge { .. } | GuardError::ExceedsBurst { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            | GuardError::BadTarget
+            | GuardError::CorruptBody(_)
+            | GuardError::MalformedBatch { .. } => StatusCode::BAD_REQUEST,
+            GuardError::BodyTooLarge { .. }
+            | GuardError::ExceedsBurst { .. }
+            | GuardError::DecodedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GuardError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GuardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GuardError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             GuardError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GuardError::UpstreamConnect(_) | GuardError::UpstreamReset(_) => {
@@ -120,6 +150,11 @@ impl GuardError {
             GuardError::UpstreamConnect(_) => "connect",
             GuardError::UpstreamReset(_) => "reset",
             GuardError::UpstreamTimeout(_) => "timeout",
+            GuardError::UnsupportedEncoding(_) => "unsupported_encoding",
+            GuardError::DecodedTooLarge { .. } => "decoded_too_large",
+            GuardError::CorruptBody(_) => "corrupt_body",
+            GuardError::MalformedBatch { .. } => "malformed_batch",
+            GuardError::Internal(_) => "internal",
         }
     }
 
@@ -167,8 +202,15 @@ impl GuardError {
             }
             GuardError::BodyTooLarge { limit } => body.limit = Some(*limit),
             GuardError::UpstreamTimeout(d) => body.timeout_s = Some(d.as_secs_f64()),
+            GuardError::DecodedTooLarge { limit } => body.limit = Some(*limit),
             GuardError::InvalidPath(e) => {
                 detail = e.to_string();
+                body.detail = Some(&detail);
+            }
+            GuardError::UnsupportedEncoding(_)
+            | GuardError::CorruptBody(_)
+            | GuardError::MalformedBatch { .. } => {
+                detail = self.to_string();
                 body.detail = Some(&detail);
             }
             _ => {}

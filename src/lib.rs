@@ -6,6 +6,7 @@ pub mod app;
 pub mod budget;
 pub mod check;
 pub mod cli;
+pub mod codec;
 pub mod demo;
 pub mod error;
 pub mod log;

@@ -11,6 +11,10 @@ use prometheus::{
 };
 
 use crate::budget::BudgetKind;
+use crate::codec::Encoding;
+use crate::policy::Route;
+use crate::records::Level;
+use crate::records::filter::{DropReason, Tally};
 
 /// Route label for requests refused before they could be routed (their path was invalid).
 pub const UNROUTED: &str = "_invalid";
@@ -35,6 +39,15 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub policy_loaded: prometheus::Gauge,
+    pub records_received: IntCounterVec,
+    pub records_forwarded: IntCounterVec,
+    pub records_dropped: IntCounterVec,
+    pub record_bytes_received: IntCounterVec,
+    pub record_bytes_forwarded: IntCounterVec,
+    pub records_malformed: IntCounterVec,
+    pub batches: IntCounterVec,
+    pub decoded_bodies: IntCounterVec,
+    pub verbosity_clamped: IntCounterVec,
 }
 
 fn name(s: &str) -> String {
@@ -59,7 +72,7 @@ impl Metrics {
         Ok(Metrics {
             requests: counter(
                 "requests_total",
-                "Requests by route and outcome (forwarded, rejected, upstream_error).",
+                "Requests by route and outcome (forwarded, rejected, upstream_error, all_dropped).",
                 &["route", "outcome"],
             )?,
             request_bytes: counter(
@@ -137,6 +150,52 @@ impl Metrics {
                     &["version_hash", "source"],
                 )?,
             )?,
+            records_received: counter(
+                "records_received_total",
+                "Log records received in batches, by route and level.",
+                &["route", "level"],
+            )?,
+            records_forwarded: counter(
+                "records_forwarded_total",
+                "Log records forwarded upstream, by route and level.",
+                &["route", "level"],
+            )?,
+            records_dropped: counter(
+                "records_dropped_total",
+                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed).",
+                &["route", "level", "reason"],
+            )?,
+            record_bytes_received: counter(
+                "record_bytes_received_total",
+                "Bytes of log records received (decoded), by route and level.",
+                &["route", "level"],
+            )?,
+            record_bytes_forwarded: counter(
+                "record_bytes_forwarded_total",
+                "Bytes of log records forwarded (decoded), by route and level.",
+                &["route", "level"],
+            )?,
+            records_malformed: counter(
+                "records_malformed_total",
+                "Log records whose level could not be read; they were given the route's unknown level.",
+                &["route"],
+            )?,
+            batches: counter(
+                "batches_total",
+                "Telemetry batches by route and outcome (untouched, rewritten, all_dropped, \
+                 malformed_forwarded, malformed_rejected).",
+                &["route", "outcome"],
+            )?,
+            decoded_bodies: counter(
+                "decoded_bodies_total",
+                "Compressed batches decoded, by route and encoding (gzip, zstd).",
+                &["route", "encoding"],
+            )?,
+            verbosity_clamped: counter(
+                "verbosity_clamped_total",
+                "Requested log levels lowered by a route's verbosity clamp.",
+                &["route"],
+            )?,
             policy_loaded: reg(
                 registry,
                 prometheus::Gauge::new(
@@ -148,14 +207,44 @@ impl Metrics {
     }
 
     /// Resolves the per-route series the request path touches.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    pub fn route(&self, r: &Route) -> RouteMetrics {
+        let route = r.name.as_str();
         RouteMetrics {
+            records: r.records.as_ref().map(|_| self.records(route)),
+            clamped: r
+                .clamp
+                .as_ref()
+                .map(|_| self.verbosity_clamped.with_label_values(&[route])),
             forwarded: self.requests.with_label_values(&[route, "forwarded"]),
             rejected: self.requests.with_label_values(&[route, "rejected"]),
             upstream_error: self.requests.with_label_values(&[route, "upstream_error"]),
+            all_dropped: self.requests.with_label_values(&[route, "all_dropped"]),
             request_bytes: self.request_bytes.with_label_values(&[route]),
             forwarded_bytes: self.forwarded_bytes.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
+    fn records(&self, route: &str) -> RecordsMetrics {
+        let per_level = |family: &IntCounterVec| {
+            Level::ALL.map(|l| family.with_label_values(&[route, l.as_str()]))
+        };
+        RecordsMetrics {
+            received: per_level(&self.records_received),
+            forwarded: per_level(&self.records_forwarded),
+            dropped: Level::ALL.map(|l| {
+                DropReason::ALL.map(|r| {
+                    self.records_dropped
+                        .with_label_values(&[route, l.as_str(), r.as_str()])
+                })
+            }),
+            bytes_received: per_level(&self.record_bytes_received),
+            bytes_forwarded: per_level(&self.record_bytes_forwarded),
+            malformed: self.records_malformed.with_label_values(&[route]),
+            batches: BatchOutcome::ALL
+                .map(|o| self.batches.with_label_values(&[route, o.as_str()])),
+            decoded: [Encoding::Gzip, Encoding::Zstd]
+                .map(|e| self.decoded_bodies.with_label_values(&[route, e.as_str()])),
         }
     }
 
@@ -172,7 +261,99 @@ pub struct RouteMetrics {
     pub forwarded: IntCounter,
     pub rejected: IntCounter,
     pub upstream_error: IntCounter,
+    /// Batches whose every record was dropped: answered by the guard, upstream not called.
+    pub all_dropped: IntCounter,
     pub request_bytes: IntCounter,
     pub forwarded_bytes: IntCounter,
     pub upstream_duration: Histogram,
+    /// Present on routes with `records`.
+    pub records: Option<RecordsMetrics>,
+    /// Present on routes with a `verbosity_clamp`.
+    pub clamped: Option<IntCounter>,
+}
+
+/// What happened to a telemetry batch; the names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Every record kept: the body went upstream as received.
+    Untouched,
+    /// Some records dropped: a rewritten batch went upstream.
+    Rewritten,
+    /// Every record dropped: the guard answered and the upstream was not called.
+    AllDropped,
+    /// Not the route's format; forwarded as received.
+    MalformedForwarded,
+    /// Not the route's format; refused with 400.
+    MalformedRejected,
+}
+
+impl BatchOutcome {
+    pub const ALL: [BatchOutcome; 5] = [
+        BatchOutcome::Untouched,
+        BatchOutcome::Rewritten,
+        BatchOutcome::AllDropped,
+        BatchOutcome::MalformedForwarded,
+        BatchOutcome::MalformedRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchOutcome::Untouched => "untouched",
+            BatchOutcome::Rewritten => "rewritten",
+            BatchOutcome::AllDropped => "all_dropped",
+            BatchOutcome::MalformedForwarded => "malformed_forwarded",
+            BatchOutcome::MalformedRejected => "malformed_rejected",
+        }
+    }
+}
+
+/// A records route's series, indexed by level, reason, outcome.
+#[derive(Clone)]
+pub struct RecordsMetrics {
+    pub received: [IntCounter; Level::COUNT],
+    pub forwarded: [IntCounter; Level::COUNT],
+    pub dropped: [[IntCounter; 4]; Level::COUNT],
+    pub bytes_received: [IntCounter; Level::COUNT],
+    pub bytes_forwarded: [IntCounter; Level::COUNT],
+    pub malformed: IntCounter,
+    pub batches: [IntCounter; 5],
+    /// gzip, zstd.
+    pub decoded: [IntCounter; 2],
+}
+
+impl RecordsMetrics {
+    pub fn record(&self, tally: &Tally) {
+        for level in Level::ALL {
+            let (t, i) = (tally.level(level), level.index());
+            if t.received == 0 {
+                continue;
+            }
+            self.received[i].inc_by(t.received);
+            self.forwarded[i].inc_by(t.forwarded);
+            self.bytes_received[i].inc_by(t.received_bytes);
+            self.bytes_forwarded[i].inc_by(t.forwarded_bytes);
+            for (j, reason) in DropReason::ALL.into_iter().enumerate() {
+                let n = t.dropped_by(reason);
+                if n > 0 {
+                    self.dropped[i][j].inc_by(n);
+                }
+            }
+        }
+        let malformed = tally.malformed();
+        if malformed > 0 {
+            self.malformed.inc_by(malformed);
+        }
+    }
+
+    pub fn batch(&self, outcome: BatchOutcome) {
+        self.batches[outcome as usize].inc();
+    }
+
+    pub fn decoded(&self, encoding: Encoding) {
+        match encoding {
+            Encoding::Gzip => self.decoded[0].inc(),
+            Encoding::Zstd => self.decoded[1].inc(),
+            Encoding::Identity => {}
+        }
+    }
 }

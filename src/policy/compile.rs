@@ -11,15 +11,24 @@ use governor::clock::DefaultClock;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
-use super::raw::{RawByteBudget, RawClientKey, RawPolicy, RawRequestBudget, RawRoute};
+use super::raw::{
+    RawByteBudget, RawClamp, RawClientKey, RawLevelLimits, RawLevelRule, RawPolicy, RawRecords,
+    RawRequestBudget, RawRoute,
+};
 use super::units::ByteSize;
 use super::{ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Problem, Route};
 use crate::budget::{Budget, KeyedBudget, Quota};
+use crate::records::clamp::Clamp;
+use crate::records::{Level, LevelBudget, LevelRule, Per, RecordsPolicy, Sample, SampleBy};
 use crate::route::{MethodSet, PathMatcher};
 
 pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 1_000_000;
 pub const DEFAULT_KEY_EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_body` of a route with `records` and no `payload.max_body`: its body is buffered.
+pub const DEFAULT_RECORDS_MAX_BODY: u64 = 1 << 20;
+pub const DEFAULT_MAX_DECODED: u64 = 8 << 20;
+pub const DEFAULT_MAX_RATIO: u32 = 100;
 const MIN_KEY_EVICTION_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ROUTE_NAME: usize = 64;
 
@@ -234,7 +243,19 @@ fn compile_route(
 
     let p = &r.payload;
     let at_p = format!("{at}.payload");
-    let max_body = p.max_body.map(|s| s.0);
+    let max_body = match (p.max_body, &r.records) {
+        (Some(s), _) => Some(s.0),
+        (None, Some(_)) => Some(DEFAULT_RECORDS_MAX_BODY),
+        (None, None) => None,
+    };
+    let records = r
+        .records
+        .as_ref()
+        .map(|raw| compile_records(c, raw, &format!("{at}.records"), limits));
+    let clamp = r
+        .verbosity_clamp
+        .as_ref()
+        .map(|raw| compile_clamp(c, raw, &format!("{at}.verbosity_clamp")));
     let clock = DefaultClock::default;
     let route_requests = p
         .route_requests
@@ -271,6 +292,183 @@ fn compile_route(
             client_requests,
             client_bytes,
         },
+        records,
+        clamp,
+    }
+}
+
+fn compile_records(
+    c: &mut Compiler,
+    raw: &Spanned<RawRecords>,
+    at: &str,
+    limits: &Limits,
+) -> RecordsPolicy {
+    let (l, r) = (line(raw), &raw.value);
+    let otlp = r.format.is_otlp();
+    let level_field = match (&r.level_field, otlp) {
+        (Some(f), true) => {
+            c.problem(
+                line(f),
+                format!("{at}.level_field"),
+                "OTLP formats read severityNumber and severityText; remove level_field",
+            );
+            Vec::new()
+        }
+        (Some(f), false) => field_path(c, f, &format!("{at}.level_field")),
+        (None, true) => Vec::new(),
+        (None, false) => vec![b"level"[..].into()],
+    };
+    let sample_by = match (&r.sample_by, otlp) {
+        (None, _) => SampleBy::Record,
+        (Some(f), true) if matches!(f.value.as_str(), "traceId" | "trace_id") => {
+            SampleBy::Field(vec![b"traceId"[..].into()])
+        }
+        (Some(f), true) => {
+            c.problem(
+                line(f),
+                format!("{at}.sample_by"),
+                format!("{:?}: OTLP records can be sampled by traceId only", f.value),
+            );
+            SampleBy::Record
+        }
+        (Some(f), false) => SampleBy::Field(field_path(c, f, &format!("{at}.sample_by"))),
+    };
+    let max_ratio = match &r.max_ratio {
+        Some(s) if s.value == 0 => {
+            c.problem(line(s), format!("{at}.max_ratio"), "must be at least 1");
+            1
+        }
+        Some(s) => s.value,
+        None => DEFAULT_MAX_RATIO,
+    };
+    let rules = Level::ALL.map(|level| match r.levels.get(level) {
+        None | Some(RawLevelRule::Keep) => LevelRule::default(),
+        Some(RawLevelRule::Drop) => LevelRule {
+            drop: true,
+            ..LevelRule::default()
+        },
+        Some(RawLevelRule::Limits(lim)) => {
+            level_rule(c, lim, &format!("{at}.levels.{level}"), l, limits)
+        }
+    });
+    if rules.iter().all(LevelRule::keeps_all) {
+        c.warnings.push(format!(
+            "{at}: every level keeps all its records; the batch is parsed for nothing"
+        ));
+    }
+    RecordsPolicy {
+        format: r.format,
+        level_field,
+        rules,
+        unknown_level: r.unknown_level.unwrap_or(Level::Info),
+        on_malformed: r.on_malformed.unwrap_or_default(),
+        sample_by,
+        max_decoded: r.max_decoded.map_or(DEFAULT_MAX_DECODED, |s| s.0),
+        max_ratio: u64::from(max_ratio),
+    }
+}
+
+fn level_rule(
+    c: &mut Compiler,
+    lim: &RawLevelLimits,
+    at: &str,
+    l: Option<usize>,
+    limits: &Limits,
+) -> LevelRule {
+    if lim.sample.is_none() && lim.rate.is_none() && lim.bytes.is_none() {
+        c.problem(
+            l,
+            at,
+            "set at least one of sample, rate and bytes (or write keep or drop)",
+        );
+    }
+    if lim.burst.is_some() && lim.rate.is_none() {
+        c.problem(l, format!("{at}.burst"), "burst needs a rate");
+    }
+    if lim.bytes_burst.is_some() && lim.bytes.is_none() {
+        c.problem(l, format!("{at}.bytes_burst"), "bytes_burst needs bytes");
+    }
+    if lim.per.is_some() && lim.rate.is_none() && lim.bytes.is_none() {
+        c.problem(l, format!("{at}.per"), "per needs a rate or bytes");
+    }
+    let per = lim.per.unwrap_or_default();
+    let budget = |q: Quota| match per {
+        Per::Route => LevelBudget::Route(Arc::new(Budget::new(q, DefaultClock::default()))),
+        Per::Client => LevelBudget::Client {
+            keyed: Arc::new(KeyedBudget::new(
+                q,
+                limits.max_tracked_keys,
+                DefaultClock::default(),
+            )),
+            overflow: Arc::new(Budget::new(q, DefaultClock::default())),
+        },
+    };
+    let records = lim.rate.and_then(|rate| {
+        let raw = RawRequestBudget {
+            rate,
+            burst: lim.burst.clone(),
+        };
+        request_quota(c, &raw, &format!("{at}.burst")).map(budget)
+    });
+    let bytes = lim.bytes.map(|rate| {
+        let raw = RawByteBudget {
+            rate,
+            burst: lim.bytes_burst,
+        };
+        budget(byte_quota(c, &raw, &format!("{at}.bytes"), None))
+    });
+    LevelRule {
+        drop: false,
+        sample: lim.sample.map(|f| Sample::per_million(f.per_million)),
+        records,
+        bytes,
+    }
+}
+
+/// A dotted field path (`log.level`) as the JSON scanner's key list.
+fn field_path(c: &mut Compiler, f: &Spanned<String>, at: &str) -> Vec<Box<[u8]>> {
+    let keys: Vec<Box<[u8]>> = f.value.split('.').map(|k| k.as_bytes().into()).collect();
+    if keys.iter().any(|k| k.is_empty()) || keys.len() > 8 {
+        c.problem(
+            line(f),
+            at,
+            format!(
+                "{:?} is not a field path (keys joined by '.', at most 8)",
+                f.value
+            ),
+        );
+    }
+    keys
+}
+
+fn compile_clamp(c: &mut Compiler, raw: &Spanned<RawClamp>, at: &str) -> Clamp {
+    let r = &raw.value;
+    if r.header.is_none() && r.query.is_none() {
+        c.problem(line(raw), at, "set `header`, `query` or both");
+    }
+    let header = r.header.as_ref().and_then(|h| {
+        HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes())
+            .map_err(|_| {
+                c.problem(
+                    line(h),
+                    format!("{at}.header"),
+                    format!("{:?} is not a header name", h.value),
+                )
+            })
+            .ok()
+    });
+    let query = r.query.as_ref().and_then(|q| {
+        if q.value.is_empty() {
+            c.problem(line(q), format!("{at}.query"), "must not be empty");
+            None
+        } else {
+            Some(q.value.as_str().into())
+        }
+    });
+    Clamp {
+        header,
+        query,
+        max: r.max,
     }
 }
 

@@ -18,6 +18,8 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetKind, KeyedBudget, Quota};
+use crate::records::clamp::Clamp;
+use crate::records::{Level, LevelBudget, RecordsPolicy};
 use crate::route::{MethodSet, PathMatcher};
 
 pub use compile::compile;
@@ -121,9 +123,46 @@ pub struct Route {
     /// Longest wait for the upstream's response headers.
     pub timeout: Duration,
     pub payload: Payload,
+    /// Log-level budgets inside the route's batches.
+    pub records: Option<RecordsPolicy>,
+    pub clamp: Option<Clamp>,
 }
 
+/// `tracked_keys` label of each level's per-client budgets (records, bytes).
+const LEVEL_BUDGET_LABELS: [[&str; 2]; Level::COUNT] = [
+    ["level_trace_records", "level_trace_bytes"],
+    ["level_debug_records", "level_debug_bytes"],
+    ["level_info_records", "level_info_bytes"],
+    ["level_warn_records", "level_warn_bytes"],
+    ["level_error_records", "level_error_bytes"],
+    ["level_fatal_records", "level_fatal_bytes"],
+];
+
 impl Route {
+    /// True when some budget of this route is kept per client.
+    pub fn needs_client_key(&self) -> bool {
+        self.payload.needs_client_key()
+            || self
+                .records
+                .as_ref()
+                .is_some_and(RecordsPolicy::needs_client_key)
+    }
+
+    /// Every per-client budget with its `budget` label, for eviction and the key gauges.
+    pub fn keyed_budgets(&self) -> impl Iterator<Item = (&'static str, &KeyedBudget)> {
+        let payload = self.payload.keyed().map(|(k, b)| (k.as_str(), &**b));
+        let levels = self.records.iter().flat_map(|r| {
+            r.budgets().filter_map(|(level, kind, b)| match b {
+                LevelBudget::Client { keyed, .. } => {
+                    let label = LEVEL_BUDGET_LABELS[level.index()][usize::from(kind == "bytes")];
+                    Some((label, &**keyed))
+                }
+                LevelBudget::Route(_) => None,
+            })
+        });
+        payload.chain(levels)
+    }
+
     pub fn matches(&self, method: &http::Method, path: &str) -> bool {
         self.methods.contains(method) && self.path.matches(path)
     }

@@ -7,8 +7,9 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::units::{ByteRate, ByteSize, HumanDuration, Rate};
+use super::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 use super::{KeyFallback, Priority};
+use crate::records::{Format, Level, OnMalformed, Per};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +79,129 @@ pub struct RawRoute {
     /// Payload budgets. Without it, the route only proxies.
     #[serde(default)]
     pub payload: RawPayload,
+    /// Log-level budgets inside the route's telemetry batches. The body is buffered (up to
+    /// `payload.max_body`), filtered record by record and rewritten.
+    pub records: Option<Spanned<RawRecords>>,
+    /// Caps a verbosity the client asks for in a header or query parameter.
+    pub verbosity_clamp: Option<Spanned<RawClamp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecords {
+    /// `ndjson`, `json-array`, `otlp-json` or `otlp-proto`.
+    pub format: Format,
+    /// Dotted path to the level inside a JSON record (default `level`). Not used by OTLP
+    /// formats, whose level is `severityNumber`, then `severityText`.
+    pub level_field: Option<Spanned<String>>,
+    /// The rule for each level; an absent level keeps all its records.
+    #[serde(default)]
+    pub levels: RawLevels,
+    /// Level given to records whose level is missing or not in the level table (default info).
+    pub unknown_level: Option<Level>,
+    /// `forward` (default) a body that is not the declared format untouched, or `reject` it
+    /// with 400.
+    pub on_malformed: Option<OnMalformed>,
+    /// What the sampling hash covers: the whole record (default), or one field's value so that
+    /// related records are kept together. JSON formats: a dotted field path; OTLP: `traceId`.
+    pub sample_by: Option<Spanned<String>>,
+    /// Largest decoded body of a compressed (gzip or zstd) batch (default 8MiB).
+    pub max_decoded: Option<ByteSize>,
+    /// Largest decoded size as a multiple of the compressed size (default 100).
+    pub max_ratio: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevels {
+    pub trace: Option<RawLevelRule>,
+    pub debug: Option<RawLevelRule>,
+    pub info: Option<RawLevelRule>,
+    pub warn: Option<RawLevelRule>,
+    pub error: Option<RawLevelRule>,
+    pub fatal: Option<RawLevelRule>,
+}
+
+impl RawLevels {
+    pub fn get(&self, level: Level) -> Option<&RawLevelRule> {
+        match level {
+            Level::Trace => self.trace.as_ref(),
+            Level::Debug => self.debug.as_ref(),
+            Level::Info => self.info.as_ref(),
+            Level::Warn => self.warn.as_ref(),
+            Level::Error => self.error.as_ref(),
+            Level::Fatal => self.fatal.as_ref(),
+        }
+    }
+}
+
+/// `keep`, `drop`, or a map of limits.
+#[derive(Debug)]
+pub enum RawLevelRule {
+    Keep,
+    Drop,
+    Limits(RawLevelLimits),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevelLimits {
+    /// Share of records kept, chosen by a hash so a retried batch keeps the same ones: `1%`.
+    pub sample: Option<Fraction>,
+    /// Records per period, e.g. `50/s`.
+    pub rate: Option<Rate>,
+    /// Records allowed at once above `rate` (default one second of it).
+    pub burst: Option<Spanned<u32>>,
+    /// Whose budget `rate` and `bytes` are: `route` (default, shared) or `client` (per key).
+    pub per: Option<Per>,
+    /// Record bytes per period, e.g. `64KiB/s`.
+    pub bytes: Option<ByteRate>,
+    /// Record bytes allowed at once above `bytes` (default one second of it).
+    pub bytes_burst: Option<ByteSize>,
+}
+
+impl<'de> Deserialize<'de> for RawLevelRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawLevelRule;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "`keep`, `drop`, or a map with sample, rate, burst, per, bytes, bytes_burst",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawLevelRule, E> {
+                match v {
+                    "keep" => Ok(RawLevelRule::Keep),
+                    "drop" => Ok(RawLevelRule::Drop),
+                    _ => Err(E::custom(format!(
+                        "{v:?} is not a level rule (write keep, drop, or a map such as {{ rate: 50/s, per: client }})"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawLevelRule, A::Error> {
+                RawLevelLimits::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawLevelRule::Limits)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Rewrites a requested verbosity above `max` down to `max`. At least one of `header` and
+/// `query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClamp {
+    /// Request header carrying a log level, e.g. `x-log-level`.
+    pub header: Option<Spanned<String>>,
+    /// Query parameter carrying a log level, e.g. `log_level`.
+    pub query: Option<Spanned<String>>,
+    /// Most verbose level allowed through.
+    pub max: Level,
 }
 
 /// A request matches when its method is listed (or `methods` is absent) and its normalized path

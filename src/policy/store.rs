@@ -21,11 +21,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn new(policy: Policy, metrics: &Metrics) -> Snapshot {
-        let route_metrics = policy
-            .routes()
-            .iter()
-            .map(|r| metrics.route(&r.name))
-            .collect();
+        let route_metrics = policy.routes().iter().map(|r| metrics.route(r)).collect();
         Snapshot {
             policy,
             route_metrics,

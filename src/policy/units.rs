@@ -26,6 +26,8 @@ pub enum UnitError {
     Duration(String),
     #[error("{0:?} must be greater than zero")]
     Zero(String),
+    #[error("{0:?} is not a fraction (write e.g. 1%, 0.5%, 1/100; at most 100%)")]
+    Fraction(String),
 }
 
 /// A number of bytes. Binary suffixes (`KiB`, `MiB`, `GiB`) are powers of 1024, decimal ones
@@ -45,6 +47,13 @@ pub struct Rate {
 pub struct ByteRate {
     pub bytes: u64,
     pub per: Duration,
+}
+
+/// A share of records, at most one: `1%`, `0.5%` or `1/100`. Kept in parts per million, so
+/// the finest share is `0.0001%`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fraction {
+    pub per_million: u32,
 }
 
 /// A duration greater than zero: `250ms`, `30s`, `5m`, `1h`.
@@ -162,6 +171,42 @@ impl FromStr for HumanDuration {
     }
 }
 
+impl FromStr for Fraction {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || UnitError::Fraction(s.to_owned());
+        let t = s.trim();
+        let per_million = if let Some(pct) = t.strip_suffix('%') {
+            let pct: f64 = pct.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(bad());
+            }
+            (pct * 10_000.0).round()
+        } else if let Some((n, d)) = t.split_once('/') {
+            let (n, d): (u64, u64) = (
+                n.trim().parse().map_err(|_| bad())?,
+                d.trim().parse().map_err(|_| bad())?,
+            );
+            if d == 0 || n > d {
+                return Err(bad());
+            }
+            (n as f64 * 1_000_000.0 / d as f64).round()
+        } else {
+            return Err(bad());
+        };
+        // In 0..=1e6 by the checks above.
+        Ok(Fraction {
+            per_million: per_million as u32,
+        })
+    }
+}
+
+impl fmt::Display for Fraction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", f64::from(self.per_million) / 10_000.0)
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
@@ -252,11 +297,42 @@ macro_rules! unit_serde {
     )*};
 }
 
-unit_serde!(ByteSize, Rate, ByteRate, HumanDuration);
+unit_serde!(ByteSize, Rate, ByteRate, HumanDuration, Fraction);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions() {
+        for (text, ppm) in [
+            ("1%", 10_000),
+            ("0.5%", 5_000),
+            ("100%", 1_000_000),
+            ("0%", 0),
+            ("1/100", 10_000),
+            ("1/3", 333_333),
+        ] {
+            assert_eq!(
+                text.parse::<Fraction>(),
+                Ok(Fraction { per_million: ppm }),
+                "{text}"
+            );
+        }
+        for bad in ["", "1", "101%", "-1%", "2/1", "1/0", "x%"] {
+            assert!(
+                matches!(bad.parse::<Fraction>(), Err(UnitError::Fraction(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Fraction {
+                per_million: 10_000
+            }
+            .to_string(),
+            "1%"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -39,7 +39,8 @@ pin_project! {
         seen: u64,
         charge: ByteCharge,
         received: IntCounter,
-        forwarded: IntCounter,
+        // `None` when the body is buffered: the bytes forwarded are counted when sent.
+        forwarded: Option<IntCounter>,
         // Set once the body failed, so it is not polled again.
         failed: bool,
     }
@@ -52,7 +53,7 @@ impl GuardedBody {
         limit: Option<u64>,
         charge: ByteCharge,
         received: IntCounter,
-        forwarded: IntCounter,
+        forwarded: Option<IntCounter>,
     ) -> Self {
         GuardedBody {
             inner,
@@ -119,7 +120,9 @@ impl Body for GuardedBody {
         {
             return fail(this.failed, e);
         }
-        this.forwarded.inc_by(n);
+        if let Some(forwarded) = this.forwarded {
+            forwarded.inc_by(n);
+        }
         Poll::Ready(Some(Ok(frame)))
     }
 
@@ -138,11 +141,12 @@ fn fail(failed: &mut bool, err: GuardError) -> Poll<Option<Result<Frame<Bytes>, 
 }
 
 pin_project! {
-    /// What the upstream client sends: nothing, or a guarded client body.
+    /// What the upstream client sends: nothing, a guarded client body, or a buffered batch.
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
         Empty,
         Stream { #[pin] body: GuardedBody },
+        Full { data: Option<Bytes> },
     }
 }
 
@@ -157,6 +161,7 @@ impl Body for UpstreamBody {
         match self.project() {
             UpstreamBodyProj::Empty => Poll::Ready(None),
             UpstreamBodyProj::Stream { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -164,6 +169,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Stream { body } => body.is_end_stream(),
+            UpstreamBody::Full { data } => data.is_none(),
         }
     }
 
@@ -171,6 +177,9 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Stream { body } => body.size_hint(),
+            UpstreamBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::batch::{self, Filtered};
 use super::body::{GuardedBody, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
@@ -39,6 +40,13 @@ use crate::route::normalize_path;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+/// A request that was not refused: answered by the upstream, or by the guard itself because
+/// every record of its batch was dropped.
+pub enum Reply {
+    Upstream(Response<PooledBody>),
+    Guard(Response<Full<Bytes>>),
+}
 
 /// Where requests go: `host:port` of a plain-HTTP upstream.
 #[derive(Debug, Clone)]
@@ -120,7 +128,7 @@ impl Guard {
         snap: &Snapshot,
         route_idx: &mut Option<usize>,
         req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, GuardError> {
+    ) -> Result<Reply, GuardError> {
         let (mut parts, body) = req.into_parts();
 
         // 1. Normalize the path, so no spelling of it can reach another route's budget.
@@ -137,7 +145,7 @@ impl Guard {
         let rm = &snap.route_metrics[idx];
 
         // 3. Identify the client, only when a per-client budget needs the key.
-        let key = match route.payload.needs_client_key() {
+        let key = match route.needs_client_key() {
             true => Some(client_key(
                 &route.client_key,
                 &parts,
@@ -155,10 +163,47 @@ impl Guard {
             metrics.record_untracked(&route.name, kind)
         })?;
 
-        // 5. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in.
+        // 5. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
+        //    requested verbosity above the route's clamp lowered.
         self.rewrite(&mut parts, normalized)?;
+        if let Some(clamp) = &route.clamp {
+            let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
+            if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
+                counter.inc_by(u64::from(lowered));
+            }
+        }
+
+        // 6. Records: a telemetry route buffers its batch and filters it by level; the rest
+        //    stream.
+        let mut summary = None;
         let body = if body.is_end_stream() {
             UpstreamBody::Empty
+        } else if let (Some(records), Some(metrics)) = (&route.records, &rm.records) {
+            let max_body = route.payload.max_body.unwrap_or(u64::MAX);
+            let body = GuardedBody::new(
+                body,
+                self.shared.body_idle_timeout,
+                Some(max_body),
+                stream_charge,
+                rm.request_bytes.clone(),
+                None,
+            );
+            let hint = declared.unwrap_or(64 << 10).min(max_body);
+            let raw = batch::read_to_end(body, usize::try_from(hint).unwrap_or(0)).await?;
+            match batch::filter(records, metrics, &parts.headers, key, raw)? {
+                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
+                Filtered::Forward { body, summary: s } => {
+                    if let Some(s) = &s {
+                        s.write(&mut parts.headers, false);
+                    }
+                    summary = s;
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    rm.forwarded_bytes.inc_by(body.len() as u64);
+                    UpstreamBody::Full { data: Some(body) }
+                }
+            }
         } else {
             let body = GuardedBody::new(
                 body,
@@ -166,12 +211,12 @@ impl Guard {
                 route.payload.max_body.filter(|_| declared.is_none()),
                 stream_charge,
                 rm.request_bytes.clone(),
-                rm.forwarded_bytes.clone(),
+                Some(rm.forwarded_bytes.clone()),
             );
             UpstreamBody::Stream { body }
         };
 
-        // 6. Forward, bounded by the route's timeout for the response headers.
+        // 7. Forward, bounded by the route's timeout for the response headers.
         let started = Instant::now();
         let request = Request::from_parts(parts, body);
         let response = self
@@ -182,10 +227,14 @@ impl Guard {
         rm.upstream_duration
             .observe(started.elapsed().as_secs_f64());
 
-        // 7. Respond: the upstream's answer, streamed, minus its hop-by-hop headers.
+        // 8. Respond: the upstream's answer, streamed, minus its hop-by-hop headers, plus what
+        //    the records phase did to the batch.
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
+        if let Some(s) = summary {
+            s.write(&mut parts.headers, true);
+        }
+        Ok(Reply::Upstream(Response::from_parts(parts, body)))
     }
 
     fn rewrite(
@@ -326,16 +375,22 @@ fn record_outcome(
     metrics: &Metrics,
     snap: &Snapshot,
     route: Option<usize>,
-    result: Result<Response<PooledBody>, GuardError>,
+    result: Result<Reply, GuardError>,
 ) -> Response<ResponseBody> {
     let rm = route.map(|i| &snap.route_metrics[i]);
     let name = route.map_or(UNROUTED, |i| snap.policy.routes()[i].name.as_str());
     match result {
-        Ok(response) => {
+        Ok(Reply::Upstream(response)) => {
             if let Some(rm) = rm {
                 rm.forwarded.inc();
             }
             response.map(Either::Left)
+        }
+        Ok(Reply::Guard(response)) => {
+            if let Some(rm) = rm {
+                rm.all_dropped.inc();
+            }
+            response.map(Either::Right)
         }
         Err(err) => {
             match (err.blame(), rm) {

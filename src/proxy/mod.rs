@@ -6,6 +6,7 @@
 //! cross-thread handoff and no contended lock (the shape nginx and Envoy use). Per-request rules
 //! live in [`guard`]; the stack is assembled in [`stack`].
 
+pub mod batch;
 pub mod body;
 mod client_io;
 pub mod guard;

@@ -215,7 +215,13 @@ impl Classifier<'_> {
     pub fn classify(&self, body: &[u8], start: u32, end: u32) -> Record {
         let rec = &body[start as usize..end as usize];
         let trimmed = trim(rec);
-        let (level, malformed) = match lookup(trimmed, 0, self.level_field) {
+        // The scanner stops at the level; a record must also close where it ends, which
+        // catches the usual damage (a truncated line) without validating all of it.
+        let found = match trimmed.last() {
+            Some(b'}') => lookup(trimmed, 0, self.level_field),
+            _ => Err(Malformed),
+        };
+        let (level, malformed) = match found {
             Ok(Some(Scalar::Str {
                 raw,
                 escaped: false,

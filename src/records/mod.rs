@@ -9,6 +9,7 @@
 //!    the same format. Records are never re-serialized: NDJSON lines and JSON array elements
 //!    are copied byte for byte, OTLP log records as their original protobuf bytes.
 
+pub mod clamp;
 pub mod filter;
 pub mod json;
 pub mod level;

@@ -1,0 +1,201 @@
+//! The records phase of a telemetry route: buffer the batch, decode it, filter its records by
+//! level, and re-encode what is kept.
+//!
+//! The body is buffered up to the route's `max_body` (already enforced while reading) and, when
+//! compressed, decoded up to the route's cap. A batch that loses no record goes upstream exactly
+//! as received, still compressed; one that loses some is rewritten and re-encoded; one that
+//! loses all of them is answered by the guard without calling the upstream.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::body::GuardedBody;
+use crate::codec::{self, Encoding};
+use crate::error::GuardError;
+use crate::metrics::{BatchOutcome, RecordsMetrics};
+use crate::records::filter::{self, Tally};
+use crate::records::{Batch, Format, Level, OnMalformed, RecordsPolicy};
+
+pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard-records-kept");
+pub static RECORDS_DROPPED: HeaderName =
+    HeaderName::from_static("x-verbosity-guard-records-dropped");
+pub static MAX_LEVEL: HeaderName = HeaderName::from_static("x-verbosity-guard-max-level");
+
+/// What the records phase decided.
+pub enum Filtered {
+    /// Send this body upstream; `summary` is absent when the batch was not parsed (malformed and
+    /// forwarded as received).
+    Forward {
+        body: Bytes,
+        summary: Option<Summary>,
+    },
+    /// Every record was dropped: this is the client's answer.
+    Answer(Response<Full<Bytes>>),
+}
+
+/// Counts the guard reports in headers, to the upstream and back to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub kept: u64,
+    pub dropped: u64,
+    /// Most verbose level currently accepted whole; see [`RecordsPolicy::max_accepted`].
+    pub max_level: Option<Level>,
+}
+
+impl Summary {
+    fn new(policy: &RecordsPolicy, tally: &Tally) -> Summary {
+        Summary {
+            kept: tally.forwarded(),
+            dropped: tally.dropped(),
+            max_level: policy.max_accepted(tally),
+        }
+    }
+
+    /// Adds the kept and dropped counts (and, toward the client, the accepted level).
+    pub fn write(&self, headers: &mut HeaderMap, with_level: bool) {
+        headers.insert(RECORDS_KEPT.clone(), HeaderValue::from(self.kept));
+        headers.insert(RECORDS_DROPPED.clone(), HeaderValue::from(self.dropped));
+        if with_level {
+            let level = self.max_level.map_or("none", Level::as_str);
+            headers.insert(MAX_LEVEL.clone(), HeaderValue::from_static(level));
+        }
+    }
+}
+
+/// Reads the whole body. `max_body` is enforced by the body itself; `capacity` is a hint.
+pub async fn read_to_end(mut body: GuardedBody, capacity: usize) -> Result<Bytes, GuardError> {
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(f) => {
+                buf.reserve(capacity.max(f.len() + data.len()));
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Runs a buffered batch through the route's `records` rules.
+pub fn filter(
+    policy: &RecordsPolicy,
+    metrics: &RecordsMetrics,
+    headers: &HeaderMap,
+    key: Option<u64>,
+    body: Bytes,
+) -> Result<Filtered, GuardError> {
+    let encoding = codec::request_encoding(headers)?;
+    let decoded = match encoding {
+        Encoding::Identity => body.clone(),
+        enc => {
+            let cap = policy
+                .max_decoded
+                .min((body.len() as u64).saturating_mul(policy.max_ratio));
+            let decoded = codec::decode(enc, &body, cap)?;
+            metrics.decoded(enc);
+            Bytes::from(decoded)
+        }
+    };
+
+    let mut batch = match Batch::parse(policy, &decoded) {
+        Ok(batch) => batch,
+        Err(reason) => {
+            return match policy.on_malformed {
+                OnMalformed::Forward => {
+                    metrics.batch(BatchOutcome::MalformedForwarded);
+                    Ok(Filtered::Forward {
+                        body,
+                        summary: None,
+                    })
+                }
+                OnMalformed::Reject => {
+                    metrics.batch(BatchOutcome::MalformedRejected);
+                    Err(GuardError::MalformedBatch {
+                        format: policy.format.as_str(),
+                        reason,
+                    })
+                }
+            };
+        }
+    };
+    let tally = filter::decide(&mut batch.records, policy, key);
+    metrics.record(&tally);
+    let summary = Summary::new(policy, &tally);
+
+    if tally.dropped() == 0 {
+        metrics.batch(BatchOutcome::Untouched);
+        return Ok(Filtered::Forward {
+            body,
+            summary: Some(summary),
+        });
+    }
+    if tally.forwarded() == 0 {
+        metrics.batch(BatchOutcome::AllDropped);
+        return Ok(Filtered::Answer(all_dropped(policy, &tally, summary)));
+    }
+    metrics.batch(BatchOutcome::Rewritten);
+    let rewritten = batch.rewrite(&decoded);
+    let body = match encoding {
+        Encoding::Identity => rewritten,
+        enc => codec::encode(enc, &rewritten)
+            .map_err(|_| GuardError::Internal("cannot re-encode the batch"))?,
+    };
+    Ok(Filtered::Forward {
+        body: Bytes::from(body),
+        summary: Some(summary),
+    })
+}
+
+/// The answer to a batch with nothing left to forward. OTLP senders get the success response
+/// their protocol defines, with the dropped records counted as rejected (a partial success), so
+/// exporters do not retry them; other senders get 202 and a JSON summary.
+fn all_dropped(policy: &RecordsPolicy, tally: &Tally, summary: Summary) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match policy.format {
+        Format::OtlpProto | Format::OtlpJson => otlp_response(policy.format, tally),
+        Format::Ndjson | Format::JsonArray => {
+            let mut dropped = serde_json::Map::new();
+            for level in Level::ALL {
+                let n = tally.level(level).dropped();
+                if n > 0 {
+                    dropped.insert(level.as_str().into(), n.into());
+                }
+            }
+            let json = serde_json::json!({
+                "status": "all_dropped",
+                "received": tally.received(),
+                "forwarded": 0,
+                "dropped": tally.dropped(),
+                "dropped_by_level": dropped,
+                "max_level": summary.max_level,
+            });
+            let mut bytes = serde_json::to_vec(&json).unwrap_or_default();
+            bytes.push(b'\n');
+            (StatusCode::ACCEPTED, "application/json", bytes)
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    summary.write(resp.headers_mut(), true);
+    resp
+}
+
+fn otlp_response(_format: Format, tally: &Tally) -> (StatusCode, &'static str, Vec<u8>) {
+    // Replaced by the OTLP ExportLogsServiceResponse once the OTLP module lands.
+    let json = serde_json::json!({ "rejected": tally.dropped() });
+    (
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec(&json).unwrap_or_default(),
+    )
+}
