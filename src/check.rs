@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::budget::BudgetKind;
-use crate::policy::units::{ByteRate, ByteSize, Rate};
+use crate::policy::units::{ByteRate, ByteSize, Fraction, Rate};
 use crate::policy::{self, Policy};
+use crate::records::{Level, LevelRule, Per};
 
 pub struct CheckReport {
     /// True when every file is valid.
@@ -86,8 +87,72 @@ fn summarize(p: &Policy, out: &mut String) {
                 budgets.join("; ")
             },
         );
+        if let Some(rec) = &r.records {
+            let levels: Vec<String> = Level::ALL
+                .iter()
+                .rev()
+                .map(|&l| format!("{l} {}", level_rule(rec.rule(l))))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<16} records {}: {}",
+                "",
+                rec.format.as_str(),
+                levels.join("; ")
+            );
+        }
+        if let Some(c) = &r.clamp {
+            let _ = writeln!(out, "  {:<16} verbosity clamped to {}", "", c.max);
+        }
     }
     for w in &p.warnings {
         let _ = writeln!(out, "  warning: {w}");
+    }
+}
+
+fn level_rule(rule: &LevelRule) -> String {
+    if rule.drop {
+        return "drop".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(s) = rule.sample {
+        parts.push(format!(
+            "sample {}",
+            Fraction {
+                per_million: s.per_million
+            }
+        ));
+    }
+    if let Some(b) = &rule.records {
+        let q = b.quota();
+        let rate = Rate {
+            amount: q.amount,
+            per: q.per,
+        };
+        parts.push(format!("{rate} burst {} per {}", q.burst, per(b.per())));
+    }
+    if let Some(b) = &rule.bytes {
+        let q = b.quota();
+        let rate = ByteRate {
+            bytes: q.amount,
+            per: q.per,
+        };
+        parts.push(format!(
+            "{rate} burst {} per {}",
+            ByteSize(q.burst),
+            per(b.per())
+        ));
+    }
+    if parts.is_empty() {
+        "keep".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn per(p: Per) -> &'static str {
+    match p {
+        Per::Route => "route",
+        Per::Client => "client",
     }
 }

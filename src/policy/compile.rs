@@ -303,7 +303,7 @@ fn compile_records(
     at: &str,
     limits: &Limits,
 ) -> RecordsPolicy {
-    let (l, r) = (line(raw), &raw.value);
+    let r = &raw.value;
     let otlp = r.format.is_otlp();
     let level_field = match (&r.level_field, otlp) {
         (Some(f), true) => {
@@ -342,14 +342,17 @@ fn compile_records(
         None => DEFAULT_MAX_RATIO,
     };
     let rules = Level::ALL.map(|level| match r.levels.get(level) {
-        None | Some(RawLevelRule::Keep) => LevelRule::default(),
-        Some(RawLevelRule::Drop) => LevelRule {
-            drop: true,
-            ..LevelRule::default()
+        None => LevelRule::default(),
+        Some(rule) => match &rule.value {
+            RawLevelRule::Keep => LevelRule::default(),
+            RawLevelRule::Drop => LevelRule {
+                drop: true,
+                ..LevelRule::default()
+            },
+            RawLevelRule::Limits(lim) => {
+                level_rule(c, lim, &format!("{at}.levels.{level}"), line(rule), limits)
+            }
         },
-        Some(RawLevelRule::Limits(lim)) => {
-            level_rule(c, lim, &format!("{at}.levels.{level}"), l, limits)
-        }
     });
     if rules.iter().all(LevelRule::keeps_all) {
         c.warnings.push(format!(

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetKind, KeyedBudget, Quota};
 use crate::records::clamp::Clamp;
-use crate::records::{Level, LevelBudget, RecordsPolicy};
+use crate::records::{Level, LevelBudget, RecordsPolicy, SampleBy};
 use crate::route::{MethodSet, PathMatcher};
 
 pub use compile::compile;
@@ -243,6 +243,54 @@ fn route_json(r: &Route) -> serde_json::Value {
         "timeout_s": r.timeout.as_secs_f64(),
         "max_body": r.payload.max_body,
         "budgets": budgets,
+        "records": r.records.as_ref().map(records_json),
+        "verbosity_clamp": r.clamp.as_ref().map(|c| serde_json::json!({
+            "header": c.header.as_ref().map(HeaderName::as_str),
+            "query": c.query.as_deref(),
+            "max": c.max,
+        })),
+    })
+}
+
+fn records_json(r: &RecordsPolicy) -> serde_json::Value {
+    let path = |p: &[Box<[u8]>]| {
+        p.iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut levels = serde_json::Map::new();
+    for level in Level::ALL {
+        let rule = r.rule(level);
+        let budget = |b: &Option<LevelBudget>| {
+            b.as_ref()
+                .map(|b| serde_json::json!({ "quota": b.quota(), "per": b.per() }))
+        };
+        let v = if rule.drop {
+            serde_json::json!("drop")
+        } else if rule.keeps_all() {
+            serde_json::json!("keep")
+        } else {
+            serde_json::json!({
+                "sample_per_million": rule.sample.map(|s| s.per_million),
+                "records": budget(&rule.records),
+                "bytes": budget(&rule.bytes),
+            })
+        };
+        levels.insert(level.as_str().into(), v);
+    }
+    serde_json::json!({
+        "format": r.format,
+        "level_field": (!r.format.is_otlp()).then(|| path(&r.level_field)),
+        "levels": levels,
+        "unknown_level": r.unknown_level,
+        "on_malformed": r.on_malformed,
+        "sample_by": match &r.sample_by {
+            SampleBy::Record => "record".to_owned(),
+            SampleBy::Field(p) => path(p),
+        },
+        "max_decoded": r.max_decoded,
+        "max_ratio": r.max_ratio,
     })
 }
 
@@ -330,7 +378,14 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
             .collect();
         // serde_path_to_error writes `?` for a position it could not name (syntax errors).
         let path = path.map(|p| p.to_string()).unwrap_or_default();
-        let path = path.trim_end_matches(".?").to_owned();
+        let path = path.trim_end_matches(".?");
+        // `Spanned<T>` (kept for line numbers) is a map with a `value` field; no policy field
+        // is called `value`, so the segment is always that wrapper and never the user's.
+        let path = path
+            .split('.')
+            .filter(|seg| *seg != "value")
+            .collect::<Vec<_>>()
+            .join(".");
         PolicyError::Parse {
             file: file.to_owned(),
             problem: Problem {

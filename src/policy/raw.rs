@@ -114,16 +114,16 @@ pub struct RawRecords {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLevels {
-    pub trace: Option<RawLevelRule>,
-    pub debug: Option<RawLevelRule>,
-    pub info: Option<RawLevelRule>,
-    pub warn: Option<RawLevelRule>,
-    pub error: Option<RawLevelRule>,
-    pub fatal: Option<RawLevelRule>,
+    pub trace: Option<Spanned<RawLevelRule>>,
+    pub debug: Option<Spanned<RawLevelRule>>,
+    pub info: Option<Spanned<RawLevelRule>>,
+    pub warn: Option<Spanned<RawLevelRule>>,
+    pub error: Option<Spanned<RawLevelRule>>,
+    pub fatal: Option<Spanned<RawLevelRule>>,
 }
 
 impl RawLevels {
-    pub fn get(&self, level: Level) -> Option<&RawLevelRule> {
+    pub fn get(&self, level: Level) -> Option<&Spanned<RawLevelRule>> {
         match level {
             Level::Trace => self.trace.as_ref(),
             Level::Debug => self.debug.as_ref(),
