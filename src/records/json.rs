@@ -100,10 +100,10 @@ fn skip_container(buf: &[u8], mut i: usize) -> Result<usize, Malformed> {
 /// Looks up `path` (one key per nesting level) in the object that starts at `buf[i]`.
 /// `Ok(None)` when a key on the path is absent or an intermediate value is not an object.
 /// Keys are compared as written: an escaped key (`"lev\u0065l"`) does not match.
-pub fn lookup<'a>(
+pub fn lookup<'a, K: AsRef<[u8]>>(
     buf: &'a [u8],
     mut i: usize,
-    path: &[Box<[u8]>],
+    path: &[K],
 ) -> Result<Option<Scalar<'a>>, Malformed> {
     let Some((want, rest)) = path.split_first() else {
         return Ok(None);
@@ -126,7 +126,7 @@ pub fn lookup<'a>(
             return Err(Malformed);
         }
         i = skip_ws(buf, i + 1);
-        if key == &**want {
+        if key == want.as_ref() {
             return match (rest.is_empty(), buf.get(i)) {
                 (false, Some(b'{')) => lookup(buf, i, rest),
                 (false, _) => skip_value(buf, i).map(|_| None),
@@ -258,7 +258,7 @@ impl Classifier<'_> {
 }
 
 /// A level written with escapes (`"w\u0061rn"`): rare, so decoding it may allocate.
-fn unescaped_level(raw: &[u8]) -> Option<Level> {
+pub(super) fn unescaped_level(raw: &[u8]) -> Option<Level> {
     if raw.len() > 64 {
         return None;
     }

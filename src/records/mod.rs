@@ -14,10 +14,12 @@ pub mod filter;
 pub mod json;
 pub mod level;
 pub mod ndjson;
+pub mod otlp;
 pub mod sample;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, KeyedBudget, Quota, Verdict};
@@ -241,8 +243,9 @@ impl RecordsPolicy {
 /// One record as the filter sees it: where it is, what level it has, whether it is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
-    /// Byte range in the (decoded) body; for formats whose records are not one contiguous
-    /// range (OTLP JSON), `end - start` is the record's size as re-encoded.
+    /// Byte range in the (decoded) body: an NDJSON line, a JSON array element, an OTLP JSON
+    /// log record object, or an OTLP protobuf `LogRecord`'s encoding (without its field tag
+    /// and length).
     pub start: u32,
     pub end: u32,
     pub level: Level,
@@ -273,6 +276,8 @@ pub struct NotFormat(pub &'static str);
 enum Doc {
     Ndjson,
     JsonArray,
+    OtlpProto(otlp::ProtoBatch),
+    OtlpJson(otlp::JsonBatch),
 }
 
 /// A parsed batch: its records, classified, and what its format needs to rewrite it.
@@ -282,8 +287,24 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Splits `body` into records and classifies each under `policy`.
+    /// Splits `body` into records and classifies each under `policy`. An OTLP protobuf body is
+    /// copied once first (its records are kept as slices of a shared buffer); a body already in
+    /// a [`Bytes`] goes through [`Batch::parse_bytes`] without that copy.
     pub fn parse(policy: &RecordsPolicy, body: &[u8]) -> Result<Batch, NotFormat> {
+        Batch::parse_shared(policy, body, None)
+    }
+
+    /// [`Batch::parse`] of a shared body: OTLP protobuf records become sub-slices of `body`,
+    /// with no copy.
+    pub fn parse_bytes(policy: &RecordsPolicy, body: &Bytes) -> Result<Batch, NotFormat> {
+        Batch::parse_shared(policy, body, Some(body))
+    }
+
+    fn parse_shared(
+        policy: &RecordsPolicy,
+        body: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<Batch, NotFormat> {
         let mut records = Vec::new();
         let classifier = json::Classifier {
             level_field: &policy.level_field,
@@ -300,20 +321,31 @@ impl Batch {
                 ndjson::parse_array(body, &classifier, &mut records)?;
                 Doc::JsonArray
             }
-            Format::OtlpJson | Format::OtlpProto => {
-                return Err(NotFormat("OTLP batches are not supported yet"));
+            Format::OtlpProto => {
+                let copied;
+                let shared = match shared {
+                    Some(b) => b,
+                    None => {
+                        copied = Bytes::copy_from_slice(body);
+                        &copied
+                    }
+                };
+                Doc::OtlpProto(otlp::binary::parse(shared, &classifier, &mut records)?)
             }
+            Format::OtlpJson => Doc::OtlpJson(otlp::json::parse(body, &classifier, &mut records)?),
         };
         Ok(Batch { records, doc })
     }
 
     /// The kept records of `body` (the body this batch was parsed from) as a document of the
-    /// same format.
+    /// same format. An OTLP protobuf batch holds its records itself and does not read `body`.
     pub fn rewrite(&self, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(body.len());
-        match self.doc {
+        match &self.doc {
             Doc::Ndjson => ndjson::rewrite(body, &self.records, &mut out),
             Doc::JsonArray => ndjson::rewrite_array(body, &self.records, &mut out),
+            Doc::OtlpProto(b) => b.rewrite(&self.records, &mut out),
+            Doc::OtlpJson(b) => b.rewrite(body, &self.records, &mut out),
         }
         out
     }
