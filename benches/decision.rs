@@ -20,10 +20,10 @@ fn policy() -> policy::Policy {
             "rate: 100000000/s, burst: 100000000",
         )
         .replace(
-            "rate: 10/s, burst: 20",
+            "rate: 20/s, burst: 40",
             "rate: 100000000/s, burst: 100000000",
         )
-        .replace("rate: 64KiB/s, burst: 1MiB", "rate: 1000GiB/s, burst: 1GiB")
+        .replace("rate: 1MiB/s, burst: 1MiB", "rate: 1000GiB/s, burst: 1GiB")
         .replace("rate: 50MiB/s, burst: 8MiB", "rate: 1000GiB/s, burst: 1GiB");
     policy::parse(&text, "bench.yaml").expect("bench policy compiles")
 }

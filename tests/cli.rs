@@ -48,7 +48,9 @@ fn every_shipped_policy_checks_and_is_summarized() {
         "critical",
         "/api/1/vehicles/{id}/command/{command}",
         "telemetry",
-        "client_bytes 64KiB/s burst 64KiB",
+        "client_bytes 1MiB/s burst 1MiB",
+        "records ndjson: fatal keep; error keep; warn 40/s burst 200 per client",
+        "debug sample 1%; trace drop",
     ] {
         assert!(
             stdout.contains(expected),

@@ -357,24 +357,25 @@ impl Report {
             .sum();
         let _ = write!(
             s,
-            "Behind verbosity-guard, the API stayed at {} of capacity (peak {}) with p99 {}, and {}; \
-             the guard refused {} of {} telemetry batches at the edge instead (429/413). ",
+            "Behind verbosity-guard, the API stayed at {} of capacity (peak {}) with p99 {}, and {}. ",
             percent(g.backend.utilization),
             percent(g.backend.peak_utilization),
             duration(g.backend.p99),
             commands_phrase(&g.commands),
+        );
+        let lost = |level| g.records.lost_fraction(level).map_or("-".into(), percent);
+        let _ = write!(
+            s,
+            "The guard downsampled each batch by level instead of refusing it: {} of debug \
+             records were shed, {} of info, {} of warn and {} of error; {} of {} batches were \
+             refused whole (429/413).",
+            lost(Level::Debug),
+            lost(Level::Info),
+            lost(Level::Warn),
+            lost(Level::Error),
             refused,
             g.batches.generated,
         );
-        if let Some(lost) = g.records.lost_fraction(Level::Error) {
-            let _ = write!(
-                s,
-                "The price is telemetry, and today's budgets count bytes, not levels: {} of error \
-                 records were refused along with the debug flood. Per-level budgets, which shed \
-                 debug first, are the next step.",
-                percent(lost)
-            );
-        }
         s
     }
 }

@@ -16,7 +16,7 @@ use crate::codec::{self, Encoding};
 use crate::error::GuardError;
 use crate::metrics::{BatchOutcome, RecordsMetrics};
 use crate::records::filter::{self, Tally};
-use crate::records::{Batch, Format, Level, OnMalformed, RecordsPolicy};
+use crate::records::{Batch, Format, Level, OnMalformed, RecordsPolicy, otlp};
 
 pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard-records-kept");
 pub static RECORDS_DROPPED: HeaderName =
@@ -106,7 +106,7 @@ pub fn filter(
         }
     };
 
-    let mut batch = match Batch::parse(policy, &decoded) {
+    let mut batch = match Batch::parse_bytes(policy, &decoded) {
         Ok(batch) => batch,
         Err(reason) => {
             return match policy.on_malformed {
@@ -190,12 +190,19 @@ fn all_dropped(policy: &RecordsPolicy, tally: &Tally, summary: Summary) -> Respo
     resp
 }
 
-fn otlp_response(_format: Format, tally: &Tally) -> (StatusCode, &'static str, Vec<u8>) {
-    // Replaced by the OTLP ExportLogsServiceResponse once the OTLP module lands.
-    let json = serde_json::json!({ "rejected": tally.dropped() });
-    (
-        StatusCode::OK,
-        "application/json",
-        serde_json::to_vec(&json).unwrap_or_default(),
-    )
+fn otlp_response(format: Format, tally: &Tally) -> (StatusCode, &'static str, Vec<u8>) {
+    let rejected = i64::try_from(tally.dropped()).unwrap_or(i64::MAX);
+    let message = "dropped by verbosity-guard log-level budgets";
+    match format {
+        Format::OtlpProto => (
+            StatusCode::OK,
+            "application/x-protobuf",
+            otlp::export_response_proto(rejected, message),
+        ),
+        _ => (
+            StatusCode::OK,
+            "application/json",
+            otlp::export_response_json(rejected, message),
+        ),
+    }
 }
