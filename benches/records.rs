@@ -1,11 +1,15 @@
-//! The batch filter on a generated telemetry corpus: parse (split + level lookup), decide
-//! (rules and budgets) and rewrite, per 64 KiB batch, over ~100 MB of 200–400 byte NDJSON
-//! records at mixed levels. `cargo bench --bench records`; Criterion prints the throughput.
+//! The batch filter on generated telemetry: parse (split + level lookup), decide (rules and
+//! budgets) and rewrite. NDJSON: 64 KiB batches over ~100 MB of 200–400 byte records at mixed
+//! levels. OTLP protobuf: ~50 MB of `ExportLogsServiceRequest`s of 500 such records.
+//! `cargo bench --bench records`; Criterion prints the throughput.
 
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
 use verbosity_guard::policy;
 use verbosity_guard::records::Batch;
 use verbosity_guard::records::filter::decide;
+use verbosity_guard::records::otlp::proto;
 
 const CORPUS_BYTES: usize = 100 << 20;
 const BATCH_BYTES: usize = 64 << 10;
@@ -138,5 +142,108 @@ fn ndjson(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, ndjson);
+const OTLP_POLICY: &str = r#"
+version: 1
+routes:
+  - name: otlp
+    match: { path_prefix: / }
+    records:
+      format: otlp-proto
+      levels:
+        error: keep
+        warn: { rate: 100000000/s, per: client }
+        info: { rate: 100000000/s, bytes: 100GiB/s }
+        debug: { sample: 1% }
+        trace: drop
+"#;
+
+/// `n` export requests of 500 records each (2 resources × 5 scopes × 50), 200–400 bytes apiece.
+fn otlp_corpus(n: usize) -> Vec<Bytes> {
+    let severities = [5, 5, 5, 9, 9, 9, 13, 17, 1]; // debug ×3, info ×3, warn, error, trace
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    (0..n)
+        .map(|b| {
+            let resource_logs = (0..2)
+                .map(|r| proto::ResourceLogs {
+                    resource: Some(proto::Resource {
+                        attributes: vec![
+                            proto::KeyValue::string("service.name", "vehicle-gateway"),
+                            proto::KeyValue::string(
+                                "vehicle.vin",
+                                format!("5YJ3E1EA7KF{b:03}{r:03}"),
+                            ),
+                        ],
+                        ..Default::default()
+                    }),
+                    scope_logs: (0..5)
+                        .map(|s| proto::ScopeLogs {
+                            scope: Some(proto::InstrumentationScope {
+                                name: format!("ecu.{s}"),
+                                version: "1.4.2".into(),
+                                ..Default::default()
+                            }),
+                            log_records: (0..50)
+                                .map(|i| {
+                                    let sev =
+                                        severities[rng.below(severities.len() as u64) as usize];
+                                    proto::LogRecord {
+                                        time_unix_nano: 1_764_000_000_000_000_000 + i,
+                                        observed_time_unix_nano: 1_764_000_000_000_000_000 + i,
+                                        severity_number: sev,
+                                        severity_text: String::new(),
+                                        body: Some(proto::AnyValue::string(format!(
+                                            "state report {}",
+                                            "x".repeat(100 + rng.below(150) as usize)
+                                        ))),
+                                        attributes: vec![
+                                            proto::KeyValue::string("component", "bms"),
+                                            proto::KeyValue::string(
+                                                "trip",
+                                                format!("{:08x}", rng.next() as u32),
+                                            ),
+                                        ],
+                                        trace_id: rng.next().to_le_bytes().repeat(2),
+                                        span_id: rng.next().to_le_bytes().to_vec(),
+                                        ..Default::default()
+                                    }
+                                })
+                                .collect(),
+                            schema_url: String::new(),
+                        })
+                        .collect(),
+                    schema_url: String::new(),
+                })
+                .collect();
+            Bytes::from(proto::ExportLogsServiceRequest { resource_logs }.encode_to_vec())
+        })
+        .collect()
+}
+
+fn otlp(c: &mut Criterion) {
+    let policy = policy::parse(OTLP_POLICY, "bench.yaml").expect("bench policy compiles");
+    let records = policy.routes()[0].records.as_ref().expect("records route");
+    let batches = otlp_corpus(360);
+    let bytes: usize = batches.iter().map(Bytes::len).sum();
+    eprintln!(
+        "otlp corpus: {} requests, {:.1} MB, {:.0} bytes/record",
+        batches.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 / (batches.len() * 500) as f64
+    );
+    let mut g = c.benchmark_group("otlp-proto");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("parse+decide+rewrite", |b| {
+        b.iter(|| {
+            for batch in &batches {
+                let mut parsed = Batch::parse_bytes(records, batch).expect("otlp");
+                decide(&mut parsed.records, records, Some(1));
+                std::hint::black_box(parsed.rewrite(batch));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ndjson, otlp);
 criterion_main!(benches);

@@ -241,6 +241,7 @@ impl Metrics {
             bytes_received: per_level(&self.record_bytes_received),
             bytes_forwarded: per_level(&self.record_bytes_forwarded),
             malformed: self.records_malformed.with_label_values(&[route]),
+            untracked: self.untracked_keys.with_label_values(&[route, "level"]),
             batches: BatchOutcome::ALL
                 .map(|o| self.batches.with_label_values(&[route, o.as_str()])),
             decoded: [Encoding::Gzip, Encoding::Zstd]
@@ -316,6 +317,8 @@ pub struct RecordsMetrics {
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
     pub malformed: IntCounter,
+    /// Batches whose client key could not be tracked by a per-client level budget.
+    pub untracked: IntCounter,
     pub batches: [IntCounter; 5],
     /// gzip, zstd.
     pub decoded: [IntCounter; 2],
@@ -338,6 +341,9 @@ impl RecordsMetrics {
                     self.dropped[i][j].inc_by(n);
                 }
             }
+        }
+        if tally.untracked {
+            self.untracked.inc();
         }
         let malformed = tally.malformed();
         if malformed > 0 {
