@@ -323,14 +323,25 @@ async fn malformed_batches_are_forwarded_untouched_or_rejected_per_route() {
     let g = TestGuard::start(&policy_with_route(&routes), &up.url).await;
     let garbage = "this is not json\nnor is this\n";
 
-    let resp = post(&g, "/telemetry", garbage).await;
+    // A client cannot pass its own counts off as the guard's.
+    let resp = client()
+        .post(format!("{}/telemetry", g.url))
+        .header("x-verbosity-guard-records-kept", "999")
+        .header("x-verbosity-guard-max-level", "trace")
+        .body(garbage)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()
             .get("x-verbosity-guard-records-kept")
             .is_none()
     );
-    assert_eq!(&up.next_request().await.body[..], garbage.as_bytes());
+    let seen = up.next_request().await;
+    assert_eq!(&seen.body[..], garbage.as_bytes());
+    assert!(seen.headers.get("x-verbosity-guard-records-kept").is_none());
+    assert!(seen.headers.get("x-verbosity-guard-max-level").is_none());
 
     let resp = post(&g, "/strict", garbage).await;
     assert_eq!(resp.status(), 400);

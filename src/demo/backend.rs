@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::stats::{Histogram, PHASE_HEADER, PerPhase, Phase, lock};
-use super::telemetry::{LevelCounts, Scan, scan_batch};
+use super::telemetry::{LevelCounts, Scan, scan_batch, scan_otlp};
 
 /// How fast one worker ingests telemetry; the worker count follows from the capacity.
 const BYTES_PER_WORKER_SECOND: u64 = 625_000;
@@ -72,7 +72,7 @@ impl BackendConfig {
     /// Worker time for one request of `kind` with a body of `bytes`.
     fn service_time(&self, kind: Kind, bytes: usize) -> Duration {
         match kind {
-            Kind::Telemetry => {
+            Kind::Telemetry | Kind::OtlpLogs => {
                 let per_worker = self.capacity as f64 / self.workers as f64;
                 self.telemetry_overhead + Duration::from_secs_f64(bytes as f64 / per_worker)
             }
@@ -87,6 +87,8 @@ impl BackendConfig {
 enum Kind {
     /// `POST|PUT /api/1/telemetry/...`: an NDJSON batch.
     Telemetry,
+    /// `POST /v1/logs`: an OTLP protobuf batch (the OTLP/HTTP logs path).
+    OtlpLogs,
     /// `POST /api/1/vehicles/{id}/command/{command}`.
     Command,
     /// `GET /api/1/vehicles/{id}/vehicle_data`.
@@ -95,6 +97,9 @@ enum Kind {
 
 impl Kind {
     fn of(method: &Method, path: &str) -> Option<Kind> {
+        if path == "/v1/logs" {
+            return (*method == Method::POST).then_some(Kind::OtlpLogs);
+        }
         if path == "/api/1/telemetry" || path.starts_with("/api/1/telemetry/") {
             return matches!(*method, Method::POST | Method::PUT).then_some(Kind::Telemetry);
         }
@@ -175,7 +180,7 @@ impl State {
         let mut s = lock(&self.stats);
         let work = &mut s.phases[phase];
         let served = match kind {
-            Kind::Telemetry => &mut work.telemetry,
+            Kind::Telemetry | Kind::OtlpLogs => &mut work.telemetry,
             Kind::Command => &mut work.commands,
             Kind::Read => &mut work.reads,
         };
@@ -356,6 +361,7 @@ async fn work(
     let busy = Busy::enter(state);
     let scan = match kind {
         Kind::Telemetry => scan_batch(&body),
+        Kind::OtlpLogs => scan_otlp(&body),
         Kind::Command | Kind::Read => Scan::default(),
     };
     tokio::time::sleep(cfg.service_time(kind, body.len())).await;
@@ -370,6 +376,8 @@ async fn work(
             StatusCode::OK,
             &format!(r#"{{"accepted":{}}}"#, scan.records),
         ),
+        // An empty ExportLogsServiceResponse: full success.
+        Kind::OtlpLogs => reply(StatusCode::OK, ""),
         Kind::Command => reply(StatusCode::OK, r#"{"response":{"result":true}}"#),
         Kind::Read => reply(
             StatusCode::OK,

@@ -23,6 +23,7 @@ use super::rng::Rng;
 use super::stats::{Histogram, PHASE_HEADER, PerPhase, Phase, lock};
 use super::telemetry::{
     BatchSpec, EPOCH_MS, LevelCounts, LevelMix, MAX_RECORD_BYTES, Templates, write_batch,
+    write_otlp_batch,
 };
 use crate::proxy::UpstreamError;
 
@@ -310,6 +311,9 @@ async fn vehicle(ctx: Arc<Ctx>, id: usize) {
     let Ok(key) = HeaderValue::from_str(&vin) else {
         return;
     };
+    // Every fourth vehicle runs an OpenTelemetry SDK and exports OTLP protobuf; the rest
+    // upload NDJSON.
+    let otlp = id % 4 == 3;
     let switch_at = clock.surge_at + ROLLOUT.mul_f64(rng.unit());
     let (normal, surge) = (Cadence::normal(), Cadence::surge(ctx.cfg.surge_factor));
     // Vehicles start at random points of their cycle, as a real fleet does.
@@ -323,8 +327,8 @@ async fn vehicle(ctx: Arc<Ctx>, id: usize) {
         let cadence = if next >= switch_at { &surge } else { &normal };
         let phase = clock.phase_at(next);
         let ts = EPOCH_MS + next.duration_since(clock.start).as_millis() as u64;
-        let (body, records) = batch(&ctx, &mut rng, &vin, ts, cadence);
-        send_or_drop(&ctx, &mut uploads, &key, phase, body, &records);
+        let (body, records) = batch(&ctx, otlp, &mut rng, &vin, ts, cadence);
+        send_or_drop(&ctx, &mut uploads, &key, phase, otlp, body, &records);
         next += cadence.interval;
         // A vehicle that fell behind (an overloaded machine) skips ticks instead of bursting.
         next = next.max(Instant::now());
@@ -339,6 +343,7 @@ fn send_or_drop(
     uploads: &mut JoinSet<()>,
     key: &HeaderValue,
     phase: Phase,
+    otlp: bool,
     body: Bytes,
     records: &LevelCounts,
 ) {
@@ -350,7 +355,7 @@ fn send_or_drop(
     if let Some(permit) = permit {
         let (ctx, key) = (ctx.clone(), key.clone());
         uploads.spawn(async move {
-            let outcome = upload(&ctx, key, phase, body).await;
+            let outcome = upload(&ctx, key, phase, otlp, body).await;
             ctx.meter.uploaded(phase, outcome);
             drop(permit);
         });
@@ -359,6 +364,7 @@ fn send_or_drop(
 
 fn batch(
     ctx: &Ctx,
+    otlp: bool,
     rng: &mut Rng,
     vin: &str,
     ts_ms: u64,
@@ -370,18 +376,26 @@ fn batch(
         records: cadence.records,
         mix: cadence.mix,
     };
-    let mut buf = Vec::with_capacity(cadence.records * MAX_RECORD_BYTES);
     let mut counts = LevelCounts::default();
+    if otlp {
+        let buf = write_otlp_batch(rng, &spec, &mut counts);
+        return (Bytes::from(buf), counts);
+    }
+    let mut buf = Vec::with_capacity(cadence.records * MAX_RECORD_BYTES);
     write_batch(&mut buf, &ctx.templates, rng, &spec, &mut counts);
     (Bytes::from(buf), counts)
 }
 
-async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, body: Bytes) -> Outcome {
+async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, otlp: bool, body: Bytes) -> Outcome {
+    let (path, content_type) = match otlp {
+        true => ("/v1/logs", "application/x-protobuf"),
+        false => ("/api/1/telemetry/logs", "application/x-ndjson"),
+    };
     let req = Request::builder()
         .method(Method::POST)
-        .uri("/api/1/telemetry/logs")
+        .uri(path)
         .header(header::HOST, ctx.host.clone())
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_TYPE, content_type)
         .header("x-vehicle-id", key)
         .header(PHASE_HEADER, phase.as_str())
         .body(Full::new(body));

@@ -31,6 +31,20 @@ impl Level {
         }
     }
 
+    /// The guard's level of the same name.
+    pub fn guard_level(self) -> crate::records::Level {
+        match self {
+            Level::Debug => crate::records::Level::Debug,
+            Level::Info => crate::records::Level::Info,
+            Level::Warn => crate::records::Level::Warn,
+            Level::Error => crate::records::Level::Error,
+        }
+    }
+
+    fn from_guard_level(level: crate::records::Level) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.guard_level() == level)
+    }
+
     fn from_bytes(b: &[u8]) -> Option<Level> {
         Level::ALL.into_iter().find(|l| l.as_str().as_bytes() == b)
     }
@@ -208,6 +222,80 @@ pub fn write_batch(
     }
 }
 
+/// The same batch as [`write_batch`] writes, as an OTLP `ExportLogsServiceRequest` in protobuf,
+/// the way a vehicle running an OpenTelemetry SDK would send it. Bodies carry the same messages
+/// and filler; severities are each level's first OTLP number.
+pub fn write_otlp_batch(rng: &mut Rng, spec: &BatchSpec<'_>, counts: &mut LevelCounts) -> Vec<u8> {
+    use crate::records::otlp::proto;
+    use prost::Message as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let log_records = (0..spec.records)
+        .map(|i| {
+            let level = spec.mix.pick(rng);
+            counts[level] += 1;
+            let messages = MESSAGES[level as usize];
+            let (module, msg) = messages[rng.below(messages.len() as u64) as usize];
+            let filler: String = (0..rng.range(PAYLOAD_MIN, PAYLOAD_MAX))
+                .map(|_| HEX[rng.below(16) as usize] as char)
+                .collect();
+            let ts = (spec.ts_ms + i as u64) * 1_000_000;
+            proto::LogRecord {
+                time_unix_nano: ts,
+                observed_time_unix_nano: ts,
+                severity_number: level.guard_level().otlp_severity(),
+                severity_text: level.as_str().to_ascii_uppercase(),
+                body: Some(proto::AnyValue::string(format!("{msg} {filler}"))),
+                attributes: vec![proto::KeyValue::string("module", module)],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let request = proto::ExportLogsServiceRequest {
+        resource_logs: vec![proto::ResourceLogs {
+            resource: Some(proto::Resource {
+                attributes: vec![
+                    proto::KeyValue::string("service.name", "vehicle-firmware"),
+                    proto::KeyValue::string("vehicle.vin", spec.vin),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![proto::ScopeLogs {
+                scope: Some(proto::InstrumentationScope {
+                    name: "firmware.logging".into(),
+                    ..Default::default()
+                }),
+                log_records,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    request.encode_to_vec()
+}
+
+/// Counts the records of an OTLP protobuf batch by severity, as the mock API does.
+pub fn scan_otlp(body: &[u8]) -> Scan {
+    use crate::records::otlp::proto;
+    use prost::Message as _;
+    let mut scan = Scan::default();
+    let Ok(request) = proto::ExportLogsServiceRequest::decode(body) else {
+        return scan;
+    };
+    let records = request
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records);
+    for r in records {
+        scan.records += 1;
+        let level = crate::records::Level::from_otlp_severity(i64::from(r.severity_number));
+        if let Some(level) = level.and_then(Level::from_guard_level) {
+            scan.levels[level] += 1;
+        }
+    }
+    scan
+}
+
 /// What the mock API finds in a batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Scan {
@@ -286,6 +374,24 @@ mod tests {
         let (_, surge) = batch(&LevelMix::surge(20), 1000);
         assert!(surge[Level::Debug] > 900, "{surge:?}");
         assert_eq!(LevelMix::surge(1).0, LevelMix::NORMAL.0);
+    }
+
+    #[test]
+    fn otlp_batches_scan_to_what_was_written() {
+        let mut rng = Rng::new(1, 2);
+        let spec = BatchSpec {
+            vin: "5YJ3E7EB0KF000001",
+            ts_ms: EPOCH_MS,
+            records: 300,
+            mix: LevelMix::surge(5),
+        };
+        let mut counts = LevelCounts::default();
+        let body = write_otlp_batch(&mut rng, &spec, &mut counts);
+        let scan = scan_otlp(&body);
+        assert_eq!(scan.records, 300);
+        assert_eq!(scan.levels, counts);
+        assert!(counts[Level::Debug] > 0 && counts[Level::Info] > 0);
+        assert_eq!(scan_otlp(b"not protobuf"), Scan::default());
     }
 
     #[test]

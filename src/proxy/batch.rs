@@ -22,6 +22,8 @@ pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard
 pub static RECORDS_DROPPED: HeaderName =
     HeaderName::from_static("x-verbosity-guard-records-dropped");
 pub static MAX_LEVEL: HeaderName = HeaderName::from_static("x-verbosity-guard-max-level");
+/// Every header the guard writes; removed from client requests.
+pub static OWN_HEADERS: [&HeaderName; 3] = [&RECORDS_KEPT, &RECORDS_DROPPED, &MAX_LEVEL];
 
 /// What the records phase decided.
 pub enum Filtered {

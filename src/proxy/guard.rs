@@ -257,6 +257,11 @@ impl Guard {
             }
         };
         strip_hop_by_hop(&mut parts.headers);
+        // Only the guard speaks in its own headers: a client's copy could pass for the guard's
+        // count of kept and dropped records.
+        for own in batch::OWN_HEADERS {
+            parts.headers.remove(own);
+        }
         // Room for the three X-Forwarded-* headers: at most one growth of the map.
         parts.headers.reserve(3);
         append_forwarded(
