@@ -871,3 +871,37 @@ async fn the_opentelemetry_python_sdk_exports_through_the_guard_without_its_debu
         exports
     );
 }
+
+#[tokio::test]
+async fn an_otlp_route_takes_json_and_protobuf_by_content_type_as_otlp_http_does() {
+    let up = TestUpstream::start().await;
+    let g = TestGuard::start(&policy_with_route(OTLP_PROTO), &up.url).await;
+    // The route is declared otlp-proto; an exporter configured for JSON posts to the same path.
+    let doc = json_request(&[json_resource(
+        "tcu",
+        &[json_scope("can", &[J_ERROR, J_DEBUG, J_WARNING_TEXT])],
+    )]);
+    let resp = post(&g, "/v1/logs", "application/json; charset=utf-8", None, doc).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(resp.headers(), "x-verbosity-guard-records-kept"),
+        "2"
+    );
+    assert_eq!(
+        header(resp.headers(), "x-verbosity-guard-records-dropped"),
+        "1"
+    );
+    let seen = up.next_request().await;
+    assert_eq!(
+        json_records(&seen.body),
+        [vec![J_ERROR.to_owned(), J_WARNING_TEXT.to_owned()]]
+    );
+
+    // All dropped: the answer is JSON too, matching the request.
+    let doc = json_request(&[json_resource("tcu", &[json_scope("can", &[J_DEBUG])])]);
+    let resp = post(&g, "/v1/logs", "application/json", None, doc).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(resp.headers(), "content-type"), "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1");
+}

@@ -108,7 +108,9 @@ pub fn filter(
         }
     };
 
-    let mut batch = match Batch::parse_bytes(policy, &decoded) {
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let format = policy.format.for_content_type(content_type);
+    let mut batch = match Batch::parse_bytes_as(policy, format, &decoded) {
         Ok(batch) => batch,
         Err(reason) => {
             return match policy.on_malformed {
@@ -122,7 +124,7 @@ pub fn filter(
                 OnMalformed::Reject => {
                     metrics.batch(BatchOutcome::MalformedRejected);
                     Err(GuardError::MalformedBatch {
-                        format: policy.format.as_str(),
+                        format: format.as_str(),
                         reason,
                     })
                 }
@@ -142,7 +144,7 @@ pub fn filter(
     }
     if tally.forwarded() == 0 {
         metrics.batch(BatchOutcome::AllDropped);
-        return Ok(Filtered::Answer(all_dropped(policy, &tally, summary)));
+        return Ok(Filtered::Answer(all_dropped(format, &tally, summary)));
     }
     metrics.batch(BatchOutcome::Rewritten);
     let rewritten = batch.rewrite(&decoded);
@@ -160,9 +162,9 @@ pub fn filter(
 /// The answer to a batch with nothing left to forward. OTLP senders get the success response
 /// their protocol defines, with the dropped records counted as rejected (a partial success), so
 /// exporters do not retry them; other senders get 202 and a JSON summary.
-fn all_dropped(policy: &RecordsPolicy, tally: &Tally, summary: Summary) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match policy.format {
-        Format::OtlpProto | Format::OtlpJson => otlp_response(policy.format, tally),
+fn all_dropped(format: Format, tally: &Tally, summary: Summary) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match format {
+        Format::OtlpProto | Format::OtlpJson => otlp_response(format, tally),
         Format::Ndjson | Format::JsonArray => {
             let mut dropped = serde_json::Map::new();
             for level in Level::ALL {

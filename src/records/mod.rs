@@ -53,6 +53,28 @@ impl Format {
     pub fn is_otlp(self) -> bool {
         matches!(self, Format::OtlpJson | Format::OtlpProto)
     }
+
+    /// The format of one request on a route of this format: an OTLP route takes protobuf and
+    /// JSON alike, as OTLP/HTTP receivers do, by the request's Content-Type; other formats, and
+    /// OTLP requests without a recognized Content-Type, use the route's.
+    pub fn for_content_type(self, content_type: Option<&[u8]>) -> Format {
+        if !self.is_otlp() {
+            return self;
+        }
+        let Some(ct) = content_type else {
+            return self;
+        };
+        let essence = ct.split(|&b| b == b';').next().unwrap_or(ct).trim_ascii();
+        if essence.eq_ignore_ascii_case(b"application/json") {
+            Format::OtlpJson
+        } else if essence.eq_ignore_ascii_case(b"application/x-protobuf")
+            || essence.eq_ignore_ascii_case(b"application/protobuf")
+        {
+            Format::OtlpProto
+        } else {
+            self
+        }
+    }
 }
 
 /// What to do with a body that is not the route's format.
@@ -300,8 +322,27 @@ impl Batch {
         Batch::parse_shared(policy, body, Some(body))
     }
 
+    /// [`Batch::parse_bytes`] as `format` instead of the policy's (OTLP/HTTP sends protobuf and
+    /// JSON to the same path and tells them apart by Content-Type).
+    pub fn parse_bytes_as(
+        policy: &RecordsPolicy,
+        format: Format,
+        body: &Bytes,
+    ) -> Result<Batch, NotFormat> {
+        Batch::parse_format(policy, format, body, Some(body))
+    }
+
     fn parse_shared(
         policy: &RecordsPolicy,
+        body: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<Batch, NotFormat> {
+        Batch::parse_format(policy, policy.format, body, shared)
+    }
+
+    fn parse_format(
+        policy: &RecordsPolicy,
+        format: Format,
         body: &[u8],
         shared: Option<&Bytes>,
     ) -> Result<Batch, NotFormat> {
@@ -312,7 +353,7 @@ impl Batch {
             hashes: policy.hashes(),
             sample_by: &policy.sample_by,
         };
-        let doc = match policy.format {
+        let doc = match format {
             Format::Ndjson => {
                 ndjson::parse(body, &classifier, &mut records)?;
                 Doc::Ndjson
