@@ -95,6 +95,19 @@ struct ErrorBody<'a> {
     detail: Option<&'a str>,
 }
 
+/// How a guard-made error body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorStyle {
+    /// The guard's JSON body (see [`GuardError::to_response`]).
+    #[default]
+    Json,
+    /// OTLP/HTTP requires a `google.rpc.Status` body on every 4xx and 5xx, encoded like the
+    /// request: protobuf ...
+    OtlpProto,
+    /// ... or JSON.
+    OtlpJson,
+}
+
 /// Who a failure is attributed to in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
@@ -179,9 +192,58 @@ impl GuardError {
         }
     }
 
-    /// The response the client gets: status, `Retry-After` where meaningful, and a JSON body
-    /// such as `{"error":"budget_exceeded","route":"telemetry","budget":"client_bytes","retry_after_s":2}`.
-    pub fn to_response(&self, route: &str) -> Response<Full<Bytes>> {
+    /// The `google.rpc.Code` of this answer, for OTLP `Status` bodies.
+    fn grpc_code(&self) -> i32 {
+        const INVALID_ARGUMENT: i32 = 3;
+        const DEADLINE_EXCEEDED: i32 = 4;
+        const RESOURCE_EXHAUSTED: i32 = 8;
+        const INTERNAL: i32 = 13;
+        const UNAVAILABLE: i32 = 14;
+        match self.status() {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => RESOURCE_EXHAUSTED,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => DEADLINE_EXCEEDED,
+            StatusCode::INTERNAL_SERVER_ERROR => INTERNAL,
+            _ => INVALID_ARGUMENT,
+        }
+    }
+
+    /// The response the client gets: status, `Retry-After` where meaningful, and a body in
+    /// `style`. The guard's JSON reads
+    /// `{"error":"budget_exceeded","route":"telemetry","budget":"client_bytes","retry_after_s":2}`;
+    /// OTLP senders get a `google.rpc.Status` whose message says the same in words.
+    pub fn to_response(&self, route: &str, style: ErrorStyle) -> Response<Full<Bytes>> {
+        let (content_type, bytes) = match style {
+            ErrorStyle::Json => ("application/json", self.json_body(route)),
+            ErrorStyle::OtlpProto | ErrorStyle::OtlpJson => {
+                let mut message = format!("verbosity-guard, route {route}: {self}");
+                if let Some(secs) = self.retry_after_secs() {
+                    message.push_str(&format!("; retry after {secs}s"));
+                }
+                let code = self.grpc_code();
+                match style {
+                    ErrorStyle::OtlpProto => (
+                        "application/x-protobuf",
+                        crate::records::otlp::status_proto(code, &message),
+                    ),
+                    _ => (
+                        "application/json",
+                        crate::records::otlp::status_json(code, &message),
+                    ),
+                }
+            }
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    fn json_body(&self, route: &str) -> Vec<u8> {
         let mut body = ErrorBody {
             error: self.code(),
             route,
@@ -217,17 +279,7 @@ impl GuardError {
         }
         let mut json = serde_json::to_vec(&body).unwrap_or_default();
         json.push(b'\n');
-        let mut resp = Response::new(Full::new(Bytes::from(json)));
-        *resp.status_mut() = self.status();
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(secs) = body.retry_after_s {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
+        json
     }
 
     /// Maps an upstream failure. A request body cut off mid-stream (413, 429, 408) surfaces as
@@ -291,7 +343,7 @@ mod tests {
             budget: BudgetKind::ClientBytes,
             retry_after: Duration::from_millis(1200),
         };
-        let resp = e.to_response("telemetry");
+        let resp = e.to_response("telemetry", ErrorStyle::Json);
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
         let body = resp.into_body().collect().await.unwrap().to_bytes();

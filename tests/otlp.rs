@@ -905,3 +905,64 @@ async fn an_otlp_route_takes_json_and_protobuf_by_content_type_as_otlp_http_does
     let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1");
 }
+
+// ---- guard rejections on OTLP routes ---------------------------------------------------------
+
+/// OTLP/HTTP requires a `google.rpc.Status` body on 4xx/5xx, encoded like the request, and
+/// exporters honour `Retry-After` on 429: the guard's own rejections on OTLP routes follow that.
+#[tokio::test]
+async fn guard_rejections_on_otlp_routes_carry_a_status_body_and_retry_after() {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Status {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    let up = TestUpstream::start().await;
+    let limited = OTLP_PROTO.replace(
+        "    records:",
+        "    payload: { client_requests: { rate: 1/m, burst: 1 } }\n    records:",
+    );
+    let g = TestGuard::start(&policy_with_route(&limited), &up.url).await;
+    let body = mixed_request().encode_to_vec();
+
+    let resp = post_proto(&g, "/v1/logs", body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    up.next_request().await;
+
+    let resp = post_proto(&g, "/v1/logs", body.clone()).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = header(resp.headers(), "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        header(resp.headers(), "content-type"),
+        "application/x-protobuf"
+    );
+    let status = Status::decode(resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(status.code, 8, "RESOURCE_EXHAUSTED");
+    assert!(
+        status.message.contains("client_requests"),
+        "{}",
+        status.message
+    );
+
+    // The same rejection for an OTLP/JSON sender is the Status in JSON.
+    let resp = post(&g, "/v1/logs", "application/json", None, "{}").await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(header(resp.headers(), "content-type"), "application/json");
+    let status = json(resp).await;
+    assert_eq!(status["code"], 8);
+    assert!(status["message"].as_str().unwrap().contains("retry after"));
+
+    // Both are counted like any other rejection.
+    assert_eq!(
+        g.metric(
+            "verbosity_guard_rejections_total",
+            &[("route", "otlp"), ("reason", "client_requests")]
+        )
+        .await,
+        2.0
+    );
+}

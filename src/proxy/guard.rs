@@ -32,10 +32,11 @@ use super::headers::{
 };
 use super::upstream::{PooledBody, Upstream};
 use crate::budget::decision;
-use crate::error::{Blame, GuardError};
+use crate::error::{Blame, ErrorStyle, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
 use crate::policy::{ClientKeySpec, KeyFallback, KeySource};
+use crate::records::Format;
 use crate::route::normalize_path;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
@@ -115,18 +116,27 @@ impl Service<Request<Incoming>> for Guard {
             let snapshot = this.shared.policy.load();
             let metrics = &this.shared.metrics;
             let _in_flight = InFlight::enter(metrics);
-            let mut route = None;
-            let result = this.run(&snapshot, &mut route, req).await;
-            Ok(record_outcome(metrics, &snapshot, route, result))
+            let mut ctx = RequestCtx::default();
+            let result = this.run(&snapshot, &mut ctx, req).await;
+            Ok(record_outcome(metrics, &snapshot, ctx, result))
         })
     }
+}
+
+/// What `run` learns about a request that the final accounting needs, whatever the outcome.
+#[derive(Default)]
+struct RequestCtx {
+    /// Index of the matched route; `None` when the path could not be normalized.
+    route: Option<usize>,
+    /// How an error answer is written (OTLP senders get the `Status` their protocol defines).
+    style: ErrorStyle,
 }
 
 impl Guard {
     async fn run(
         &self,
         snap: &Snapshot,
-        route_idx: &mut Option<usize>,
+        ctx: &mut RequestCtx,
         req: Request<Incoming>,
     ) -> Result<Reply, GuardError> {
         let (mut parts, body) = req.into_parts();
@@ -141,7 +151,17 @@ impl Guard {
         // 2. Route: first match wins; the table ends with a catch-all.
         let path = normalized.as_deref().unwrap_or(parts.uri.path());
         let (idx, route) = snap.policy.route(&parts.method, path);
-        *route_idx = Some(idx);
+        ctx.route = Some(idx);
+        if let Some(records) = route.records.as_ref().filter(|r| r.format.is_otlp()) {
+            let content_type = parts.headers.get(header::CONTENT_TYPE);
+            ctx.style = match records
+                .format
+                .for_content_type(content_type.map(HeaderValue::as_bytes))
+            {
+                Format::OtlpJson => ErrorStyle::OtlpJson,
+                _ => ErrorStyle::OtlpProto,
+            };
+        }
         let rm = &snap.route_metrics[idx];
 
         // 3. Identify the client, only when a per-client budget needs the key.
@@ -379,9 +399,10 @@ fn hex(b: u8) -> Option<u8> {
 fn record_outcome(
     metrics: &Metrics,
     snap: &Snapshot,
-    route: Option<usize>,
+    ctx: RequestCtx,
     result: Result<Reply, GuardError>,
 ) -> Response<ResponseBody> {
+    let route = ctx.route;
     let rm = route.map(|i| &snap.route_metrics[i]);
     let name = route.map_or(UNROUTED, |i| snap.policy.routes()[i].name.as_str());
     match result {
@@ -411,7 +432,7 @@ fn record_outcome(
                 Blame::Upstream => &metrics.upstream_errors,
             };
             family.with_label_values(&[name, err.label()]).inc();
-            err.to_response(name).map(Either::Right)
+            err.to_response(name, ctx.style).map(Either::Right)
         }
     }
 }

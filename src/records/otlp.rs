@@ -85,6 +85,26 @@ pub fn export_response_json(rejected: i64, message: &str) -> Vec<u8> {
     out
 }
 
+/// A `google.rpc.Status` with `code` and `message`, the error body OTLP/HTTP requires.
+pub fn status_proto(code: i32, message: &str) -> Vec<u8> {
+    proto::Status {
+        code,
+        message: message.to_owned(),
+    }
+    .encode_to_vec()
+}
+
+/// [`status_proto`] in OTLP JSON.
+pub fn status_json(code: i32, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + message.len());
+    out.extend_from_slice(b"{\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    write_json_string(&mut out, message);
+    out.push(b'}');
+    out
+}
+
 /// `s` as a JSON string literal.
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
     // Serializing a `str` into a `Vec` cannot fail: the writer never errors and a string is

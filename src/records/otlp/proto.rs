@@ -30,6 +30,17 @@ pub struct ExportLogsPartialSuccess {
     pub error_message: String,
 }
 
+/// `google.rpc.Status`: the body OTLP/HTTP requires on every 4xx and 5xx response. `details`
+/// (repeated `google.protobuf.Any`, tag 3) is never written by the guard and not declared.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    /// A `google.rpc.Code`.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
 /// `opentelemetry.proto.logs.v1.LogsData` (the same shape as the request, for storage).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LogsData {
