@@ -19,6 +19,7 @@ use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
 use crate::policy::store::PolicyStore;
 use crate::policy::{self, Policy, PolicyError};
+use crate::protect::{self, Protection};
 use crate::proxy::{self, ServerLimits, Shared, Target, UpstreamSettings};
 
 #[derive(Debug, Clone)]
@@ -143,7 +144,9 @@ impl App {
         for w in &policy.warnings {
             tracing::warn!("{}: {w}", policy.source);
         }
+        let protection = Protection::new(&policy.protect, &metrics);
         let shared = Arc::new(Shared {
+            protection,
             policy: PolicyStore::new(policy, &metrics),
             metrics,
             target,
@@ -188,7 +191,8 @@ impl App {
                 rx,
             )),
             tokio::spawn(admin::serve(admin_listener, admin.clone())),
-            tokio::spawn(evict_idle_keys(shared)),
+            tokio::spawn(evict_idle_keys(shared.clone())),
+            tokio::spawn(protect::run_controller(shared)),
         ];
         admin.ready.store(true, Ordering::Relaxed);
         tracing::info!(

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::budget::BudgetKind;
-use crate::policy::units::{ByteRate, ByteSize, Fraction, Rate};
-use crate::policy::{self, Policy};
+use crate::policy::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
+use crate::policy::{self, Policy, Priority};
 use crate::records::{Level, LevelRule, Per};
 
 pub struct CheckReport {
@@ -105,6 +105,43 @@ fn summarize(p: &Policy, out: &mut String) {
             let _ = writeln!(out, "  {:<16} verbosity clamped to {}", "", c.max);
         }
     }
+    let pr = &p.protect;
+    let s = &pr.slots;
+    let wait = |c: Priority| HumanDuration(s.queue_timeout[c.index()]).to_string();
+    let _ = writeln!(
+        out,
+        "  protect: {} upstream slots, {} reserved for critical, bulk at most {}; waits critical {}, normal {}, bulk {}",
+        s.max_in_flight,
+        s.critical_reserved,
+        s.bulk_max_in_flight,
+        wait(Priority::Critical),
+        wait(Priority::Normal),
+        wait(Priority::Bulk),
+    );
+    let b = &pr.brownout;
+    let _ = writeln!(
+        out,
+        "  brownout: {}; surge detection: {}",
+        if b.enabled {
+            format!(
+                "up to {}, judged every {}",
+                b.max_level.as_str(),
+                HumanDuration(b.interval)
+            )
+        } else {
+            "off".into()
+        },
+        if pr.surge.enabled {
+            format!(
+                "x{} for {} after {} warmup",
+                pr.surge.factor,
+                HumanDuration(pr.surge.hold),
+                HumanDuration(pr.surge.warmup)
+            )
+        } else {
+            "off".into()
+        },
+    );
     for w in &p.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }

@@ -9,6 +9,7 @@ use http_body_util::Full;
 
 use crate::budget::BudgetKind;
 use crate::codec::CodecError;
+use crate::policy::Priority;
 use crate::proxy::UpstreamError;
 use crate::records::NotFormat;
 use crate::route::PathError;
@@ -59,9 +60,38 @@ pub enum GuardError {
         format: &'static str,
         reason: NotFormat,
     },
+    /// Refused to protect the upstream: no upstream slot for the request's class in time, or
+    /// a bulk request while the brownout sheds bulk.
+    #[error("shed to protect the upstream ({} {})", class.as_str(), reason.as_str())]
+    Shed {
+        class: Priority,
+        reason: ShedReason,
+        retry_after: Duration,
+    },
     /// The guard failed at something that cannot fail on valid input (re-encoding a batch).
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+/// Why a request was shed; the names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Its class's wait queue for upstream slots was full.
+    QueueFull,
+    /// It waited its class's whole `queue_timeout` for a slot.
+    QueueTimeout,
+    /// A bulk request while the brownout level is `shed_bulk`.
+    Brownout,
+}
+
+impl ShedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Brownout => "brownout",
+        }
+    }
 }
 
 impl From<CodecError> for GuardError {
@@ -81,6 +111,10 @@ struct ErrorBody<'a> {
     route: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +171,7 @@ impl GuardError {
                 StatusCode::BAD_GATEWAY
             }
             GuardError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GuardError::Shed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -167,6 +202,11 @@ impl GuardError {
             GuardError::DecodedTooLarge { .. } => "decoded_too_large",
             GuardError::CorruptBody(_) => "corrupt_body",
             GuardError::MalformedBatch { .. } => "malformed_batch",
+            GuardError::Shed { reason, .. } => match reason {
+                ShedReason::QueueFull => "shed_queue_full",
+                ShedReason::QueueTimeout => "shed_queue_timeout",
+                ShedReason::Brownout => "shed_brownout",
+            },
             GuardError::Internal(_) => "internal",
         }
     }
@@ -178,6 +218,7 @@ impl GuardError {
             GuardError::ExceedsBurst { .. } => "body_exceeds_burst",
             GuardError::UpstreamConnect(_) | GuardError::UpstreamReset(_) => "upstream_unavailable",
             GuardError::UpstreamTimeout(_) => "upstream_timeout",
+            GuardError::Shed { .. } => "overloaded",
             other => other.label(),
         }
     }
@@ -185,7 +226,7 @@ impl GuardError {
     /// Whole seconds to wait before retrying, rounded up and at least 1.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            GuardError::OverBudget { retry_after, .. } => {
+            GuardError::OverBudget { retry_after, .. } | GuardError::Shed { retry_after, .. } => {
                 Some(retry_after.as_nanos().div_ceil(1_000_000_000).max(1) as u64)
             }
             _ => None,
@@ -263,6 +304,10 @@ impl GuardError {
                 body.burst = Some(*burst);
             }
             GuardError::BodyTooLarge { limit } => body.limit = Some(*limit),
+            GuardError::Shed { class, reason, .. } => {
+                body.class = Some(class.as_str());
+                body.reason = Some(reason.as_str());
+            }
             GuardError::UpstreamTimeout(d) => body.timeout_s = Some(d.as_secs_f64()),
             GuardError::DecodedTooLarge { limit } => body.limit = Some(*limit),
             GuardError::InvalidPath(e) => {

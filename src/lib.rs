@@ -12,6 +12,7 @@ pub mod error;
 pub mod log;
 pub mod metrics;
 pub mod policy;
+pub mod protect;
 pub mod proxy;
 pub mod records;
 pub mod route;

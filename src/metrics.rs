@@ -6,8 +6,8 @@
 //! recording a request is a few atomic adds, with no label lookup.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::budget::BudgetKind;
@@ -48,6 +48,22 @@ pub struct Metrics {
     pub batches: IntCounterVec,
     pub decoded_bodies: IntCounterVec,
     pub verbosity_clamped: IntCounterVec,
+    pub protect: ProtectMetrics,
+}
+
+/// Critical-route protection: upstream slots per class, the brownout controller, surges.
+pub struct ProtectMetrics {
+    pub in_flight: IntGaugeVec,
+    pub queued: IntGaugeVec,
+    pub shed: IntCounterVec,
+    pub brownout_level: IntGauge,
+    pub brownout_transitions: IntCounterVec,
+    pub upstream_p90: GaugeVec,
+    pub upstream_baseline: GaugeVec,
+    pub upstream_failure_ratio: GaugeVec,
+    pub surge_active: IntGaugeVec,
+    pub surge_ratio: GaugeVec,
+    pub surges: IntCounterVec,
 }
 
 fn name(s: &str) -> String {
@@ -69,7 +85,79 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name(n), help), labels)?,
             )
         };
+        let gauge = |n: &str, help: &str, labels: &[&str]| {
+            reg(
+                registry,
+                IntGaugeVec::new(Opts::new(name(n), help), labels)?,
+            )
+        };
+        let float_gauge = |n: &str, help: &str, labels: &[&str]| {
+            reg(registry, GaugeVec::new(Opts::new(name(n), help), labels)?)
+        };
+        let protect = ProtectMetrics {
+            in_flight: gauge(
+                "upstream_in_flight",
+                "Requests holding an upstream slot, by priority class.",
+                &["class"],
+            )?,
+            queued: gauge(
+                "upstream_queued",
+                "Requests waiting for an upstream slot, by priority class.",
+                &["class"],
+            )?,
+            shed: counter(
+                "shed_total",
+                "Requests refused with 503 to protect the upstream, by priority class and reason \
+                 (queue_full, queue_timeout, brownout).",
+                &["class", "reason"],
+            )?,
+            brownout_level: reg(
+                registry,
+                IntGauge::new(
+                    name("brownout_level"),
+                    "Brownout level: 0 off, 1 drop_verbose, 2 sample_info, 3 sample_warn, 4 shed_bulk.",
+                )?,
+            )?,
+            brownout_transitions: counter(
+                "brownout_transitions_total",
+                "Brownout level changes, by direction (raise, relax).",
+                &["direction"],
+            )?,
+            upstream_p90: float_gauge(
+                "upstream_p90_seconds",
+                "p90 upstream latency over the last controller interval, by priority class.",
+                &["class"],
+            )?,
+            upstream_baseline: float_gauge(
+                "upstream_baseline_seconds",
+                "The brownout controller's learned p90 latency baseline, by priority class.",
+                &["class"],
+            )?,
+            upstream_failure_ratio: float_gauge(
+                "upstream_failure_ratio",
+                "Share of upstream exchanges that failed (5xx, refused, reset, timeout) over the \
+                 last controller interval, by priority class.",
+                &["class"],
+            )?,
+            surge_active: gauge(
+                "surge_active",
+                "1 while a route's level is in a verbosity surge, by route and level.",
+                &["route", "level"],
+            )?,
+            surge_ratio: float_gauge(
+                "surge_ratio",
+                "Short-term rate over the learned baseline, by route, level and unit (records, \
+                 bytes); 0 while the baseline warms up.",
+                &["route", "level", "unit"],
+            )?,
+            surges: counter(
+                "surges_total",
+                "Verbosity surges detected, by route and level.",
+                &["route", "level"],
+            )?,
+        };
         Ok(Metrics {
+            protect,
             requests: counter(
                 "requests_total",
                 "Requests by route and outcome (forwarded, rejected, upstream_error, all_dropped).",
@@ -313,7 +401,7 @@ impl BatchOutcome {
 pub struct RecordsMetrics {
     pub received: [IntCounter; Level::COUNT],
     pub forwarded: [IntCounter; Level::COUNT],
-    pub dropped: [[IntCounter; 4]; Level::COUNT],
+    pub dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
     pub malformed: IntCounter,

@@ -625,14 +625,12 @@ async fn a_body_that_is_not_otlp_is_forwarded_untouched_or_rejected_per_route() 
         assert_eq!(seen.target, "/v1/logs");
         assert_eq!(seen.body, garbage, "forwarded byte for byte");
 
+        // OTLP/HTTP answers errors with a google.rpc.Status: INVALID_ARGUMENT, and why.
         let resp = post_proto(&g, "/strict/v1/logs", garbage).await;
         assert_eq!(resp.status(), 400);
-        let body = json(resp).await;
-        assert_eq!(body["error"], "malformed_batch");
-        assert!(
-            body["detail"].as_str().unwrap().contains("otlp-proto"),
-            "{body}"
-        );
+        let status = Status::decode(resp.bytes().await.unwrap()).unwrap();
+        assert_eq!(status.code, 3, "INVALID_ARGUMENT");
+        assert!(status.message.contains("otlp-proto"), "{}", status.message);
     }
     // The rejected ones never reached the upstream.
     post(&g, "/other", "text/plain", None, "marker").await;
@@ -908,17 +906,20 @@ async fn an_otlp_route_takes_json_and_protobuf_by_content_type_as_otlp_http_does
 
 // ---- guard rejections on OTLP routes ---------------------------------------------------------
 
+/// `google.rpc.Status`, declared here from its proto (not the guard's copy) so the test checks
+/// the wire format independently.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Status {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
 /// OTLP/HTTP requires a `google.rpc.Status` body on 4xx/5xx, encoded like the request, and
 /// exporters honour `Retry-After` on 429: the guard's own rejections on OTLP routes follow that.
 #[tokio::test]
 async fn guard_rejections_on_otlp_routes_carry_a_status_body_and_retry_after() {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Status {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-    }
     let up = TestUpstream::start().await;
     let limited = OTLP_PROTO.replace(
         "    records:",

@@ -12,12 +12,15 @@ use http::HeaderName;
 use serde_saphyr::Spanned;
 
 use super::raw::{
-    RawByteBudget, RawClamp, RawClientKey, RawLevelLimits, RawLevelRule, RawPolicy, RawRecords,
-    RawRequestBudget, RawRoute,
+    RawByteBudget, RawClamp, RawClientKey, RawLevelLimits, RawLevelRule, RawPolicy, RawProtect,
+    RawRecords, RawRequestBudget, RawRoute,
 };
 use super::units::ByteSize;
-use super::{ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Problem, Route};
+use super::{
+    ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Priority, Problem, Route,
+};
 use crate::budget::{Budget, KeyedBudget, Quota};
+use crate::protect::{Brownout, ProtectConfig};
 use crate::records::clamp::Clamp;
 use crate::records::{Level, LevelBudget, LevelRule, Per, RecordsPolicy, Sample, SampleBy};
 use crate::route::{MethodSet, PathMatcher};
@@ -102,6 +105,7 @@ pub fn compile(raw: RawPolicy, file: &str, version_hash: &str) -> Result<Policy,
     if default_timeout.is_zero() {
         c.problem(None, "upstream.timeout", "must be greater than zero");
     }
+    let protect = compile_protect(&mut c, &raw.protect);
     let default_key = match &raw.client_key {
         Some(k) => client_key(&mut c, k, "client_key"),
         None => ClientKeySpec {
@@ -163,9 +167,189 @@ pub fn compile(raw: RawPolicy, file: &str, version_hash: &str) -> Result<Policy,
         source: file.to_owned(),
         version_hash: version_hash.to_owned(),
         limits,
+        protect,
         routes,
         warnings: c.warnings,
     })
+}
+
+/// `protect`: every field defaults; sizes must leave room for each class, factors must order.
+fn compile_protect(c: &mut Compiler, raw: &RawProtect) -> ProtectConfig {
+    let mut cfg = ProtectConfig::default();
+    let s = &mut cfg.slots;
+    if let Some(m) = &raw.max_in_flight {
+        if m.value == 0 {
+            c.problem(line(m), "protect.max_in_flight", "must be at least 1");
+        }
+        s.max_in_flight = m.value.max(1);
+        s.critical_reserved = s.max_in_flight / 4;
+        s.bulk_max_in_flight = (s.max_in_flight / 2).max(1);
+    }
+    if let Some(r) = &raw.critical_reserved {
+        s.critical_reserved = r.value;
+    }
+    if s.critical_reserved >= s.max_in_flight {
+        c.problem(
+            raw.critical_reserved.as_ref().and_then(line),
+            "protect.critical_reserved",
+            format!(
+                "{} leaves no slot of max_in_flight {} for normal and bulk routes",
+                s.critical_reserved, s.max_in_flight
+            ),
+        );
+    }
+    let shared = s.max_in_flight.saturating_sub(s.critical_reserved).max(1);
+    match &raw.bulk_max_in_flight {
+        Some(b) if b.value == 0 => {
+            c.problem(line(b), "protect.bulk_max_in_flight", "must be at least 1");
+        }
+        Some(b) if b.value > shared => c.problem(
+            line(b),
+            "protect.bulk_max_in_flight",
+            format!(
+                "{} is more than the {shared} slots left after critical_reserved",
+                b.value
+            ),
+        ),
+        Some(b) => s.bulk_max_in_flight = b.value,
+        None => s.bulk_max_in_flight = s.bulk_max_in_flight.min(shared),
+    }
+    for p in Priority::ALL {
+        let (t, q) = match p {
+            Priority::Critical => (&raw.queue_timeout.critical, &raw.max_queued.critical),
+            Priority::Normal => (&raw.queue_timeout.normal, &raw.max_queued.normal),
+            Priority::Bulk => (&raw.queue_timeout.bulk, &raw.max_queued.bulk),
+        };
+        if let Some(t) = t {
+            s.queue_timeout[p.index()] = t.0;
+        }
+        if let Some(q) = q {
+            s.max_queued[p.index()] = q.value;
+        }
+    }
+
+    let b = &raw.brownout;
+    let out = &mut cfg.brownout;
+    out.enabled = b.enabled.unwrap_or(true);
+    if let Some(d) = b.interval {
+        out.interval = d.0;
+    }
+    let ticks = |d: Duration, interval: Duration| -> u32 {
+        let n = d.as_nanos().div_ceil(interval.as_nanos().max(1));
+        u32::try_from(n).unwrap_or(u32::MAX).max(1)
+    };
+    let raise = b
+        .raise_after
+        .map_or(out.interval * out.raise_after, |d| d.0);
+    let relax = b
+        .relax_after
+        .map_or(out.interval * out.relax_after, |d| d.0);
+    if relax < raise {
+        c.problem(
+            None,
+            "protect.brownout.relax_after",
+            "must be at least raise_after (relaxing slower than raising is the hysteresis)",
+        );
+    }
+    out.raise_after = ticks(raise, out.interval);
+    out.relax_after = ticks(relax, out.interval);
+    out.warmup = ticks(
+        b.warmup.map_or(out.interval * out.warmup, |d| d.0),
+        out.interval,
+    );
+    if let Some(f) = &b.latency_factor {
+        out.latency_factor = f.value;
+    }
+    if let Some(f) = &b.recover_factor {
+        out.recover_factor = f.value;
+    }
+    if !(out.latency_factor > 1.0 && out.latency_factor.is_finite()) {
+        c.problem(
+            b.latency_factor.as_ref().and_then(line),
+            "protect.brownout.latency_factor",
+            "must be a number above 1",
+        );
+    }
+    if !(out.recover_factor >= 1.0 && out.recover_factor <= out.latency_factor) {
+        c.problem(
+            b.recover_factor.as_ref().and_then(line),
+            "protect.brownout.recover_factor",
+            format!(
+                "must be at least 1 and at most latency_factor ({})",
+                out.latency_factor
+            ),
+        );
+    }
+    if let Some(d) = b.latency_floor {
+        out.latency_floor = d.0;
+    }
+    if let Some(f) = b.error_rate {
+        out.error_rate = f64::from(f.per_million) / 1e6;
+    }
+    if let Some(n) = &b.min_samples {
+        if n.value == 0 {
+            c.problem(
+                line(n),
+                "protect.brownout.min_samples",
+                "must be at least 1",
+            );
+        }
+        out.min_samples = n.value.max(1);
+    }
+    if let Some(f) = b.info_sample {
+        out.info_sample = Sample::per_million(f.per_million);
+    }
+    if let Some(f) = b.warn_sample {
+        out.warn_sample = Sample::per_million(f.per_million);
+    }
+    if let Some(l) = b.max_level {
+        if l == Brownout::Off {
+            c.problem(
+                None,
+                "protect.brownout.max_level",
+                "off is not a level to reach; write enabled: false to turn brownout off",
+            );
+        }
+        out.max_level = l;
+    }
+
+    let r = &raw.surge;
+    let out = &mut cfg.surge;
+    out.enabled = r.enabled.unwrap_or(true);
+    let set = |slot: &mut Duration, v: Option<super::units::HumanDuration>| {
+        if let Some(d) = v {
+            *slot = d.0;
+        }
+    };
+    set(&mut out.interval, r.interval);
+    set(&mut out.hold, r.hold);
+    set(&mut out.warmup, r.warmup);
+    set(&mut out.window, r.window);
+    set(&mut out.baseline_half_life, r.baseline_half_life);
+    if let Some(f) = &r.factor {
+        out.factor = f.value;
+    }
+    if let Some(f) = &r.clear_factor {
+        out.clear_factor = f.value;
+    }
+    if !(out.factor > 1.0 && out.factor.is_finite()) {
+        c.problem(
+            r.factor.as_ref().and_then(line),
+            "protect.surge.factor",
+            "must be a number above 1",
+        );
+    }
+    if !(out.clear_factor >= 1.0 && out.clear_factor < out.factor) {
+        c.problem(
+            r.clear_factor.as_ref().and_then(line),
+            "protect.surge.clear_factor",
+            format!("must be at least 1 and below factor ({})", out.factor),
+        );
+    }
+    if let Some(rate) = r.min_rate {
+        out.min_rate = rate.per_second();
+    }
+    cfg
 }
 
 fn compile_route(

@@ -38,6 +38,15 @@ pub enum Priority {
 }
 
 impl Priority {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Priority; Priority::COUNT] =
+        [Priority::Critical, Priority::Normal, Priority::Bulk];
+
+    /// Position in per-class arrays: critical, normal, bulk.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Critical => "critical",
@@ -175,7 +184,7 @@ pub struct Limits {
     pub key_eviction_interval: Duration,
 }
 
-fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
@@ -186,6 +195,8 @@ pub struct Policy {
     /// FNV-1a of the file's bytes, in hex: identifies the policy in `/policy` and metrics.
     pub version_hash: String,
     pub limits: Limits,
+    /// Upstream slots by priority, brownout and surge settings.
+    pub protect: crate::protect::ProtectConfig,
     /// Never empty, and the last route matches every request: `compile` is the only
     /// constructor and refuses anything else, which is what makes [`Policy::route`] total.
     routes: Vec<Route>,
@@ -215,6 +226,7 @@ impl Policy {
             "source": self.source,
             "version_hash": self.version_hash,
             "limits": self.limits,
+            "protect": self.protect,
             "routes": routes,
             "warnings": self.warnings,
         })

@@ -25,6 +25,9 @@ pub struct RawPolicy {
     /// Defaults for talking to the upstream.
     #[serde(default)]
     pub upstream: RawUpstream,
+    /// Critical-route protection: upstream slots by priority, brownout, surge detection.
+    #[serde(default)]
+    pub protect: RawProtect,
     /// Route table. First match wins; the table must end with a catch-all route.
     pub routes: Vec<RawRoute>,
 }
@@ -60,6 +63,116 @@ pub struct RawUpstream {
     /// Default time to wait for the upstream's response headers (default 30s). Routes may
     /// override it with `timeout`. Exceeding it answers 504.
     pub timeout: Option<HumanDuration>,
+}
+
+/// Upstream concurrency partitioned by route priority, the brownout controller and surge
+/// detection. Every field has a default; the section may be omitted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtect {
+    /// Upstream requests in flight at once, all routes together (default 256). Size it to what
+    /// the upstream can serve concurrently: the reserve below only protects critical routes if
+    /// the upstream is never asked for more than it can serve.
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// Of `max_in_flight`, slots only `critical` routes may use (default a quarter). Critical
+    /// requests also borrow the other slots when these are busy.
+    pub critical_reserved: Option<Spanned<u32>>,
+    /// Most `bulk` requests in flight at once (default half of `max_in_flight`).
+    pub bulk_max_in_flight: Option<Spanned<u32>>,
+    /// Longest wait for a slot, per priority (defaults critical 5s, normal 1s, bulk 50ms);
+    /// after it the request gets 503 with `Retry-After`.
+    #[serde(default)]
+    pub queue_timeout: RawPerClass<HumanDuration>,
+    /// Most requests waiting for a slot, per priority (defaults critical 1024, normal 1024,
+    /// bulk 256); more get 503 at once.
+    #[serde(default)]
+    pub max_queued: RawPerClass<Spanned<u32>>,
+    /// The brownout controller.
+    #[serde(default)]
+    pub brownout: RawBrownout,
+    /// Verbosity surge detection.
+    #[serde(default)]
+    pub surge: RawSurge,
+}
+
+/// One value per route priority; absent ones keep their default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerClass<T> {
+    pub critical: Option<T>,
+    pub normal: Option<T>,
+    pub bulk: Option<T>,
+}
+
+impl<T> Default for RawPerClass<T> {
+    fn default() -> Self {
+        RawPerClass {
+            critical: None,
+            normal: None,
+            bulk: None,
+        }
+    }
+}
+
+/// The brownout controller: judges the upstream every `interval` and tightens bulk routes
+/// step by step while it is in distress.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrownout {
+    /// `false` keeps the level at `off` (slots still apply). Default `true`.
+    pub enabled: Option<bool>,
+    /// How often the upstream is judged (default 1s).
+    pub interval: Option<HumanDuration>,
+    /// A class's interval is congested when its p90 latency is above this multiple of its
+    /// learned baseline (default 2).
+    pub latency_factor: Option<Spanned<f64>>,
+    /// ... and healthy again under this multiple (default 1.5; below `latency_factor`).
+    pub recover_factor: Option<Spanned<f64>>,
+    /// Latencies up to this are never congestion, however low the baseline (default 25ms).
+    pub latency_floor: Option<HumanDuration>,
+    /// An interval is congested when more than this share of a class's exchanges failed (5xx,
+    /// refused, reset, timed out). Default `10%`.
+    pub error_rate: Option<Fraction>,
+    /// Congestion lasting this long raises the level one step (default 2s).
+    pub raise_after: Option<HumanDuration>,
+    /// Health lasting this long lowers it one step (default 10s; at least `raise_after`).
+    pub relax_after: Option<HumanDuration>,
+    /// Time a class's latency baseline learns before latency is judged (default 10s).
+    pub warmup: Option<HumanDuration>,
+    /// Fewest exchanges of a class in an interval for it to be judged (default 10).
+    pub min_samples: Option<Spanned<u64>>,
+    /// Share of `info` records kept from level `sample_info` up (default 10%).
+    pub info_sample: Option<Fraction>,
+    /// Share of `warn` records kept from level `sample_warn` up (default 25%).
+    pub warn_sample: Option<Fraction>,
+    /// Highest level the controller may reach: `drop_verbose`, `sample_info`, `sample_warn` or
+    /// `shed_bulk` (default).
+    pub max_level: Option<crate::protect::Brownout>,
+}
+
+/// Verbosity surge detection per route and level, against a learned baseline.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSurge {
+    /// `false` turns detection off. Default `true`.
+    pub enabled: Option<bool>,
+    /// How often rates are sampled (default 1s).
+    pub interval: Option<HumanDuration>,
+    /// A surge starts when the short-term rate stays above this multiple of the baseline for
+    /// `hold` (default 3).
+    pub factor: Option<Spanned<f64>>,
+    /// ... and ends when it stays under this multiple for `hold` (default 1.5).
+    pub clear_factor: Option<Spanned<f64>>,
+    /// How long the rate must stay past a threshold to start or end a surge (default 30s).
+    pub hold: Option<HumanDuration>,
+    /// Time the baseline learns before anything is judged (default 5m).
+    pub warmup: Option<HumanDuration>,
+    /// Half-life of the short-term rate (default 10s).
+    pub window: Option<HumanDuration>,
+    /// Half-life of the baseline (default 1h).
+    pub baseline_half_life: Option<HumanDuration>,
+    /// Records per second under which a level never surges, e.g. `1/s` (default).
+    pub min_rate: Option<Rate>,
 }
 
 #[derive(Debug, Deserialize)]

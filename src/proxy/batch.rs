@@ -15,7 +15,7 @@ use super::body::GuardedBody;
 use crate::codec::{self, Encoding};
 use crate::error::GuardError;
 use crate::metrics::{BatchOutcome, RecordsMetrics};
-use crate::records::filter::{self, Tally};
+use crate::records::filter::{self, Tally, Tighten};
 use crate::records::{Batch, Format, Level, OnMalformed, RecordsPolicy, otlp};
 
 pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard-records-kept");
@@ -47,11 +47,11 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn new(policy: &RecordsPolicy, tally: &Tally) -> Summary {
+    fn new(policy: &RecordsPolicy, tally: &Tally, tighten: &Tighten) -> Summary {
         Summary {
             kept: tally.forwarded(),
             dropped: tally.dropped(),
-            max_level: policy.max_accepted(tally),
+            max_level: policy.max_accepted(tally, tighten),
         }
     }
 
@@ -87,12 +87,14 @@ pub async fn read_to_end(mut body: GuardedBody, capacity: usize) -> Result<Bytes
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Runs a buffered batch through the route's `records` rules.
+/// Runs a buffered batch through the route's `records` rules, tightened by `tighten` while the
+/// upstream is browned out.
 pub fn filter(
     policy: &RecordsPolicy,
     metrics: &RecordsMetrics,
     headers: &HeaderMap,
     key: Option<u64>,
+    tighten: &Tighten,
     body: Bytes,
 ) -> Result<Filtered, GuardError> {
     let encoding = codec::request_encoding(headers)?;
@@ -110,7 +112,7 @@ pub fn filter(
 
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     let format = policy.format.for_content_type(content_type);
-    let mut batch = match Batch::parse_bytes_as(policy, format, &decoded) {
+    let mut batch = match Batch::parse_bytes_as(policy, format, &decoded, tighten) {
         Ok(batch) => batch,
         Err(reason) => {
             return match policy.on_malformed {
@@ -131,9 +133,9 @@ pub fn filter(
             };
         }
     };
-    let tally = filter::decide(&mut batch.records, policy, key);
+    let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
     metrics.record(&tally);
-    let summary = Summary::new(policy, &tally);
+    let summary = Summary::new(policy, &tally, tighten);
 
     if tally.dropped() == 0 {
         metrics.batch(BatchOutcome::Untouched);

@@ -32,11 +32,13 @@ use super::headers::{
 };
 use super::upstream::{PooledBody, Upstream};
 use crate::budget::decision;
-use crate::error::{Blame, ErrorStyle, GuardError};
+use crate::error::{Blame, ErrorStyle, GuardError, ShedReason};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
-use crate::policy::{ClientKeySpec, KeyFallback, KeySource};
+use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Priority};
+use crate::protect::{Brownout, NoSlot, Protection};
 use crate::records::Format;
+use crate::records::filter::Tighten;
 use crate::route::normalize_path;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
@@ -65,6 +67,8 @@ pub struct Shared {
     /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
     /// to collide.
     pub key_hasher: std::hash::RandomState,
+    /// Upstream slots by priority and the brownout level; outlives policy reloads.
+    pub protection: Protection,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -175,7 +179,25 @@ impl Guard {
             false => None,
         };
 
-        // 4. Payload budgets. Size first (no state), then the client's budgets, then the
+        // 4. Brownout: while the upstream is in distress, bulk routes are shed whole at the
+        //    top level and their batches tightened below it; critical and normal routes never.
+        //    Shedding comes before the budgets so a shed request spends none of them.
+        let protection = &self.shared.protection;
+        let tighten = match route.priority {
+            Priority::Bulk => {
+                if protection.level() >= Brownout::ShedBulk {
+                    return Err(GuardError::Shed {
+                        class: Priority::Bulk,
+                        reason: ShedReason::Brownout,
+                        retry_after: protection.retry_after(),
+                    });
+                }
+                protection.tightening()
+            }
+            _ => Tighten::NONE,
+        };
+
+        // 5. Payload budgets. Size first (no state), then the client's budgets, then the
         //    route's, so one client's excess never spends the budget the route shares.
         let declared = body.size_hint().exact();
         let metrics = &self.shared.metrics;
@@ -183,7 +205,7 @@ impl Guard {
             metrics.record_untracked(&route.name, kind)
         })?;
 
-        // 5. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
+        // 6. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
         //    requested verbosity above the route's clamp lowered.
         self.rewrite(&mut parts, normalized)?;
         if let Some(clamp) = &route.clamp {
@@ -193,7 +215,7 @@ impl Guard {
             }
         }
 
-        // 6. Records: a telemetry route buffers its batch and filters it by level; the rest
+        // 7. Records: a telemetry route buffers its batch and filters it by level; the rest
         //    stream.
         let mut summary = None;
         let body = if body.is_end_stream() {
@@ -210,7 +232,7 @@ impl Guard {
             );
             let hint = declared.unwrap_or(64 << 10).min(max_body);
             let raw = batch::read_to_end(body, usize::try_from(hint).unwrap_or(0)).await?;
-            match batch::filter(records, metrics, &parts.headers, key, raw)? {
+            match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
                 Filtered::Answer(response) => return Ok(Reply::Guard(response)),
                 Filtered::Forward { body, summary: s } => {
                     if let Some(s) = &s {
@@ -236,18 +258,40 @@ impl Guard {
             UpstreamBody::Stream { body }
         };
 
-        // 7. Forward, bounded by the route's timeout for the response headers.
+        // 8. Take an upstream slot of the route's class: critical requests have a reserve that
+        //    bulk can never take; a class that finds none in its wait is shed (503).
+        let slot = protection
+            .slot(route.priority)
+            .await
+            .map_err(|e| GuardError::Shed {
+                class: route.priority,
+                reason: match e {
+                    NoSlot::QueueFull => ShedReason::QueueFull,
+                    NoSlot::QueueTimeout => ShedReason::QueueTimeout,
+                },
+                retry_after: Duration::from_secs(1),
+            })?;
+
+        // 9. Forward, bounded by the route's timeout for the response headers; the exchange
+        //    feeds the brownout controller's view of the upstream's health.
         let started = Instant::now();
         let request = Request::from_parts(parts, body);
-        let response = self
+        let sent = self
             .upstream
             .send(request, started + route.timeout)
             .await
-            .map_err(|e| GuardError::from_upstream(e, route.timeout))?;
-        rm.upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+            .map_err(|e| GuardError::from_upstream(e, route.timeout));
+        let latency = started.elapsed();
+        let failed = match &sent {
+            Ok(r) => r.status().is_server_error(),
+            Err(e) => e.blame() == Blame::Upstream,
+        };
+        protection.observe(route.priority, latency, failed);
+        drop(slot);
+        let response = sent?;
+        rm.upstream_duration.observe(latency.as_secs_f64());
 
-        // 8. Respond: the upstream's answer, streamed, minus its hop-by-hop headers, plus what
+        // 10. Respond: the upstream's answer, streamed, minus its hop-by-hop headers, plus what
         //    the records phase did to the batch.
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -426,6 +470,13 @@ fn record_outcome(
                     .requests
                     .with_label_values(&[name, "rejected"])
                     .inc(),
+            }
+            if let GuardError::Shed { class, reason, .. } = &err {
+                metrics
+                    .protect
+                    .shed
+                    .with_label_values(&[class.as_str(), reason.as_str()])
+                    .inc();
             }
             let family = match err.blame() {
                 Blame::Client => &metrics.rejections,

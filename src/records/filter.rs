@@ -6,7 +6,7 @@
 //! charged before the byte rate; records the byte rate then refuses have still spent their
 //! record budget.
 
-use super::{Level, Record, RecordsPolicy};
+use super::{Level, Record, RecordsPolicy, Sample};
 
 /// Why a record was not forwarded. The names are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,14 +19,17 @@ pub enum DropReason {
     Rate,
     /// The batch was malformed and the route rejects malformed batches.
     Malformed,
+    /// Tightened away by the brownout controller while the upstream is in distress.
+    Brownout,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::Rule,
         DropReason::Sample,
         DropReason::Rate,
         DropReason::Malformed,
+        DropReason::Brownout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl DropReason {
             DropReason::Sample => "sample",
             DropReason::Rate => "rate",
             DropReason::Malformed => "malformed",
+            DropReason::Brownout => "brownout",
         }
     }
 }
@@ -50,13 +54,18 @@ pub struct LevelTally {
     pub dropped_sample: u64,
     pub dropped_rate: u64,
     pub dropped_malformed: u64,
+    pub dropped_brownout: u64,
     /// Records whose level could not be read (counted in `received` of the unknown level).
     pub malformed: u64,
 }
 
 impl LevelTally {
     pub fn dropped(&self) -> u64 {
-        self.dropped_rule + self.dropped_sample + self.dropped_rate + self.dropped_malformed
+        self.dropped_rule
+            + self.dropped_sample
+            + self.dropped_rate
+            + self.dropped_malformed
+            + self.dropped_brownout
     }
 
     pub fn dropped_by(&self, reason: DropReason) -> u64 {
@@ -65,6 +74,7 @@ impl LevelTally {
             DropReason::Sample => self.dropped_sample,
             DropReason::Rate => self.dropped_rate,
             DropReason::Malformed => self.dropped_malformed,
+            DropReason::Brownout => self.dropped_brownout,
         }
     }
 
@@ -74,6 +84,7 @@ impl LevelTally {
             DropReason::Sample => self.dropped_sample += 1,
             DropReason::Rate => self.dropped_rate += 1,
             DropReason::Malformed => self.dropped_malformed += 1,
+            DropReason::Brownout => self.dropped_brownout += 1,
         }
     }
 }
@@ -122,9 +133,39 @@ impl Tally {
     }
 }
 
+/// Tightening on top of a route's rules while the upstream is in distress (see
+/// `protect::Brownout`): per level, only this share of the records that the rules would keep
+/// goes on to the level's rates (`0%` drops the level). Decided by the same hash as `sample`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tighten(pub [Option<Sample>; Level::COUNT]);
+
+impl Tighten {
+    pub const NONE: Tighten = Tighten([None; Level::COUNT]);
+
+    pub fn get(&self, level: Level) -> Option<Sample> {
+        self.0[level.index()]
+    }
+
+    /// True when some record of `level` may be dropped by the tightening.
+    pub fn touches(&self, level: Level) -> bool {
+        self.get(level).is_some_and(|s| s.per_million < 1_000_000)
+    }
+}
+
 /// Marks each record kept or dropped under `policy`, charging the level budgets of `key` (the
 /// client) and of the route. Returns the batch's counts.
 pub fn decide(records: &mut [Record], policy: &RecordsPolicy, key: Option<u64>) -> Tally {
+    decide_tightened(records, policy, key, &Tighten::NONE)
+}
+
+/// [`decide`], with `tighten` applied after each level's `drop` and `sample`, before its rates
+/// (records a brownout removes spend no budget).
+pub fn decide_tightened(
+    records: &mut [Record],
+    policy: &RecordsPolicy,
+    key: Option<u64>,
+    tighten: &Tighten,
+) -> Tally {
     let mut tally = Tally::default();
     // Candidates per level after drop and sample: the rates decide among them.
     let mut candidates = [0usize; Level::COUNT];
@@ -139,6 +180,9 @@ pub fn decide(records: &mut [Record], policy: &RecordsPolicy, key: Option<u64>) 
             false
         } else if rule.sample.is_some_and(|s| !s.keeps(r.hash)) {
             t.drop(DropReason::Sample);
+            false
+        } else if tighten.get(r.level).is_some_and(|s| !s.keeps(r.hash)) {
+            t.drop(DropReason::Brownout);
             false
         } else {
             candidates[r.level.index()] += 1;

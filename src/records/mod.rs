@@ -231,9 +231,12 @@ impl RecordsPolicy {
         self.rules.iter().any(LevelRule::needs_client_key)
     }
 
-    /// Which levels need a sampling hash per record.
-    pub fn hashes(&self) -> [bool; Level::COUNT] {
-        std::array::from_fn(|i| self.rules[i].sample.is_some() && !self.rules[i].drop)
+    /// Which levels need a sampling hash per record (to sample, or to be tightened).
+    pub fn hashes(&self, tighten: &filter::Tighten) -> [bool; Level::COUNT] {
+        std::array::from_fn(|i| {
+            let rule = &self.rules[i];
+            !rule.drop && (rule.sample.is_some() || tighten.touches(Level::ALL[i]))
+        })
     }
 
     /// Every level budget, for eviction and the tracked-keys gauge.
@@ -249,11 +252,15 @@ impl RecordsPolicy {
     /// The most verbose level a sender may use without losing records to a rule: every level
     /// from it up to `fatal` is kept whole (no drop, no sample) and, if rated, did not run out
     /// in `tally`. `None` when even `fatal` is not.
-    pub fn max_accepted(&self, tally: &filter::Tally) -> Option<Level> {
+    pub fn max_accepted(&self, tally: &filter::Tally, tighten: &filter::Tighten) -> Option<Level> {
         let mut accepted = None;
         for level in Level::ALL.into_iter().rev() {
             let r = self.rule(level);
-            if r.drop || r.sample.is_some() || tally.level(level).dropped_rate > 0 {
+            if r.drop
+                || r.sample.is_some()
+                || tighten.touches(level)
+                || tally.level(level).dropped_rate > 0
+            {
                 break;
             }
             accepted = Some(level);
@@ -323,13 +330,15 @@ impl Batch {
     }
 
     /// [`Batch::parse_bytes`] as `format` instead of the policy's (OTLP/HTTP sends protobuf and
-    /// JSON to the same path and tells them apart by Content-Type).
+    /// JSON to the same path and tells them apart by Content-Type), hashing the records that
+    /// `tighten` may drop.
     pub fn parse_bytes_as(
         policy: &RecordsPolicy,
         format: Format,
         body: &Bytes,
+        tighten: &filter::Tighten,
     ) -> Result<Batch, NotFormat> {
-        Batch::parse_format(policy, format, body, Some(body))
+        Batch::parse_format(policy, format, body, Some(body), tighten)
     }
 
     fn parse_shared(
@@ -337,7 +346,7 @@ impl Batch {
         body: &[u8],
         shared: Option<&Bytes>,
     ) -> Result<Batch, NotFormat> {
-        Batch::parse_format(policy, policy.format, body, shared)
+        Batch::parse_format(policy, policy.format, body, shared, &filter::Tighten::NONE)
     }
 
     fn parse_format(
@@ -345,12 +354,13 @@ impl Batch {
         format: Format,
         body: &[u8],
         shared: Option<&Bytes>,
+        tighten: &filter::Tighten,
     ) -> Result<Batch, NotFormat> {
         let mut records = Vec::new();
         let classifier = json::Classifier {
             level_field: &policy.level_field,
             unknown: policy.unknown_level,
-            hashes: policy.hashes(),
+            hashes: policy.hashes(tighten),
             sample_by: &policy.sample_by,
         };
         let doc = match format {

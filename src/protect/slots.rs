@@ -1,0 +1,267 @@
+//! Upstream concurrency partitioned by priority.
+//!
+//! `max_in_flight` slots toward the upstream are split in two pools: `critical_reserved` slots
+//! only critical requests may take, and the shared rest. Critical requests take a reserved slot
+//! first and borrow a shared one when the reserve is busy; normal and bulk requests only ever
+//! take shared slots, and bulk additionally holds one of `bulk_max_in_flight` slots of its own,
+//! so bulk can neither take the reserve nor the whole shared pool.
+//!
+//! A request that finds no slot waits, in arrival order, up to its class's `queue_timeout`
+//! (bulk: short, critical: long), with at most `max_queued` waiting per class; past either it
+//! is shed with 503. Pools are tokio semaphores: the fast path is one compare-and-swap per pool,
+//! and a waiter holds no lock.
+//!
+//! A policy reload may resize the pools: growing adds permits at once; shrinking forgets idle
+//! permits at once and the rest as requests in flight give theirs back (`debt`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::policy::Priority;
+
+/// The pool sizes and waits (policy `protect`, resolved).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotsConfig {
+    pub max_in_flight: u32,
+    pub critical_reserved: u32,
+    pub bulk_max_in_flight: u32,
+    /// Indexed by [`Priority::index`].
+    #[serde(serialize_with = "serialize_waits")]
+    pub queue_timeout: [Duration; Priority::COUNT],
+    pub max_queued: [u32; Priority::COUNT],
+}
+
+fn serialize_waits<S: serde::Serializer>(
+    d: &[Duration; Priority::COUNT],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(Priority::COUNT))?;
+    for p in Priority::ALL {
+        m.serialize_entry(p.as_str(), &d[p.index()].as_secs_f64())?;
+    }
+    m.end()
+}
+
+impl Default for SlotsConfig {
+    fn default() -> Self {
+        SlotsConfig {
+            max_in_flight: 256,
+            critical_reserved: 64,
+            bulk_max_in_flight: 128,
+            queue_timeout: [
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::from_millis(50),
+            ],
+            max_queued: [1024, 1024, 256],
+        }
+    }
+}
+
+/// Why a request got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `max_queued` requests of its class were already waiting.
+    QueueFull,
+    /// It waited its class's whole `queue_timeout`.
+    QueueTimeout,
+}
+
+/// One pool: a semaphore whose size can change while permits are out.
+struct Pool {
+    sem: Semaphore,
+    size: AtomicU32,
+    /// Permits to forget instead of returning, after a shrink that found them in use.
+    debt: AtomicU32,
+}
+
+impl Pool {
+    fn new(size: u32) -> Pool {
+        Pool {
+            sem: Semaphore::new(size as usize),
+            size: AtomicU32::new(size),
+            debt: AtomicU32::new(0),
+        }
+    }
+
+    fn resize(&self, size: u32) {
+        let old = self.size.swap(size, Ordering::Relaxed);
+        if size > old {
+            // Cancel debt first: those permits are still out and will come back.
+            let mut grow = size - old;
+            let _ = self
+                .debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    let paid = d.min(grow);
+                    grow -= paid;
+                    Some(d - paid)
+                });
+            self.sem.add_permits(grow as usize);
+        } else if size < old {
+            let shrink = old - size;
+            let forgotten = self.sem.forget_permits(shrink as usize) as u32;
+            self.debt.fetch_add(shrink - forgotten, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives a permit back, or forgets it to pay a shrink's debt.
+    fn release(&self, permit: SemaphorePermit<'_>) {
+        let paid = self
+            .debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+            .is_ok();
+        if paid {
+            permit.forget();
+        }
+    }
+}
+
+pub struct Slots {
+    reserved: Pool,
+    shared: Pool,
+    bulk: Pool,
+    waits: std::sync::RwLock<([Duration; Priority::COUNT], [u32; Priority::COUNT])>,
+    in_flight: [IntGauge; Priority::COUNT],
+    queued: [IntGauge; Priority::COUNT],
+}
+
+/// A held upstream slot; dropping it frees the slot.
+pub struct Slot<'a> {
+    slots: &'a Slots,
+    class: Priority,
+    main: Option<(&'a Pool, SemaphorePermit<'a>)>,
+    bulk: Option<SemaphorePermit<'a>>,
+}
+
+impl Slot<'_> {
+    /// The class gauge counts a slot from here until its drop.
+    fn granted(self) -> Self {
+        self.slots.in_flight[self.class.index()].inc();
+        self
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.bulk.take() {
+            self.slots.bulk.release(permit);
+        }
+        if let Some((pool, permit)) = self.main.take() {
+            pool.release(permit);
+            self.slots.in_flight[self.class.index()].dec();
+        }
+    }
+}
+
+/// Counts a waiting request in its class's queue gauge while it waits.
+struct Queued<'a>(&'a IntGauge);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Slots {
+    pub fn new(
+        cfg: &SlotsConfig,
+        in_flight: [IntGauge; Priority::COUNT],
+        queued: [IntGauge; Priority::COUNT],
+    ) -> Slots {
+        let shared = cfg.max_in_flight.saturating_sub(cfg.critical_reserved);
+        Slots {
+            reserved: Pool::new(cfg.critical_reserved),
+            shared: Pool::new(shared),
+            bulk: Pool::new(cfg.bulk_max_in_flight),
+            waits: std::sync::RwLock::new((cfg.queue_timeout, cfg.max_queued)),
+            in_flight,
+            queued,
+        }
+    }
+
+    /// New sizes and waits (a policy reload); requests in flight keep their slots.
+    pub fn reconfigure(&self, cfg: &SlotsConfig) {
+        self.reserved.resize(cfg.critical_reserved);
+        self.shared
+            .resize(cfg.max_in_flight.saturating_sub(cfg.critical_reserved));
+        self.bulk.resize(cfg.bulk_max_in_flight);
+        if let Ok(mut w) = self.waits.write() {
+            *w = (cfg.queue_timeout, cfg.max_queued);
+        }
+    }
+
+    fn waits(&self, class: Priority) -> (Duration, u32) {
+        match self.waits.read() {
+            Ok(w) => (w.0[class.index()], w.1[class.index()]),
+            Err(_) => (Duration::ZERO, 0),
+        }
+    }
+
+    /// A slot for a request of `class`, waiting for one if none is free.
+    pub async fn acquire(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
+        let mut slot = Slot {
+            slots: self,
+            class,
+            main: None,
+            bulk: None,
+        };
+        // Fast path: a free slot, no timer, no queue.
+        if class == Priority::Bulk {
+            slot.bulk = self.bulk.sem.try_acquire().ok();
+        }
+        let needs_bulk = class == Priority::Bulk && slot.bulk.is_none();
+        if !needs_bulk {
+            slot.main = self.try_main(class);
+            if slot.main.is_some() {
+                return Ok(slot.granted());
+            }
+        }
+
+        let (timeout, max_queued) = self.waits(class);
+        let queued = &self.queued[class.index()];
+        if queued.get() >= i64::from(max_queued) {
+            return Err(NoSlot::QueueFull);
+        }
+        queued.inc();
+        let _queued = Queued(queued);
+        let wait = async {
+            if class == Priority::Bulk && slot.bulk.is_none() {
+                slot.bulk = self.bulk.sem.acquire().await.ok();
+            }
+            slot.main = match class {
+                Priority::Critical => tokio::select! {
+                    p = self.reserved.sem.acquire() => p.ok().map(|p| (&self.reserved, p)),
+                    p = self.shared.sem.acquire() => p.ok().map(|p| (&self.shared, p)),
+                },
+                _ => self
+                    .shared
+                    .sem
+                    .acquire()
+                    .await
+                    .ok()
+                    .map(|p| (&self.shared, p)),
+            };
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(()) if slot.main.is_some() => Ok(slot.granted()),
+            _ => Err(NoSlot::QueueTimeout),
+        }
+    }
+
+    fn try_main(&self, class: Priority) -> Option<(&Pool, SemaphorePermit<'_>)> {
+        if class == Priority::Critical
+            && let Ok(p) = self.reserved.sem.try_acquire()
+        {
+            return Some((&self.reserved, p));
+        }
+        self.shared
+            .sem
+            .try_acquire()
+            .ok()
+            .map(|p| (&self.shared, p))
+    }
+}
