@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema (draft 7) of policy files, for editors and CI validation.
+    Schema,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         }
+        Command::Schema => {
+            let schema = verbosity_guard::policy::schema::policy_schema();
+            // Serializing a `Value` cannot fail; the fallback only avoids an unwrap.
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Demo(args) => match demo(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

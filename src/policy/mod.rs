@@ -6,6 +6,7 @@
 
 mod compile;
 pub mod raw;
+pub mod schema;
 pub mod store;
 pub mod units;
 
@@ -28,7 +29,9 @@ pub use compile::compile;
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// How valuable a route's traffic is. Critical routes are never degraded for the sake of bulk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical,
@@ -48,7 +51,9 @@ impl Priority {
 }
 
 /// What identifies a client when the configured header or query parameter is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyFallback {
     /// The peer's IP address.
