@@ -6,14 +6,17 @@
 
 mod compile;
 pub mod raw;
+pub mod reload;
 pub mod schema;
 pub mod store;
 pub mod units;
+pub mod watch;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -377,6 +380,36 @@ pub enum PolicyError {
         file: String,
         problems: Vec<Problem>,
     },
+}
+
+/// A policy file, or policy text already in memory (the demo's embedded default).
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    File(PathBuf),
+    Text { name: String, text: String },
+}
+
+impl PolicySource {
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        let (name, text) = self.read()?;
+        parse(&text, &name)
+    }
+
+    /// The policy's name in messages and its current text.
+    pub fn read(&self) -> Result<(String, Cow<'_, str>), PolicyError> {
+        match self {
+            PolicySource::File(path) => Ok((path.display().to_string(), read(path)?.into())),
+            PolicySource::Text { name, text } => Ok((name.clone(), text.as_str().into())),
+        }
+    }
+
+    /// The file to watch, for a policy read from one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PolicySource::File(path) => Some(path),
+            PolicySource::Text { .. } => None,
+        }
+    }
 }
 
 /// Reads and compiles a policy file.
