@@ -1,9 +1,12 @@
 //! Wiring: load the policy, register metrics, bind both listeners, spawn the tasks. An [`App`]
 //! reports the addresses it bound (port 0 works), which is what tests and the demo use.
+//!
+//! A policy read from a file is watched and reloaded when it changes (see
+//! [`policy::reload`](crate::policy::reload)); [`App::reload`] does the same on demand, which is
+//! what the binary's SIGHUP handler calls.
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,8 +20,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
+use crate::policy::PolicyError;
+pub use crate::policy::PolicySource;
+use crate::policy::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::policy::store::PolicyStore;
-use crate::policy::{self, Policy, PolicyError};
+use crate::policy::watch::PolicyWatch;
 use crate::protect::{self, Protection};
 use crate::proxy::{self, ServerLimits, Shared, Target, UpstreamSettings};
 
@@ -38,22 +44,10 @@ pub struct Config {
     pub body_idle_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
-}
-
-/// A policy file, or policy text already in memory (the demo's embedded default).
-#[derive(Debug, Clone)]
-pub enum PolicySource {
-    File(PathBuf),
-    Text { name: String, text: String },
-}
-
-impl PolicySource {
-    pub fn load(&self) -> Result<Policy, PolicyError> {
-        match self {
-            PolicySource::File(path) => policy::load(path),
-            PolicySource::Text { name, text } => policy::parse(text, name),
-        }
-    }
+    /// Reload a policy file when it changes (a policy given as text is never watched).
+    pub watch_policy: bool,
+    /// A burst of changes to the policy file is reloaded once it has been quiet this long.
+    pub policy_debounce: Duration,
 }
 
 impl Config {
@@ -71,9 +65,15 @@ impl Config {
             upstream_settings: UpstreamSettings::default(),
             body_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            watch_policy: true,
+            policy_debounce: DEFAULT_POLICY_DEBOUNCE,
         }
     }
 }
+
+/// Quiet period that ends a burst of policy file events: long enough for a write in a few
+/// chunks or a rename followed by a chmod, short enough to feel immediate.
+pub const DEFAULT_POLICY_DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -133,11 +133,23 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     workers: Vec<tokio::sync::oneshot::Receiver<bool>>,
     background: Vec<JoinHandle<()>>,
+    reloader: Arc<Reloader>,
 }
 
 impl App {
     pub async fn start(cfg: Config) -> Result<App, StartError> {
+        // Watch before the first read, so a change made in between is not missed.
+        let watch = cfg
+            .policy
+            .path()
+            .filter(|_| cfg.watch_policy)
+            .map(|path| PolicyWatch::start(path, cfg.policy_debounce));
         let policy = cfg.policy.load()?;
+        // Only now, so that a policy that cannot be read is reported once, as that.
+        let watch = watch.and_then(|w| {
+            w.inspect_err(|e| tracing::warn!("{e}; the policy reloads on SIGHUP only"))
+                .ok()
+        });
         let target = parse_upstream(&cfg.upstream)?;
         let registry = Registry::new();
         let metrics = Arc::new(Metrics::register(&registry)?);
@@ -182,7 +194,8 @@ impl App {
             cfg.drain_timeout,
         )
         .map_err(StartError::Workers)?;
-        let background = vec![
+        let reloader = Arc::new(Reloader::new(cfg.policy.clone()));
+        let mut background = vec![
             tokio::spawn(proxy::accept(
                 proxy_listener,
                 queues,
@@ -192,8 +205,15 @@ impl App {
             )),
             tokio::spawn(admin::serve(admin_listener, admin.clone())),
             tokio::spawn(evict_idle_keys(shared.clone())),
-            tokio::spawn(protect::run_controller(shared)),
+            tokio::spawn(protect::run_controller(shared.clone())),
         ];
+        if let Some(watch) = watch {
+            background.push(tokio::spawn(reload_on_change(
+                watch,
+                reloader.clone(),
+                shared,
+            )));
+        }
         admin.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             %proxy_addr,
@@ -209,7 +229,15 @@ impl App {
             shutdown,
             workers: drained,
             background,
+            reloader,
         })
+    }
+
+    /// Reads the policy again and, if its text changed and it is valid, makes it the active
+    /// policy; otherwise the active policy stays. Logged and counted either way (see
+    /// [`Reloader::reload`]). A policy given as text is always [`ReloadOutcome::Unchanged`].
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        reload(&self.reloader, &self.admin.shared).await
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -265,6 +293,37 @@ impl Drop for App {
         for task in &self.background {
             task.abort();
         }
+    }
+}
+
+/// Reloads the policy each time its file changes, until aborted.
+async fn reload_on_change(watch: PolicyWatch, reloader: Arc<Reloader>, shared: Arc<Shared>) {
+    loop {
+        watch.changed().await;
+        // The outcome is logged and counted by the reloader.
+        let _ = reload(&reloader, &shared).await;
+    }
+}
+
+/// Runs a reload on the blocking pool: it reads a file and compiles, which must not stall the
+/// admin listener sharing this runtime.
+async fn reload(
+    reloader: &Arc<Reloader>,
+    shared: &Arc<Shared>,
+) -> Result<ReloadOutcome, ReloadError> {
+    let (r, s) = (reloader.clone(), shared.clone());
+    let reload = move || {
+        let outcome = r.reload(&s.policy, &s.metrics);
+        // Upstream slots and the brownout controller outlive policies: they take the new
+        // settings in place, keeping slots in flight and what the controller learned.
+        if let Ok(ReloadOutcome::Installed { .. }) = &outcome {
+            s.protection.reconfigure(&s.policy.load().policy.protect);
+        }
+        outcome
+    };
+    match tokio::task::spawn_blocking(reload).await {
+        Ok(result) => result,
+        Err(e) => Err(reloader.interrupted(e, &shared.policy, &shared.metrics)),
     }
 }
 

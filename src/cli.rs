@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema (draft 7) of policy files, for editors and CI validation.
+    Schema,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +124,14 @@ pub struct ServeArgs {
     /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "VERBOSITY_GUARD_DRAIN_TIMEOUT", default_value = "30s")]
     pub drain_timeout: HumanDuration,
+    /// Do not watch the policy file for changes; reload it on SIGHUP only. The variable takes
+    /// true/false, 1/0, yes/no or on/off.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_NO_WATCH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_watch: bool,
 }
 
 /// clap parses unit flags through the same `FromStr` as the policy file.

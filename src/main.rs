@@ -2,6 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure (cannot bind, drain timed out); 2 usage error;
 //! 65 invalid input (a policy that does not check, a bad upstream URL).
+//!
+//! Signals (`serve`): SIGTERM or SIGINT drains and exits, a second one exits at once; SIGHUP
+//! reloads the policy file.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -29,6 +32,15 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
+        }
+        Command::Schema => {
+            let schema = verbosity_guard::policy::schema::policy_schema();
+            // Serializing a `Value` cannot fail; the fallback only avoids an unwrap.
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
         }
         Command::Demo(args) => match demo(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -99,15 +111,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         };
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;
-        // Handlers first: a signal that arrives once the app is listening must drain it, not kill
-        // the process with the default action.
+        cfg.watch_policy = !args.no_watch;
+        // Handlers first: a signal that arrives once the app is listening must drain it (or
+        // reload it), not kill the process with the default action.
         let mut signals = Signals::install()?;
         let app = App::start(cfg).await?;
-        signals.recv().await;
+        while let Signal::Reload = signals.recv().await {
+            // Logged and counted by the reload itself; a failure keeps the active policy.
+            let _ = app.reload().await;
+        }
         tracing::info!("shutting down: draining in-flight requests");
         let drained = tokio::select! {
             drained = app.shutdown() => drained,
-            _ = signals.recv() => {
+            () = signals.stop() => {
                 tracing::warn!("second signal: exiting without waiting for the drain");
                 false
             }
@@ -119,10 +135,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
     })
 }
 
-/// SIGTERM and SIGINT, installed together.
+/// SIGTERM and SIGINT (stop), SIGHUP (reload the policy), installed together.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Signal {
+    Stop,
+    Reload,
 }
 
 impl Signals {
@@ -131,14 +153,21 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
         })
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
+    }
+
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile (during the drain) is ignored.
+    async fn stop(&mut self) {
+        while let Signal::Reload = self.recv().await {}
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub policy_loaded: prometheus::Gauge,
+    /// Reload attempts by result; see [`ReloadResult`].
+    pub policy_reloads: IntCounterVec,
+    /// 1 when the last reload attempt left the file's policy active, 0 while the file is broken.
+    pub policy_last_reload_ok: IntGauge,
     pub records_received: IntCounterVec,
     pub records_forwarded: IntCounterVec,
     pub records_dropped: IntCounterVec,
@@ -291,7 +295,42 @@ impl Metrics {
                     "Unix time the active policy was loaded.",
                 )?,
             )?,
+            policy_reloads: {
+                let family = counter(
+                    "policy_reloads_total",
+                    "Policy reload attempts (file change or SIGHUP) by result: success (a new \
+                     policy is active), unchanged (same text as the active one), failure (the \
+                     file could not be read or is invalid; the active policy stays).",
+                    &["result"],
+                )?;
+                // Every series exists from the start, so a rate() or an alert sees the first one.
+                for r in ReloadResult::ALL {
+                    family.with_label_values(&[r.as_str()]);
+                }
+                family
+            },
+            policy_last_reload_ok: {
+                let gauge = reg(
+                    registry,
+                    IntGauge::new(
+                        name("policy_last_reload_successful"),
+                        "1 if the last policy reload attempt succeeded (or none was made), 0 if \
+                         it failed and an older policy is still active.",
+                    )?,
+                )?;
+                gauge.set(1);
+                gauge
+            },
         })
+    }
+
+    /// Counts one reload attempt.
+    pub fn record_reload(&self, result: ReloadResult) {
+        self.policy_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+        self.policy_last_reload_ok
+            .set(i64::from(result != ReloadResult::Failure));
     }
 
     /// Resolves the per-route series the request path touches.
@@ -359,6 +398,30 @@ pub struct RouteMetrics {
     pub records: Option<RecordsMetrics>,
     /// Present on routes with a `verbosity_clamp`.
     pub clamped: Option<IntCounter>,
+}
+
+/// How a policy reload attempt ended; the names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Unchanged,
+    Failure,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Success,
+        ReloadResult::Unchanged,
+        ReloadResult::Failure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Failure => "failure",
+        }
+    }
 }
 
 /// What happened to a telemetry batch; the names are metric labels.

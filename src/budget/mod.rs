@@ -197,6 +197,11 @@ impl<C: Clock> KeyedBudget<C> {
         self.quota
     }
 
+    /// Most keys this budget tracks.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
     /// Charges `n` units to `key`. When the store is full and `key` is new, nothing is charged
     /// and the answer is [`Verdict::Untracked`]. The cap is checked before inserting, so racing
     /// inserts can overshoot it by at most the number of requests decided at the same instant.

@@ -2,8 +2,12 @@
 //!
 //! Every problem is collected (not just the first) and names its field path, with the line when
 //! the raw value carries a span, so `check` can list all of them in one run.
+//!
+//! On reload the policy being replaced is passed in, and every budget whose definition did not
+//! change is taken over from it, state and all, so a reload never hands out a fresh burst (see
+//! [`Previous`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use super::units::ByteSize;
 use super::{
     ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Priority, Problem, Route,
 };
+use crate::budget::BudgetKind;
 use crate::budget::{Budget, KeyedBudget, Quota};
 use crate::protect::{Brownout, ProtectConfig};
 use crate::records::clamp::Clamp;
@@ -35,12 +40,13 @@ pub const DEFAULT_MAX_RATIO: u32 = 100;
 const MIN_KEY_EVICTION_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ROUTE_NAME: usize = 64;
 
-struct Compiler {
+struct Compiler<'p> {
     problems: Vec<Problem>,
     warnings: Vec<String>,
+    previous: Previous<'p>,
 }
 
-impl Compiler {
+impl Compiler<'_> {
     fn problem(
         &mut self,
         line: Option<usize>,
@@ -60,10 +66,17 @@ fn line<T>(s: &Spanned<T>) -> Option<usize> {
 }
 
 /// Compiles a parsed policy. `file` names it in messages; `version_hash` identifies its text.
-pub fn compile(raw: RawPolicy, file: &str, version_hash: &str) -> Result<Policy, PolicyError> {
+/// `previous` is the policy this one replaces, if any: its unchanged budgets carry over.
+pub fn compile(
+    raw: RawPolicy,
+    file: &str,
+    version_hash: &str,
+    previous: Option<&Policy>,
+) -> Result<Policy, PolicyError> {
     let mut c = Compiler {
         problems: Vec::new(),
         warnings: Vec::new(),
+        previous: Previous::new(previous),
     };
     if raw.version.value != 1 {
         c.problem(
@@ -223,8 +236,8 @@ fn compile_protect(c: &mut Compiler, raw: &RawProtect) -> ProtectConfig {
         if let Some(t) = t {
             s.queue_timeout[p.index()] = t.0;
         }
-        if let Some(q) = q {
-            s.max_queued[p.index()] = q.value;
+        if let Some(&q) = q.as_ref() {
+            s.max_queued[p.index()] = q;
         }
     }
 
@@ -432,35 +445,37 @@ fn compile_route(
         (None, Some(_)) => Some(DEFAULT_RECORDS_MAX_BODY),
         (None, None) => None,
     };
+    let prev_records = c.previous.route(name).and_then(|r| r.records.as_ref());
     let records = r
         .records
         .as_ref()
-        .map(|raw| compile_records(c, raw, &format!("{at}.records"), limits));
+        .map(|raw| compile_records(c, raw, &format!("{at}.records"), limits, prev_records));
     let clamp = r
         .verbosity_clamp
         .as_ref()
         .map(|raw| compile_clamp(c, raw, &format!("{at}.verbosity_clamp")));
-    let clock = DefaultClock::default;
+    let prev = c.previous.route(name);
+    let max_keys = limits.max_tracked_keys;
     let route_requests = p
         .route_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.route_requests")))
-        .map(|q| Arc::new(Budget::new(q, clock())));
+        .map(|q| route_budget(prev, BudgetKind::RouteRequests, q));
     let client_requests = p
         .client_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.client_requests")))
-        .map(|q| Arc::new(KeyedBudget::new(q, limits.max_tracked_keys, clock())));
+        .map(|q| keyed_budget(prev, BudgetKind::ClientRequests, q, max_keys));
     let route_bytes = p
         .route_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.route_bytes"), max_body))
-        .map(|q| Arc::new(Budget::new(q, clock())));
+        .map(|q| route_budget(prev, BudgetKind::RouteBytes, q));
     let client_bytes = p
         .client_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.client_bytes"), max_body))
-        .map(|q| Arc::new(KeyedBudget::new(q, limits.max_tracked_keys, clock())));
+        .map(|q| keyed_budget(prev, BudgetKind::ClientBytes, q, max_keys));
 
     Route {
         name: name.clone(),
@@ -486,6 +501,7 @@ fn compile_records(
     raw: &Spanned<RawRecords>,
     at: &str,
     limits: &Limits,
+    previous: Option<&RecordsPolicy>,
 ) -> RecordsPolicy {
     let r = &raw.value;
     let otlp = r.format.is_otlp();
@@ -534,7 +550,9 @@ fn compile_records(
                 ..LevelRule::default()
             },
             RawLevelRule::Limits(lim) => {
-                level_rule(c, lim, &format!("{at}.levels.{level}"), line(rule), limits)
+                let at = format!("{at}.levels.{level}");
+                let previous = previous.map(|p| p.rule(level));
+                level_rule(c, lim, &at, line(rule), limits, previous)
             }
         },
     });
@@ -561,6 +579,7 @@ fn level_rule(
     at: &str,
     l: Option<usize>,
     limits: &Limits,
+    previous: Option<&LevelRule>,
 ) -> LevelRule {
     if lim.sample.is_none() && lim.rate.is_none() && lim.bytes.is_none() {
         c.problem(
@@ -579,30 +598,23 @@ fn level_rule(
         c.problem(l, format!("{at}.per"), "per needs a rate or bytes");
     }
     let per = lim.per.unwrap_or_default();
-    let budget = |q: Quota| match per {
-        Per::Route => LevelBudget::Route(Arc::new(Budget::new(q, DefaultClock::default()))),
-        Per::Client => LevelBudget::Client {
-            keyed: Arc::new(KeyedBudget::new(
-                q,
-                limits.max_tracked_keys,
-                DefaultClock::default(),
-            )),
-            overflow: Arc::new(Budget::new(q, DefaultClock::default())),
-        },
-    };
+    let max_keys = limits.max_tracked_keys;
     let records = lim.rate.and_then(|rate| {
         let raw = RawRequestBudget {
             rate,
             burst: lim.burst.clone(),
         };
-        request_quota(c, &raw, &format!("{at}.burst")).map(budget)
+        let old = previous.and_then(|r| r.records.as_ref());
+        request_quota(c, &raw, &format!("{at}.burst")).map(|q| level_budget(old, per, q, max_keys))
     });
     let bytes = lim.bytes.map(|rate| {
         let raw = RawByteBudget {
             rate,
             burst: lim.bytes_burst,
         };
-        budget(byte_quota(c, &raw, &format!("{at}.bytes"), None))
+        let old = previous.and_then(|r| r.bytes.as_ref());
+        let q = byte_quota(c, &raw, &format!("{at}.bytes"), None);
+        level_budget(old, per, q, max_keys)
     });
     LevelRule {
         drop: false,
@@ -730,4 +742,87 @@ fn byte_quota(c: &mut Compiler, b: &RawByteBudget, at: &str, max_body: Option<u6
 fn default_burst(amount: u64, per: Duration) -> u64 {
     let per_sec = u128::from(amount) * 1_000_000_000 / per.as_nanos().max(1);
     u64::try_from(per_sec).unwrap_or(u64::MAX).max(1)
+}
+
+/// The policy being replaced, indexed by route name. A budget is identified by its route's name
+/// and its place in the route (which payload budget, or which level's record or byte budget);
+/// it carries over when its definition is the same: same quota (rate, period and burst), same
+/// `per` for level budgets, and for per-client budgets the same key cap. Anything else gets a
+/// fresh budget, since its old state would mean something else under the new definition.
+#[derive(Default)]
+struct Previous<'p> {
+    routes: HashMap<&'p str, &'p Route>,
+}
+
+impl<'p> Previous<'p> {
+    fn new(policy: Option<&'p Policy>) -> Previous<'p> {
+        let routes = policy
+            .map(|p| p.routes().iter().map(|r| (r.name.as_str(), r)).collect())
+            .unwrap_or_default();
+        Previous { routes }
+    }
+
+    fn route(&self, name: &str) -> Option<&'p Route> {
+        self.routes.get(name).copied()
+    }
+}
+
+/// A route-wide payload budget: the previous route's, if its quota is `q`, else a fresh one.
+fn route_budget(prev: Option<&Route>, kind: BudgetKind, q: Quota) -> Arc<Budget> {
+    let old = prev.and_then(|r| match kind {
+        BudgetKind::RouteRequests => r.payload.route_requests.as_ref(),
+        BudgetKind::RouteBytes => r.payload.route_bytes.as_ref(),
+        BudgetKind::ClientRequests | BudgetKind::ClientBytes => None,
+    });
+    reuse_budget(old, q)
+}
+
+/// A per-client payload budget, carried over when quota and key cap are unchanged.
+fn keyed_budget(
+    prev: Option<&Route>,
+    kind: BudgetKind,
+    q: Quota,
+    max_keys: usize,
+) -> Arc<KeyedBudget> {
+    let old = prev.and_then(|r| match kind {
+        BudgetKind::ClientRequests => r.payload.client_requests.as_ref(),
+        BudgetKind::ClientBytes => r.payload.client_bytes.as_ref(),
+        BudgetKind::RouteRequests | BudgetKind::RouteBytes => None,
+    });
+    reuse_keyed(old, q, max_keys)
+}
+
+fn reuse_budget(old: Option<&Arc<Budget>>, q: Quota) -> Arc<Budget> {
+    match old {
+        Some(b) if b.quota() == q => b.clone(),
+        _ => Arc::new(Budget::new(q, DefaultClock::default())),
+    }
+}
+
+fn reuse_keyed(old: Option<&Arc<KeyedBudget>>, q: Quota, max_keys: usize) -> Arc<KeyedBudget> {
+    match old {
+        Some(b) if b.quota() == q && b.max_keys() == max_keys => b.clone(),
+        _ => Arc::new(KeyedBudget::new(q, max_keys, DefaultClock::default())),
+    }
+}
+
+/// A level's record or byte budget. A per-client one carries over together with its overflow
+/// budget (the one untracked clients share), which has the same quota.
+fn level_budget(old: Option<&LevelBudget>, per: Per, q: Quota, max_keys: usize) -> LevelBudget {
+    match (per, old) {
+        (Per::Route, Some(LevelBudget::Route(b))) => LevelBudget::Route(reuse_budget(Some(b), q)),
+        (Per::Route, _) => LevelBudget::Route(reuse_budget(None, q)),
+        (Per::Client, Some(LevelBudget::Client { keyed, overflow }))
+            if keyed.quota() == q && keyed.max_keys() == max_keys =>
+        {
+            LevelBudget::Client {
+                keyed: keyed.clone(),
+                overflow: overflow.clone(),
+            }
+        }
+        (Per::Client, _) => LevelBudget::Client {
+            keyed: reuse_keyed(None, q, max_keys),
+            overflow: reuse_budget(None, q),
+        },
+    }
 }

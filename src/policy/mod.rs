@@ -6,11 +6,17 @@
 
 mod compile;
 pub mod raw;
+pub mod reload;
+pub mod schema;
 pub mod store;
 pub mod units;
+pub mod watch;
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
-use std::path::Path;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +34,9 @@ pub use compile::compile;
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// How valuable a route's traffic is. Critical routes are never degraded for the sake of bulk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical,
@@ -57,7 +65,9 @@ impl Priority {
 }
 
 /// What identifies a client when the configured header or query parameter is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyFallback {
     /// The peer's IP address.
@@ -219,6 +229,37 @@ impl Policy {
         &self.routes
     }
 
+    /// How many of this policy's budgets it shares with `other` (carried over by a reload), and
+    /// how many it has. A per-client level budget counts once with its overflow budget.
+    pub fn budgets_shared_with(&self, other: &Policy) -> (usize, usize) {
+        let theirs: HashSet<usize> = other.budget_ids().collect();
+        let ours: Vec<usize> = self.budget_ids().collect();
+        let shared = ours.iter().filter(|id| theirs.contains(id)).count();
+        (shared, ours.len())
+    }
+
+    /// The address of each budget's state: equal addresses are the same budget.
+    fn budget_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        fn id<T>(b: &Arc<T>) -> usize {
+            Arc::as_ptr(b) as usize
+        }
+        self.routes.iter().flat_map(|r| {
+            let p = &r.payload;
+            let payload = [p.route_requests.as_ref(), p.route_bytes.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(id)
+                .chain(p.keyed().map(|(_, b)| id(b)));
+            let levels = r.records.iter().flat_map(|rec| {
+                rec.budgets().map(|(_, _, b)| match b {
+                    LevelBudget::Route(b) => id(b),
+                    LevelBudget::Client { keyed, .. } => id(keyed),
+                })
+            });
+            payload.chain(levels)
+        })
+    }
+
     /// The effective policy as JSON, as served on `/policy`.
     pub fn to_json(&self) -> serde_json::Value {
         let routes: Vec<_> = self.routes.iter().map(route_json).collect();
@@ -353,8 +394,44 @@ pub enum PolicyError {
     },
 }
 
+/// A policy file, or policy text already in memory (the demo's embedded default).
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    File(PathBuf),
+    Text { name: String, text: String },
+}
+
+impl PolicySource {
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        let (name, text) = self.read()?;
+        parse(&text, &name)
+    }
+
+    /// The policy's name in messages and its current text.
+    pub fn read(&self) -> Result<(String, Cow<'_, str>), PolicyError> {
+        match self {
+            PolicySource::File(path) => Ok((path.display().to_string(), read(path)?.into())),
+            PolicySource::Text { name, text } => Ok((name.clone(), text.as_str().into())),
+        }
+    }
+
+    /// The file to watch, for a policy read from one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PolicySource::File(path) => Some(path),
+            PolicySource::Text { .. } => None,
+        }
+    }
+}
+
 /// Reads and compiles a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = read(path)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Reads a policy file's text, refusing files over [`MAX_POLICY_BYTES`].
+pub fn read(path: &Path) -> Result<String, PolicyError> {
     let file = path.display().to_string();
     let read_err = |source| PolicyError::Read {
         file: file.clone(),
@@ -364,12 +441,29 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     if meta.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::TooLarge { file });
     }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    parse(&text, &file)
+    // `take` bounds the read even if the file grows between the two calls.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text))
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge { file });
+    }
+    Ok(text)
 }
 
 /// Parses and compiles policy text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+    parse_replacing(text, file, None)
+}
+
+/// [`parse`] for a reload: budgets of `previous` whose definition is unchanged carry over to the
+/// new policy with their state.
+pub fn parse_replacing(
+    text: &str,
+    file: &str,
+    previous: Option<&Policy>,
+) -> Result<Policy, PolicyError> {
     let mut path = None;
     let raw = serde_saphyr::with_deserializer_from_str(text, |de| {
         let mut track = serde_path_to_error::Track::new();
@@ -411,11 +505,11 @@ pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
             },
         }
     })?;
-    compile(raw, file, &version_hash(text.as_bytes()))
+    compile(raw, file, &version_hash(text.as_bytes()), previous)
 }
 
-/// FNV-1a 64: a stable identifier of the policy text (not a security hash).
-fn version_hash(bytes: &[u8]) -> String {
+/// FNV-1a 64 of policy text, in hex: a stable identifier of the text (not a security hash).
+pub fn version_hash(bytes: &[u8]) -> String {
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });

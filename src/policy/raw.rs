@@ -2,8 +2,12 @@
 //!
 //! Nothing here is validated beyond its type and unit syntax; `compile` turns it into the runtime
 //! [`Policy`](super::Policy). The doc comment on each field is the user manual for that field and
-//! the README's policy reference follows it.
+//! the README's policy reference follows it. The same doc comments are the descriptions in the
+//! JSON Schema that `verbosity-guard schema` prints (derived here with `schemars`, so the schema
+//! cannot drift from what the parser accepts). A `Spanned<T>` field (kept for error line numbers)
+//! is described as plain `T`.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -11,10 +15,14 @@ use super::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 use super::{KeyFallback, Priority};
 use crate::records::{Format, Level, OnMalformed, Per};
 
-#[derive(Debug, Deserialize)]
+/// A verbosity-guard policy: how requests are routed and which payload and log-level budgets
+/// each route enforces.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "verbosity-guard policy", rename = "Policy")]
 pub struct RawPolicy {
     /// Schema version of the file. Only `1` exists.
+    #[schemars(with = "u32", range(min = 1, max = 1))]
     pub version: Spanned<u32>,
     /// Default way to tell clients apart for `client_*` budgets. Routes may override it.
     #[serde(default)]
@@ -34,31 +42,39 @@ pub struct RawPolicy {
 
 /// Where a request's client key comes from. At most one of `header` and `query`; with neither,
 /// the key is the peer's IP address.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ClientKey")]
 pub struct RawClientKey {
     /// Request header holding the key, e.g. `x-vehicle-id`.
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     /// Query parameter holding the key, e.g. `vin`. Percent-decoded before use.
+    #[schemars(with = "Option<String>")]
     pub query: Option<Spanned<String>>,
     /// What to use when the header or parameter is missing or empty: `peer_ip` (default),
     /// `shared` (all such requests share one key) or `reject` (400).
     pub fallback: Option<KeyFallback>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Bounds on the guard's own state.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
 pub struct RawLimits {
     /// Most client keys tracked per client budget (default 1000000). When full, new keys are not
     /// tracked: their requests are held to the route-wide budgets only, and counted.
+    #[schemars(with = "Option<u64>", range(min = 1))]
     pub max_tracked_keys: Option<Spanned<u64>>,
     /// How often idle client keys are evicted (default 10s). A key is idle once its budget is
     /// indistinguishable from a fresh one.
     pub key_eviction_interval: Option<HumanDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Defaults for talking to the upstream.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Upstream")]
 pub struct RawUpstream {
     /// Default time to wait for the upstream's response headers (default 30s). Routes may
     /// override it with `timeout`. Exceeding it answers 504.
@@ -67,17 +83,21 @@ pub struct RawUpstream {
 
 /// Upstream concurrency partitioned by route priority, the brownout controller and surge
 /// detection. Every field has a default; the section may be omitted.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Protect")]
 pub struct RawProtect {
     /// Upstream requests in flight at once, all routes together (default 256). Size it to what
     /// the upstream can serve concurrently: the reserve below only protects critical routes if
     /// the upstream is never asked for more than it can serve.
+    #[schemars(with = "Option<u32>")]
     pub max_in_flight: Option<Spanned<u32>>,
     /// Of `max_in_flight`, slots only `critical` routes may use (default a quarter). Critical
     /// requests also borrow the other slots when these are busy.
+    #[schemars(with = "Option<u32>")]
     pub critical_reserved: Option<Spanned<u32>>,
     /// Most `bulk` requests in flight at once (default half of `max_in_flight`).
+    #[schemars(with = "Option<u32>")]
     pub bulk_max_in_flight: Option<Spanned<u32>>,
     /// Longest wait for a slot, per priority (defaults critical 5s, normal 1s, bulk 50ms);
     /// after it the request gets 503 with `Retry-After`.
@@ -86,7 +106,7 @@ pub struct RawProtect {
     /// Most requests waiting for a slot, per priority (defaults critical 1024, normal 1024,
     /// bulk 256); more get 503 at once.
     #[serde(default)]
-    pub max_queued: RawPerClass<Spanned<u32>>,
+    pub max_queued: RawPerClass<u32>,
     /// The brownout controller.
     #[serde(default)]
     pub brownout: RawBrownout,
@@ -96,8 +116,9 @@ pub struct RawProtect {
 }
 
 /// One value per route priority; absent ones keep their default.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "PerClass_{T}")]
 pub struct RawPerClass<T> {
     pub critical: Option<T>,
     pub normal: Option<T>,
@@ -116,8 +137,9 @@ impl<T> Default for RawPerClass<T> {
 
 /// The brownout controller: judges the upstream every `interval` and tightens bulk routes
 /// step by step while it is in distress.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Brownout")]
 pub struct RawBrownout {
     /// `false` keeps the level at `off` (slots still apply). Default `true`.
     pub enabled: Option<bool>,
@@ -125,8 +147,10 @@ pub struct RawBrownout {
     pub interval: Option<HumanDuration>,
     /// A class's interval is congested when its p90 latency is above this multiple of its
     /// learned baseline (default 2).
+    #[schemars(with = "Option<f64>")]
     pub latency_factor: Option<Spanned<f64>>,
     /// ... and healthy again under this multiple (default 1.5; below `latency_factor`).
+    #[schemars(with = "Option<f64>")]
     pub recover_factor: Option<Spanned<f64>>,
     /// Latencies up to this are never congestion, however low the baseline (default 25ms).
     pub latency_floor: Option<HumanDuration>,
@@ -140,6 +164,7 @@ pub struct RawBrownout {
     /// Time a class's latency baseline learns before latency is judged (default 10s).
     pub warmup: Option<HumanDuration>,
     /// Fewest exchanges of a class in an interval for it to be judged (default 10).
+    #[schemars(with = "Option<u64>")]
     pub min_samples: Option<Spanned<u64>>,
     /// Share of `info` records kept from level `sample_info` up (default 10%).
     pub info_sample: Option<Fraction>,
@@ -151,8 +176,9 @@ pub struct RawBrownout {
 }
 
 /// Verbosity surge detection per route and level, against a learned baseline.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Surge")]
 pub struct RawSurge {
     /// `false` turns detection off. Default `true`.
     pub enabled: Option<bool>,
@@ -160,8 +186,10 @@ pub struct RawSurge {
     pub interval: Option<HumanDuration>,
     /// A surge starts when the short-term rate stays above this multiple of the baseline for
     /// `hold` (default 3).
+    #[schemars(with = "Option<f64>")]
     pub factor: Option<Spanned<f64>>,
     /// ... and ends when it stays under this multiple for `hold` (default 1.5).
+    #[schemars(with = "Option<f64>")]
     pub clear_factor: Option<Spanned<f64>>,
     /// How long the rate must stay past a threshold to start or end a surge (default 30s).
     pub hold: Option<HumanDuration>,
@@ -175,10 +203,13 @@ pub struct RawSurge {
     pub min_rate: Option<Rate>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One route: which requests it takes and the budgets they are held to.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub struct RawRoute {
     /// Route name: lowercase letters, digits, `_` and `-`. Used in metrics and responses.
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$"))]
     pub name: Spanned<String>,
     /// Which requests this route takes.
     #[serde(rename = "match")]
@@ -194,18 +225,23 @@ pub struct RawRoute {
     pub payload: RawPayload,
     /// Log-level budgets inside the route's telemetry batches. The body is buffered (up to
     /// `payload.max_body`), filtered record by record and rewritten.
+    #[schemars(with = "Option<RawRecords>")]
     pub records: Option<Spanned<RawRecords>>,
     /// Caps a verbosity the client asks for in a header or query parameter.
+    #[schemars(with = "Option<RawClamp>")]
     pub verbosity_clamp: Option<Spanned<RawClamp>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Log-level budgets inside a route's telemetry batches.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Records")]
 pub struct RawRecords {
     /// `ndjson`, `json-array`, `otlp-json` or `otlp-proto`.
     pub format: Format,
     /// Dotted path to the level inside a JSON record (default `level`). Not used by OTLP
     /// formats, whose level is `severityNumber`, then `severityText`.
+    #[schemars(with = "Option<String>")]
     pub level_field: Option<Spanned<String>>,
     /// The rule for each level; an absent level keeps all its records.
     #[serde(default)]
@@ -217,21 +253,37 @@ pub struct RawRecords {
     pub on_malformed: Option<OnMalformed>,
     /// What the sampling hash covers: the whole record (default), or one field's value so that
     /// related records are kept together. JSON formats: a dotted field path; OTLP: `traceId`.
+    #[schemars(with = "Option<String>")]
     pub sample_by: Option<Spanned<String>>,
     /// Largest decoded body of a compressed (gzip or zstd) batch (default 8MiB).
     pub max_decoded: Option<ByteSize>,
     /// Largest decoded size as a multiple of the compressed size (default 100).
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub max_ratio: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The rule for each level, least to most severe. An absent level keeps all its records.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Levels")]
 pub struct RawLevels {
+    /// Rule for `trace` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub trace: Option<Spanned<RawLevelRule>>,
+    /// Rule for `debug` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub debug: Option<Spanned<RawLevelRule>>,
+    /// Rule for `info` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub info: Option<Spanned<RawLevelRule>>,
+    /// Rule for `warn` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub warn: Option<Spanned<RawLevelRule>>,
+    /// Rule for `error` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub error: Option<Spanned<RawLevelRule>>,
+    /// Rule for `fatal` records.
+    #[schemars(with = "Option<RawLevelRule>")]
     pub fatal: Option<Spanned<RawLevelRule>>,
 }
 
@@ -248,7 +300,8 @@ impl RawLevels {
     }
 }
 
-/// `keep`, `drop`, or a map of limits.
+/// `keep`, `drop`, or a map of limits. Deserialized by hand (a string or a map), so its JSON
+/// Schema is written by hand too, in `super::schema`.
 #[derive(Debug)]
 pub enum RawLevelRule {
     Keep,
@@ -256,14 +309,17 @@ pub enum RawLevelRule {
     Limits(RawLevelLimits),
 }
 
-#[derive(Debug, Deserialize)]
+/// A level's limits, applied in order: sample, then the record rate, then the byte rate.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "LevelLimits")]
 pub struct RawLevelLimits {
     /// Share of records kept, chosen by a hash so a retried batch keeps the same ones: `1%`.
     pub sample: Option<Fraction>,
     /// Records per period, e.g. `50/s`.
     pub rate: Option<Rate>,
     /// Records allowed at once above `rate` (default one second of it).
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub burst: Option<Spanned<u32>>,
     /// Whose budget `rate` and `bytes` are: `route` (default, shared) or `client` (per key).
     pub per: Option<Per>,
@@ -306,12 +362,15 @@ impl<'de> Deserialize<'de> for RawLevelRule {
 
 /// Rewrites a requested verbosity above `max` down to `max`. At least one of `header` and
 /// `query`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "VerbosityClamp")]
 pub struct RawClamp {
     /// Request header carrying a log level, e.g. `x-log-level`.
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     /// Query parameter carrying a log level, e.g. `log_level`.
+    #[schemars(with = "Option<String>")]
     pub query: Option<Spanned<String>>,
     /// Most verbose level allowed through.
     pub max: Level,
@@ -319,21 +378,27 @@ pub struct RawClamp {
 
 /// A request matches when its method is listed (or `methods` is absent) and its normalized path
 /// matches. Exactly one of `path` and `path_prefix` is required.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Match")]
 pub struct RawMatch {
     /// HTTP methods, e.g. `[POST, PUT]`. Absent means any method.
+    #[schemars(with = "Option<Vec<String>>")]
     pub methods: Option<Vec<Spanned<String>>>,
     /// Exact path, or a template whose `{name}` segments match any one segment and whose final
     /// `{*name}` matches the rest, e.g. `/api/1/vehicles/{id}/command/{command}`.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
     /// Path prefix matched on segment boundaries: `/api/1/telemetry` takes
     /// `/api/1/telemetry` and `/api/1/telemetry/batch` but not `/api/1/telemetryx`.
+    #[schemars(with = "Option<String>")]
     pub path_prefix: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A route's payload budgets: body size, and request and byte rates, route-wide and per client.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Payload")]
 pub struct RawPayload {
     /// Largest request body accepted. Bigger declared bodies get 413 before any byte is read;
     /// chunked or lying bodies are cut off at the limit.
@@ -348,18 +413,23 @@ pub struct RawPayload {
     pub client_bytes: Option<RawByteBudget>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A request rate with a burst.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RequestBudget")]
 pub struct RawRequestBudget {
     /// Sustained rate, e.g. `10/s` or `600/m`.
     pub rate: Rate,
     /// Requests allowed at once above the sustained rate (default: one second of `rate`,
     /// at least 1).
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub burst: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A byte rate with a burst.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ByteBudget")]
 pub struct RawByteBudget {
     /// Sustained byte rate, e.g. `64KiB/s`.
     pub rate: ByteRate,

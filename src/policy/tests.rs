@@ -158,3 +158,202 @@ fn small_byte_burst_is_a_warning() {
     assert_eq!(p.warnings.len(), 1);
     assert!(p.warnings[0].contains("burst 512KiB is smaller than max_body 1MiB"));
 }
+
+/// Budget reuse on reload: a budget whose definition did not change carries over (same `Arc`,
+/// same state); any change to its definition gives a fresh one.
+mod reuse {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::budget::Verdict;
+
+    fn policy(max_keys: u64, commands: &str, telemetry_info: &str) -> String {
+        format!(
+            r#"
+version: 1
+client_key: {{ header: x-vehicle-id }}
+limits: {{ max_tracked_keys: {max_keys} }}
+routes:
+  - name: commands
+    match: {{ path_prefix: /cmd }}
+    payload: {{ route_requests: {commands}, client_requests: {{ rate: 1/m, burst: 2 }} }}
+  - name: telemetry
+    match: {{ path_prefix: /t }}
+    payload: {{ route_bytes: {{ rate: 1MiB/s }}, client_bytes: {{ rate: 64KiB/s }} }}
+    records:
+      format: ndjson
+      levels:
+        info: {telemetry_info}
+        warn: {{ rate: 5/m, per: route }}
+        debug: {{ bytes: 1KiB/s, per: client }}
+  - name: default
+    match: {{ path_prefix: / }}
+"#
+        )
+    }
+
+    const COMMANDS: &str = "{ rate: 1/m, burst: 3 }";
+    const INFO: &str = "{ rate: 10/m, per: client }";
+
+    fn route<'p>(p: &'p Policy, name: &str) -> &'p Route {
+        p.routes().iter().find(|r| r.name == name).unwrap()
+    }
+
+    fn level(p: &Policy, l: Level) -> &crate::records::LevelRule {
+        route(p, "telemetry").records.as_ref().unwrap().rule(l)
+    }
+
+    fn same_level(a: &Option<LevelBudget>, b: &Option<LevelBudget>) -> bool {
+        match (a, b) {
+            (Some(LevelBudget::Route(a)), Some(LevelBudget::Route(b))) => Arc::ptr_eq(a, b),
+            (
+                Some(LevelBudget::Client {
+                    keyed: ka,
+                    overflow: oa,
+                }),
+                Some(LevelBudget::Client {
+                    keyed: kb,
+                    overflow: ob,
+                }),
+            ) => Arc::ptr_eq(ka, kb) && Arc::ptr_eq(oa, ob),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn reload(old: &Policy, text: &str) -> Policy {
+        parse_replacing(text, "p.yaml", Some(old)).unwrap()
+    }
+
+    #[test]
+    fn unchanged_budgets_carry_over_with_their_state() {
+        let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
+        let cmd = route(&old, "commands");
+        let requests = cmd.payload.client_requests.as_ref().unwrap();
+        assert_eq!(requests.check(7, 1), Verdict::Allow);
+        assert_eq!(requests.check(7, 1), Verdict::Allow);
+        assert!(matches!(requests.check(7, 1), Verdict::RetryAfter(_)));
+
+        // Only a comment differs: a new version, every budget carried over.
+        let new = reload(&old, &format!("# edited\n{}", policy(100, COMMANDS, INFO)));
+        assert_ne!(new.version_hash, old.version_hash);
+        assert_eq!(new.budgets_shared_with(&old), (7, 7));
+        let requests = route(&new, "commands")
+            .payload
+            .client_requests
+            .as_ref()
+            .unwrap();
+        assert!(
+            matches!(requests.check(7, 1), Verdict::RetryAfter(_)),
+            "an exhausted budget is still exhausted after the reload: no fresh burst"
+        );
+        assert_eq!(
+            requests.check(8, 1),
+            Verdict::Allow,
+            "other keys unaffected"
+        );
+        for l in [Level::Info, Level::Warn, Level::Debug] {
+            assert!(same_level(&level(&new, l).records, &level(&old, l).records));
+            assert!(same_level(&level(&new, l).bytes, &level(&old, l).bytes));
+        }
+    }
+
+    #[test]
+    fn a_changed_definition_gets_a_fresh_budget_and_nothing_else_does() {
+        let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
+        let burst = reload(&old, &policy(100, "{ rate: 1/m, burst: 4 }", INFO));
+        let rate = reload(&old, &policy(100, "{ rate: 2/m, burst: 3 }", INFO));
+        let period = reload(&old, &policy(100, "{ rate: 1/s, burst: 3 }", INFO));
+        for new in [&burst, &rate, &period] {
+            let (o, n) = (route(&old, "commands"), route(new, "commands"));
+            let (o_rr, n_rr) = (&o.payload.route_requests, &n.payload.route_requests);
+            assert!(!Arc::ptr_eq(o_rr.as_ref().unwrap(), n_rr.as_ref().unwrap()));
+            assert!(Arc::ptr_eq(
+                o.payload.client_requests.as_ref().unwrap(),
+                n.payload.client_requests.as_ref().unwrap()
+            ));
+            assert_eq!(new.budgets_shared_with(&old), (6, 7));
+        }
+
+        // A level budget that moves from per-route to per-client (same rate) starts afresh.
+        let per = reload(&old, &policy(100, COMMANDS, "{ rate: 10/m, per: route }"));
+        assert!(matches!(
+            level(&per, Level::Info).records,
+            Some(LevelBudget::Route(_))
+        ));
+        assert!(!same_level(
+            &level(&per, Level::Info).records,
+            &level(&old, Level::Info).records
+        ));
+        assert!(same_level(
+            &level(&per, Level::Warn).records,
+            &level(&old, Level::Warn).records
+        ));
+    }
+
+    #[test]
+    fn a_new_key_cap_renews_per_client_budgets_only() {
+        let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
+        let new = reload(&old, &policy(200, COMMANDS, INFO));
+        let (o, n) = (route(&old, "commands"), route(&new, "commands"));
+        assert!(Arc::ptr_eq(
+            o.payload.route_requests.as_ref().unwrap(),
+            n.payload.route_requests.as_ref().unwrap()
+        ));
+        let keyed = n.payload.client_requests.as_ref().unwrap();
+        assert!(!Arc::ptr_eq(
+            o.payload.client_requests.as_ref().unwrap(),
+            keyed
+        ));
+        assert_eq!(keyed.max_keys(), 200);
+        assert!(same_level(
+            &level(&new, Level::Warn).records,
+            &level(&old, Level::Warn).records
+        ));
+        assert!(!same_level(
+            &level(&new, Level::Info).records,
+            &level(&old, Level::Info).records
+        ));
+        // route_requests, route_bytes, the warn route budget: 3 of 7.
+        assert_eq!(new.budgets_shared_with(&old), (3, 7));
+    }
+
+    #[test]
+    fn budgets_follow_the_route_name_not_its_position() {
+        let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
+        let text = policy(100, COMMANDS, INFO);
+        let renamed = reload(&old, &text.replace("name: commands", "name: orders"));
+        assert_eq!(
+            renamed.budgets_shared_with(&old),
+            (5, 7),
+            "telemetry's carry over"
+        );
+        assert!(route(&renamed, "orders").payload.route_requests.is_some());
+
+        // Moved to another place in the table, same name: carried over.
+        let moved = text.replace(
+            "  - name: default",
+            "  - name: extra\n    match: { path: /x }\n  - name: default",
+        );
+        let moved = moved.replacen(
+            "  - name: commands",
+            "  - name: first\n    match: { path: /first }\n  - name: commands",
+            1,
+        );
+        let moved = reload(&old, &moved);
+        assert_eq!(moved.budgets_shared_with(&old), (7, 7));
+    }
+
+    #[test]
+    fn a_failed_compile_leaves_the_old_budgets_alone() {
+        let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
+        let broken = policy(100, COMMANDS, INFO).replace("name: telemetry", "name: Telemetry");
+        assert!(parse_replacing(&broken, "p.yaml", Some(&old)).is_err());
+        let requests = route(&old, "commands")
+            .payload
+            .client_requests
+            .as_ref()
+            .unwrap();
+        assert_eq!(Arc::strong_count(requests), 1, "nothing kept a reference");
+    }
+}

@@ -30,7 +30,19 @@ use crate::records::Sample;
 
 /// How far bulk traffic is tightened, least valuable data first. Critical routes are never
 /// browned out, and neither are normal ones: brownout only ever takes from `bulk` routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    Deserialize,
+    Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Brownout {
     /// Policy budgets only.

@@ -27,7 +27,7 @@ pub use level::Level;
 pub use sample::Sample;
 
 /// How a route's batches are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// One JSON object per line.
@@ -78,7 +78,9 @@ impl Format {
 }
 
 /// What to do with a body that is not the route's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMalformed {
     /// Forward it untouched (and count it).
@@ -89,7 +91,9 @@ pub enum OnMalformed {
 }
 
 /// Whose budget a level's rate is: the route's, shared by every client, or each client's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Per {
     #[default]

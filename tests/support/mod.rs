@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,6 +235,23 @@ impl TestGuard {
             name: "test-policy.yaml".into(),
             text: policy_yaml.into(),
         };
+        Self::start_from(source, upstream_url, tweak).await
+    }
+
+    /// The guard reading its policy from a file (watched unless `tweak` says otherwise).
+    pub async fn start_file(
+        policy: &Path,
+        upstream_url: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestGuard {
+        Self::start_from(PolicySource::File(policy.into()), upstream_url, tweak).await
+    }
+
+    async fn start_from(
+        source: PolicySource,
+        upstream_url: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestGuard {
         let mut cfg = Config::new(source, upstream_url);
         tweak(&mut cfg);
         let app = App::start(cfg).await.expect("guard starts");
@@ -257,6 +275,33 @@ impl TestGuard {
     /// The value of one series, 0 when it does not exist (yet).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.scrape().await, name, labels).unwrap_or(0.0)
+    }
+
+    /// The active policy's version hash, from `/policy`.
+    pub async fn policy_hash(&self) -> String {
+        policy_hash(&self.admin).await
+    }
+}
+
+/// The active policy's version hash, from the `/policy` of the admin listener at `admin`.
+pub async fn policy_hash(admin: &str) -> String {
+    let resp = reqwest::get(format!("{admin}/policy")).await.unwrap();
+    json(resp).await["version_hash"]
+        .as_str()
+        .expect("/policy has a version_hash")
+        .to_owned()
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after [`PATIENCE`]. This is how tests
+/// wait for something asynchronous (a reload, a metric): never a fixed sleep.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
