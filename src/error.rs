@@ -129,6 +129,11 @@ struct ErrorBody<'a> {
     detail: Option<&'a str>,
 }
 
+/// On every answer the guard makes itself instead of the upstream: the reason, as in the
+/// `rejections_total` / `upstream_errors_total` label, so a client (or an operator reading its
+/// logs) can tell the guard's 503 from the upstream's.
+pub static REFUSED: http::HeaderName = http::HeaderName::from_static("x-verbosity-guard-refused");
+
 /// How a guard-made error body is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorStyle {
@@ -278,6 +283,7 @@ impl GuardError {
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(REFUSED.clone(), HeaderValue::from_static(self.label()));
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

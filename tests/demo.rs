@@ -1,9 +1,12 @@
-//! The demo's claim, measured end to end on real sockets: a verbosity surge locks owners out of
-//! an unguarded API, and behind the guard (with the shipped policy) every command succeeds.
+//! The demo's claims, measured end to end on real sockets: a verbosity surge locks owners out of
+//! an unguarded API, and behind the guard (with the shipped policy) every command succeeds —
+//! with the per-level budgets alone, and when the API also loses most of its workers, where the
+//! brownout steps in.
 //!
 //! The scenario is sized so the outcome does not hinge on timing: unguarded, the surge offers
 //! several times what the mock API can ingest; guarded, the per-level budgets forward well
-//! under it (all errors, warn and info at a healthy rate, 1% of debug).
+//! under it (all errors, warn and info at a healthy rate, 1% of debug). The two runs are one
+//! test so they do not share the two cores with each other.
 
 use std::time::Duration;
 
@@ -12,11 +15,12 @@ use verbosity_guard::demo::telemetry::Level;
 use verbosity_guard::demo::{ScenarioOptions, run_scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guard_keeps_every_command_working_through_a_surge_that_locks_owners_out_without_it() {
+async fn guard_keeps_every_command_working_through_a_surge_and_an_api_incident() {
     let opts = ScenarioOptions {
         vehicles: 20,
         duration: Duration::from_secs(6),
         surge_factor: 40,
+        incident: false,
         ..ScenarioOptions::default()
     };
     let report = run_scenario(&opts).await.unwrap();
@@ -49,4 +53,28 @@ async fn guard_keeps_every_command_working_through_a_surge_that_locks_owners_out
         surge.records.lost_fraction(Level::Debug).unwrap() > 0.9,
         "{table}"
     );
+
+    // Every vehicle's debug flood was seen as a surge, on both telemetry routes.
+    let seen = &guarded.phase(Phase::Surge).surges;
+    assert!(
+        seen.iter().any(|s| s == "telemetry/debug"),
+        "{seen:?}\n{table}"
+    );
+
+    // The default scenario: the API then loses three quarters of its workers. Commands still
+    // all succeed behind the guard, because its brownout tightens bulk telemetry.
+    let report = run_scenario(&ScenarioOptions {
+        incident: true,
+        ..opts
+    })
+    .await
+    .unwrap();
+    let table = report.render();
+    assert!(
+        report.unguarded.command_success_rate().unwrap() < 1.0,
+        "{table}"
+    );
+    assert_eq!(report.guarded.command_success_rate(), Some(1.0), "{table}");
+    let surge = report.guarded.phase(Phase::Surge);
+    assert!(surge.peak_brownout >= Some(1), "{table}");
 }

@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,8 @@ struct Stats {
 struct State {
     cfg: BackendConfig,
     workers: Semaphore,
+    /// Workers still in service (see [`Backend::lose_workers`]).
+    online: AtomicUsize,
     stats: Mutex<Stats>,
 }
 
@@ -241,6 +244,7 @@ impl Backend {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             workers: Semaphore::new(cfg.workers),
+            online: AtomicUsize::new(cfg.workers),
             cfg,
             stats: Mutex::new(Stats {
                 phases: PerPhase::default(),
@@ -266,6 +270,25 @@ impl Backend {
 
     pub fn config(&self) -> &BackendConfig {
         &self.state.cfg
+    }
+
+    /// Takes `n` workers out of service for good, as a failed node would: each leaves when it
+    /// next becomes free (in turn with the requests queued for a worker). The API's capacity
+    /// falls in proportion. Returns once all `n` have left.
+    pub async fn lose_workers(&self, n: usize) {
+        let n = n.min(self.online_workers().saturating_sub(1));
+        for _ in 0..n {
+            match self.state.workers.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return,
+            }
+            self.state.online.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Workers in service now.
+    pub fn online_workers(&self) -> usize {
+        self.state.online.load(Ordering::Relaxed)
     }
 
     /// What was finished since the last call.

@@ -19,6 +19,14 @@ use crate::proxy::{Upstream, UpstreamError, UpstreamSettings};
 /// Idle connections kept; more are closed when their exchange ends.
 const MAX_IDLE: usize = 4096;
 
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The guard answered itself (`x-verbosity-guard-refused`).
+    pub by_guard: bool,
+}
+
 /// A pool of connections to one address.
 pub struct Client(Upstream<Full<Bytes>>);
 
@@ -36,19 +44,23 @@ impl Client {
     }
 
     /// Sends `req` (origin-form target) and reads the whole response within `limit`, returning
-    /// its status. A request is never sent twice.
+    /// its status and whether the guard (not the API) made the answer. A request is never sent
+    /// twice.
     pub async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
         limit: Duration,
-    ) -> Result<StatusCode, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let resp = self.0.send(req, Instant::now() + limit).await?;
-        let status = resp.status();
+        let answer = Answer {
+            status: resp.status(),
+            by_guard: resp.headers().contains_key(&crate::error::REFUSED),
+        };
         resp.into_body()
             .collect()
             .await
             .map_err(UpstreamError::Exchange)?;
-        Ok(status)
+        Ok(answer)
     }
 }
 
@@ -68,13 +80,21 @@ mod tests {
                 .body(Full::new(Bytes::new()))
                 .unwrap();
             assert_eq!(
-                client.exchange(req, Duration::from_secs(5)).await.unwrap(),
+                client
+                    .exchange(req, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .status,
                 StatusCode::OK
             );
         }
         let req = Request::get("/nope").body(Full::new(Bytes::new())).unwrap();
         assert_eq!(
-            client.exchange(req, Duration::from_secs(5)).await.unwrap(),
+            client
+                .exchange(req, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .status,
             StatusCode::NOT_FOUND
         );
     }

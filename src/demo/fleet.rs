@@ -100,6 +100,8 @@ pub enum Outcome {
     TooLarge,
     /// 503 from the API: no worker within its queue timeout.
     Shed,
+    /// 503 from the guard: no upstream slot in time, or bulk shed by the brownout.
+    GuardShed,
     /// No answer within the client's timeout (or 504 from the guard).
     TimedOut,
     /// Any other status or a transport error.
@@ -107,21 +109,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Throttled,
         Outcome::TooLarge,
         Outcome::Shed,
+        Outcome::GuardShed,
         Outcome::TimedOut,
         Outcome::Failed,
     ];
     pub const COUNT: usize = Outcome::ALL.len();
 
-    fn of(status: StatusCode) -> Outcome {
+    fn of(status: StatusCode, by_guard: bool) -> Outcome {
         match status.as_u16() {
             200..=299 => Outcome::Ok,
             429 => Outcome::Throttled,
             413 => Outcome::TooLarge,
+            503 if by_guard => Outcome::GuardShed,
             503 => Outcome::Shed,
             504 => Outcome::TimedOut,
             _ => Outcome::Failed,
@@ -130,7 +134,10 @@ impl Outcome {
 
     /// Answered by the guard itself.
     pub fn is_guard_rejection(self) -> bool {
-        matches!(self, Outcome::Throttled | Outcome::TooLarge)
+        matches!(
+            self,
+            Outcome::Throttled | Outcome::TooLarge | Outcome::GuardShed
+        )
     }
 }
 
@@ -409,7 +416,7 @@ async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, otlp: bool, body: Byt
 async fn exchange(client: &Client, req: Request<Full<Bytes>>, limit: Duration) -> Outcome {
     // The pool bounds the wait for response headers; the outer timeout bounds the body too.
     match tokio::time::timeout(limit, client.exchange(req, limit)).await {
-        Ok(Ok(status)) => Outcome::of(status),
+        Ok(Ok(answer)) => Outcome::of(answer.status, answer.by_guard),
         Ok(Err(UpstreamError::Timeout)) | Err(_) => Outcome::TimedOut,
         Ok(Err(_)) => Outcome::Failed,
     }
@@ -504,17 +511,24 @@ mod tests {
 
     #[test]
     fn statuses_map_to_outcomes() {
-        assert_eq!(Outcome::of(StatusCode::OK), Outcome::Ok);
+        assert_eq!(Outcome::of(StatusCode::OK, false), Outcome::Ok);
         assert_eq!(
-            Outcome::of(StatusCode::TOO_MANY_REQUESTS),
+            Outcome::of(StatusCode::TOO_MANY_REQUESTS, true),
             Outcome::Throttled
         );
         assert_eq!(
-            Outcome::of(StatusCode::PAYLOAD_TOO_LARGE),
+            Outcome::of(StatusCode::PAYLOAD_TOO_LARGE, true),
             Outcome::TooLarge
         );
-        assert_eq!(Outcome::of(StatusCode::SERVICE_UNAVAILABLE), Outcome::Shed);
-        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY), Outcome::Failed);
+        assert_eq!(
+            Outcome::of(StatusCode::SERVICE_UNAVAILABLE, false),
+            Outcome::Shed
+        );
+        assert_eq!(
+            Outcome::of(StatusCode::SERVICE_UNAVAILABLE, true),
+            Outcome::GuardShed
+        );
+        assert_eq!(Outcome::of(StatusCode::BAD_GATEWAY, false), Outcome::Failed);
         assert!(Outcome::Throttled.is_guard_rejection() && !Outcome::Shed.is_guard_rejection());
         assert_eq!(vin(17), "5YJ3E7EB0KF000017");
     }

@@ -59,6 +59,10 @@ pub struct DemoArgs {
     /// Print only the final table, not a progress line per second.
     #[arg(long)]
     pub quiet: bool,
+    /// Run without the incident (three quarters of the API's workers failing at 60% of the
+    /// run, which is what makes the guard's brownout step in).
+    #[arg(long)]
+    pub no_incident: bool,
 }
 
 fn parse_byte_rate(s: &str) -> Result<ByteRate, UnitError> {
@@ -73,6 +77,8 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
     #[error("invalid demo option: {0}")]
     InvalidOption(&'static str),
+    #[error("{0} is no longer set as the demo expects in policies/vehicle-api.yaml")]
+    Policy(&'static str),
     #[error("a demo task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -89,6 +95,8 @@ pub struct ScenarioOptions {
     pub seed: u64,
     /// Print a progress line per second to stdout.
     pub progress: bool,
+    /// Three quarters of the API's workers fail at 60% of the run.
+    pub incident: bool,
 }
 
 impl Default for ScenarioOptions {
@@ -101,6 +109,7 @@ impl Default for ScenarioOptions {
             backend_capacity: None,
             seed: 1,
             progress: false,
+            incident: true,
         }
     }
 }
@@ -114,6 +123,7 @@ impl ScenarioOptions {
             backend_capacity: args.backend_capacity.map(|r| r.per_second().round() as u64),
             seed: args.seed,
             progress: !args.quiet,
+            incident: !args.no_incident,
         }
     }
 
@@ -151,6 +161,13 @@ impl ScenarioOptions {
         Duration::from_secs((self.duration.as_secs_f64() / 3.0).round().max(1.0) as u64)
     }
 
+    /// When the incident starts and how many workers the API loses, if there is one.
+    fn incident(&self) -> Option<(Duration, usize)> {
+        let at = Duration::from_secs((self.duration.as_secs_f64() * 0.6).round() as u64);
+        let workers = backend::BackendConfig::with_capacity(self.capacity()).workers;
+        self.incident.then_some((at, workers * 3 / 4))
+    }
+
     fn owner_rate(&self) -> f64 {
         OWNER_RATE.min(self.vehicles as f64 * OWNER_RATE_PER_VEHICLE)
     }
@@ -162,6 +179,7 @@ impl ScenarioOptions {
             surge_factor: self.surge_factor,
             run_length: self.duration,
             surge_at: self.surge_at(),
+            incident: self.incident(),
             capacity: api.capacity,
             workers: api.workers,
             queue_timeout: api.queue_timeout,
@@ -191,13 +209,36 @@ pub async fn run(args: &DemoArgs) -> Result<(), DemoError> {
             std::io::stdout().lock(),
             "Two runs of {}s: {} vehicles and their owners against a mock API that ingests {}; \
              at t={}s every vehicle switches to debug logging (x{} volume).\n\
-             Run 1 sends straight to the API, run 2 through verbosity-guard ({}).\n",
+             {}Run 1 sends straight to the API, run 2 through verbosity-guard ({}, its clocks \
+             sped up for the demo: {}).\n",
             s.run_length.as_secs(),
             s.vehicles,
             report::bytes_per_s(s.capacity as f64),
             s.surge_at.as_secs(),
             s.surge_factor,
+            match s.incident {
+                Some((at, lost)) => format!(
+                    "At t={}s {lost} of the API's {} workers fail.\n",
+                    at.as_secs(),
+                    s.workers
+                ),
+                None => String::new(),
+            },
             scenario::POLICY_NAME,
+            scenario::TIMESCALE
+                .iter()
+                .map(|(what, _, demo)| format!(
+                    "{what} {}",
+                    demo.split(':')
+                        .nth(1)
+                        .unwrap_or("")
+                        .split('\n')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
     let report = run_scenario(&opts).await?;

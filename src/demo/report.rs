@@ -51,6 +51,19 @@ pub struct TickSample {
     pub commands_ok: u64,
     pub commands: u64,
     pub guard_rejections: u64,
+    /// API workers in service at the end of the second.
+    pub workers: usize,
+    /// The guard's state at the end of the second (guarded runs).
+    pub guard: Option<GuardState>,
+}
+
+/// What the guard's metrics said at a sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardState {
+    /// `verbosity_guard_brownout_level`: 0 off … 4 shed_bulk.
+    pub brownout: u8,
+    /// `route/level` of every surge the guard detects.
+    pub surging: Vec<String>,
 }
 
 impl TickSample {
@@ -62,11 +75,12 @@ impl TickSample {
             None => "drain",
         };
         let secs = self.secs.max(1e-3);
-        format!(
-            "{:<9} t={:>3}s {:<6} backend {:>9} {:>7} rec/s busy {:>4} p99 {:>7} | commands {:>3}/{:<3} ok | guard rejected {:>5}",
+        let mut line = format!(
+            "{:<9} t={:>3}s {:<6} API {:>2} workers {:>9} {:>7} rec/s busy {:>4} p99 {:>7} | commands {:>3}/{:<3} ok | guard refused {:>5}",
             mode.as_str(),
             self.at.as_secs(),
             phase,
+            self.workers,
             bytes_per_s(self.bytes as f64 / secs),
             count(self.records as f64 / secs),
             percent(self.utilization),
@@ -74,7 +88,20 @@ impl TickSample {
             self.commands_ok,
             self.commands,
             self.guard_rejections,
-        )
+        );
+        if let Some(g) = &self.guard {
+            let _ = write!(
+                line,
+                " | brownout {} | surge {}",
+                brownout_name(g.brownout),
+                if g.surging.is_empty() {
+                    "-".to_owned()
+                } else {
+                    g.surging.join(",")
+                }
+            );
+        }
+        line
     }
 }
 
@@ -163,6 +190,10 @@ pub struct PhaseReport {
     pub reads: OwnerFigures,
     pub batches: BatchFigures,
     pub records: Delivery,
+    /// Highest brownout level the guard reached (guarded runs).
+    pub peak_brownout: Option<u8>,
+    /// Route/levels the guard saw surging at some point of the phase (guarded runs).
+    pub surges: Vec<String>,
 }
 
 impl PhaseReport {
@@ -199,6 +230,21 @@ impl PhaseReport {
                 generated: fleet.records,
                 processed: work.levels,
             },
+            peak_brownout: ticks
+                .iter()
+                .filter_map(|t| t.guard.as_ref())
+                .map(|g| g.brownout)
+                .max(),
+            surges: {
+                let mut all: Vec<String> = ticks
+                    .iter()
+                    .filter_map(|t| t.guard.as_ref())
+                    .flat_map(|g| g.surging.iter().cloned())
+                    .collect();
+                all.sort();
+                all.dedup();
+                all
+            },
         }
     }
 }
@@ -234,6 +280,8 @@ pub struct Setup {
     pub surge_factor: u32,
     pub run_length: Duration,
     pub surge_at: Duration,
+    /// When the API loses workers, and how many.
+    pub incident: Option<(Duration, usize)>,
     /// The API's telemetry capacity, bytes/s.
     pub capacity: u64,
     pub workers: usize,
@@ -270,7 +318,7 @@ impl Report {
         let s = &self.setup;
         let _ = writeln!(
             out,
-            "\n{} vehicles, surge x{} at t={}s of {}s per run; mock API capacity {} ({} workers, {} queue timeout)\n",
+            "\n{} vehicles, surge x{} at t={}s of {}s per run; mock API capacity {} ({} workers, {} queue timeout){}\n",
             s.vehicles,
             s.surge_factor,
             s.surge_at.as_secs(),
@@ -278,6 +326,10 @@ impl Report {
             bytes_per_s(s.capacity as f64),
             s.workers,
             duration(Some(s.queue_timeout)),
+            match s.incident {
+                Some((at, lost)) => format!("; {lost} workers fail at t={}s", at.as_secs()),
+                None => String::new(),
+            },
         );
         let normal = format!("normal (t < {}s)", s.surge_at.as_secs());
         let surge = format!("SURGE (t >= {}s)", s.surge_at.as_secs());
@@ -351,7 +403,7 @@ impl Report {
                 ""
             },
         );
-        let refused: u64 = [Outcome::Throttled, Outcome::TooLarge]
+        let refused: u64 = [Outcome::Throttled, Outcome::TooLarge, Outcome::GuardShed]
             .iter()
             .map(|&o| g.batches.outcomes[o])
             .sum();
@@ -368,7 +420,7 @@ impl Report {
             s,
             "The guard downsampled each batch by level instead of refusing it: {} of debug \
              records were shed, {} of info, {} of warn and {} of error; {} of {} batches were \
-             refused whole (429/413).",
+             refused whole (429/413/503).",
             lost(Level::Debug),
             lost(Level::Info),
             lost(Level::Warn),
@@ -376,6 +428,21 @@ impl Report {
             refused,
             g.batches.generated,
         );
+        if let Some((at, lost)) = self.setup.incident {
+            let _ = write!(
+                s,
+                " When {lost} of the API's workers failed at t={}s, the guard's brownout reached \
+                 level {} and the surges it flagged were {}; commands kept their reserved \
+                 upstream slots.",
+                at.as_secs(),
+                g.peak_brownout.map_or("-".into(), brownout_name),
+                if g.surges.is_empty() {
+                    "none".to_owned()
+                } else {
+                    g.surges.join(", ")
+                },
+            );
+        }
         s
     }
 }
@@ -425,6 +492,13 @@ const ROWS: &[(&str, Cell)] = &[
         rate(p.commands.success_rate())
     }),
     ("owner commands: latency p99", |p| duration(p.commands.p99)),
+    ("guard: peak brownout level", |p| {
+        p.peak_brownout.map_or("-".into(), brownout_name)
+    }),
+    ("guard: route/levels in surge", |p| match p.peak_brownout {
+        None => "-".into(),
+        Some(_) => p.surges.len().to_string(),
+    }),
     ("owner state reads: success", |p| {
         rate(p.reads.success_rate())
     }),
@@ -443,6 +517,9 @@ const ROWS: &[(&str, Cell)] = &[
     ("  refused by guard: too large 413", |p| {
         p.batches.outcomes[Outcome::TooLarge].to_string()
     }),
+    ("  shed by guard to protect API (503)", |p| {
+        p.batches.outcomes[Outcome::GuardShed].to_string()
+    }),
     ("  shed by the API (503)", |p| {
         p.batches.outcomes[Outcome::Shed].to_string()
     }),
@@ -450,6 +527,14 @@ const ROWS: &[(&str, Cell)] = &[
         (p.batches.outcomes[Outcome::TimedOut] + p.batches.outcomes[Outcome::Failed]).to_string()
     }),
 ];
+
+/// `2 sample_info`.
+pub fn brownout_name(level: u8) -> String {
+    format!(
+        "{level} {}",
+        crate::protect::Brownout::from_u8(level).as_str()
+    )
+}
 
 /// `9.8 MB/s` (decimal units, as network rates are usually quoted).
 pub fn bytes_per_s(b: f64) -> String {

@@ -299,6 +299,9 @@ fn compile_protect(c: &mut Compiler, raw: &RawProtect) -> ProtectConfig {
     if let Some(f) = b.error_rate {
         out.error_rate = f64::from(f.per_million) / 1e6;
     }
+    if let Some(f) = b.shed_rate {
+        out.shed_rate = f64::from(f.per_million) / 1e6;
+    }
     if let Some(n) = &b.min_samples {
         if n.value == 0 {
             c.problem(

@@ -157,6 +157,9 @@ pub struct RawBrownout {
     /// An interval is congested when more than this share of a class's exchanges failed (5xx,
     /// refused, reset, timed out). Default `10%`.
     pub error_rate: Option<Fraction>,
+    /// An interval is congested when more than this share of a class's requests found no
+    /// upstream slot within their `queue_timeout` (the upstream is saturated). Default `1%`.
+    pub shed_rate: Option<Fraction>,
     /// Congestion lasting this long raises the level one step (default 2s).
     pub raise_after: Option<HumanDuration>,
     /// Health lasting this long lowers it one step (default 10s; at least `raise_after`).

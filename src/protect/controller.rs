@@ -3,10 +3,12 @@
 //!
 //! Each tick it gets, per priority class, what the upstream did in the last interval (responses,
 //! failures, p90 latency) and judges the interval *congested*, *healthy* or in between:
-//! - congested: some class's failure share is above `error_rate`, or (once its baseline has
-//!   warmed up) its p90 latency is above `latency_factor` × its baseline;
+//! - congested: some class's failure share (5xx answers, failed exchanges) is above
+//!   `error_rate`, or its share of requests that found no upstream slot in their wait (an
+//!   upstream saturated at the concurrency the guard allows it) is above `shed_rate`, or (once
+//!   its baseline has warmed up) its p90 latency is above `latency_factor` × its baseline;
 //! - healthy: every class with enough responses is under `recover_factor` × baseline and under
-//!   half the failure share;
+//!   half of both shares;
 //! - in between: neither, which holds the level and restarts both streaks.
 //!
 //! The level rises one step after `raise_after` congested ticks in a row and falls one step
@@ -104,6 +106,9 @@ pub struct BrownoutConfig {
     pub latency_floor: Duration,
     /// Failure share (5xx, refused, reset, timed out) above which a tick is congested.
     pub error_rate: f64,
+    /// Share of requests finding no upstream slot in their wait above which a tick is
+    /// congested: shedding whole bulk batches is what tightening them should prevent.
+    pub shed_rate: f64,
     /// Congested ticks in a row before the level rises a step.
     pub raise_after: u32,
     /// Healthy ticks in a row before the level falls a step.
@@ -130,6 +135,7 @@ impl Default for BrownoutConfig {
             recover_factor: 1.5,
             latency_floor: Duration::from_millis(25),
             error_rate: 0.1,
+            shed_rate: 0.01,
             raise_after: 2,
             relax_after: 10,
             warmup: 10,
@@ -156,6 +162,9 @@ pub struct ClassSignal {
     pub responses: u64,
     /// Of them: 5xx answers, refused or reset connections, timeouts.
     pub failures: u64,
+    /// Requests that found no upstream slot within their wait (not counted in `responses`):
+    /// the upstream is saturated at the concurrency the guard allows it.
+    pub shed: u64,
     /// 90th percentile latency of the answered ones.
     pub p90: Option<Duration>,
 }
@@ -271,13 +280,17 @@ impl Controller {
         let mut congested: Option<&'static str> = None;
         let mut all_healthy = true;
         for (signal, baseline) in signals.iter().zip(self.baselines.iter_mut()) {
-            if signal.responses < cfg.min_samples.max(1) {
+            let attempts = signal.responses + signal.shed;
+            if attempts < cfg.min_samples.max(1) {
                 continue;
             }
-            let failure_share = signal.failures as f64 / signal.responses as f64;
+            let failure_share = signal.failures as f64 / signal.responses.max(1) as f64;
+            let shed_share = signal.shed as f64 / attempts as f64;
             if failure_share > cfg.error_rate {
                 congested.get_or_insert("upstream failures");
-            } else if failure_share > cfg.error_rate / 2.0 {
+            } else if shed_share > cfg.shed_rate {
+                congested.get_or_insert("upstream saturated");
+            } else if failure_share > cfg.error_rate / 2.0 || shed_share > cfg.shed_rate / 2.0 {
                 all_healthy = false;
             }
             let Some(p90) = signal.p90.map(|d| d.as_secs_f64()) else {

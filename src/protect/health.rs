@@ -36,6 +36,7 @@ fn upper_edge(i: usize) -> Duration {
 pub struct Window {
     responses: AtomicU64,
     failures: AtomicU64,
+    shed: AtomicU64,
     buckets: [AtomicU32; BUCKETS],
 }
 
@@ -44,6 +45,7 @@ impl Default for Window {
         Window {
             responses: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
@@ -61,10 +63,17 @@ impl Window {
         }
     }
 
+    /// A request found no upstream slot in its wait: the upstream is saturated at the
+    /// concurrency the guard allows it.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// This interval's signal; the window starts over.
     pub fn take(&self) -> ClassSignal {
         let responses = self.responses.swap(0, Ordering::Relaxed);
         let failures = self.failures.swap(0, Ordering::Relaxed);
+        let shed = self.shed.swap(0, Ordering::Relaxed);
         let counts: [u32; BUCKETS] =
             std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed));
         let answered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
@@ -83,6 +92,7 @@ impl Window {
         ClassSignal {
             responses,
             failures,
+            shed,
             p90,
         }
     }

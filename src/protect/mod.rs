@@ -140,9 +140,14 @@ impl Protection {
             .map_or(Tighten::NONE, |t| t[level as usize])
     }
 
-    /// An upstream slot for a request of `class` (see [`slots`]).
+    /// An upstream slot for a request of `class` (see [`slots`]). Not finding one counts as
+    /// a saturated upstream for the controller.
     pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
-        self.slots.acquire(class).await
+        let slot = self.slots.acquire(class).await;
+        if slot.is_err() {
+            self.windows[class.index()].shed();
+        }
+        slot
     }
 
     /// One upstream exchange of `class` ended after `latency`; `failed` for a 5xx answer or a

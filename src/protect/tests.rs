@@ -20,6 +20,7 @@ fn all(n: u64, p90: Duration, failures: u64) -> [ClassSignal; 3] {
     [ClassSignal {
         responses: n,
         failures,
+        shed: 0,
         p90: Some(p90),
     }; 3]
 }
@@ -96,6 +97,20 @@ fn failures_raise_the_level_even_before_latency_has_a_baseline() {
 }
 
 #[test]
+fn requests_finding_no_upstream_slot_mean_a_saturated_upstream() {
+    let cfg = BrownoutConfig::default();
+    let mut c = warmed(&cfg);
+    // Latency looks fine (the guard bounds what the upstream is asked), but 15% of bulk
+    // requests wait their whole queue timeout.
+    let mut signals = all(100, ms(10), 0);
+    signals[Priority::Bulk.index()].shed = 18;
+    c.tick(&signals);
+    let (verdict, t) = c.tick(&signals);
+    assert_eq!(verdict, Verdict::Congested);
+    assert_eq!(t.unwrap().cause, "upstream saturated");
+}
+
+#[test]
 fn a_slow_start_raises_no_alarm_while_the_baseline_warms_up() {
     let cfg = BrownoutConfig::default();
     let mut c = Controller::new(cfg.clone());
@@ -162,6 +177,7 @@ fn a_noisy_but_healthy_upstream_never_browns_out() {
             ClassSignal {
                 responses: n,
                 failures: n * rng.below(10) / 100,
+                shed: 0,
                 p90: Some(Duration::from_secs_f64(0.010 * (0.5 + 1.4 * rng.unit()))),
             }
         });
