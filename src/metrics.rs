@@ -57,6 +57,7 @@ pub struct Metrics {
 
 /// Critical-route protection: upstream slots per class, the brownout controller, surges.
 pub struct ProtectMetrics {
+    pub exchanges: IntCounterVec,
     pub in_flight: IntGaugeVec,
     pub queued: IntGaugeVec,
     pub shed: IntCounterVec,
@@ -99,6 +100,12 @@ impl Metrics {
             reg(registry, GaugeVec::new(Opts::new(name(n), help), labels)?)
         };
         let protect = ProtectMetrics {
+            exchanges: counter(
+                "upstream_exchanges_total",
+                "Upstream exchanges by priority class and result (ok, failed: a 5xx answer or a \
+                 refused, reset or timed-out exchange).",
+                &["class", "result"],
+            )?,
             in_flight: gauge(
                 "upstream_in_flight",
                 "Requests holding an upstream slot, by priority class.",

@@ -80,6 +80,8 @@ struct Gauges {
     level: IntGauge,
     raised: IntCounter,
     relaxed: IntCounter,
+    /// `upstream_exchanges_total{class, result}`: [class][ok, failed].
+    exchanges: [[IntCounter; 2]; Priority::COUNT],
     p90: [Gauge; Priority::COUNT],
     baseline: [Gauge; Priority::COUNT],
     failures: [Gauge; Priority::COUNT],
@@ -104,6 +106,9 @@ impl Protection {
                 level: m.brownout_level.clone(),
                 raised: m.brownout_transitions.with_label_values(&["raise"]),
                 relaxed: m.brownout_transitions.with_label_values(&["relax"]),
+                exchanges: Priority::ALL.map(|p| {
+                    ["ok", "failed"].map(|r| m.exchanges.with_label_values(&[p.as_str(), r]))
+                }),
                 p90: float(&m.upstream_p90),
                 baseline: float(&m.upstream_baseline),
                 failures: float(&m.upstream_failure_ratio),
@@ -154,6 +159,7 @@ impl Protection {
     /// refused, reset or timed-out exchange.
     pub fn observe(&self, class: Priority, latency: Duration, failed: bool) {
         self.windows[class.index()].observe(latency, failed);
+        self.gauges.exchanges[class.index()][usize::from(failed)].inc();
     }
 
     /// Takes this interval's signals and runs the controller once. Returns the verdict and
