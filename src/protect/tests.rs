@@ -421,3 +421,20 @@ async fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Ou
     })
     .await
 }
+
+#[test]
+fn the_accepted_level_told_to_senders_follows_the_brownout() {
+    let policy = crate::policy::parse(
+        "version: 1\nroutes:\n  - name: t\n    match: { path_prefix: /t }\n    priority: bulk\n    records: { format: ndjson }\n  - name: d\n    match: { path_prefix: / }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let records = policy.routes()[0].records.as_ref().unwrap();
+    let cfg = BrownoutConfig::default();
+    let tally = crate::records::filter::Tally::default();
+    let accepted = |b: Brownout| records.max_accepted(&tally, &tighten(b, &cfg));
+    assert_eq!(accepted(Brownout::Off), Some(Level::Trace));
+    assert_eq!(accepted(Brownout::DropVerbose), Some(Level::Info));
+    assert_eq!(accepted(Brownout::SampleInfo), Some(Level::Warn));
+    assert_eq!(accepted(Brownout::SampleWarn), Some(Level::Error));
+}
