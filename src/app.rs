@@ -193,6 +193,7 @@ impl App {
             &cfg.upstream_settings,
             cfg.drain_timeout,
         )
+        .await
         .map_err(StartError::Workers)?;
         let reloader = Arc::new(Reloader::new(cfg.policy.clone()));
         let mut background = vec![

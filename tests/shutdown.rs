@@ -59,6 +59,7 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reaper = KillIfPanicking(child.id());
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -104,6 +105,20 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Kills the guard if the test fails half-way, so a failed run leaves no process behind (it
+/// would keep the test harness's output pipe open).
+struct KillIfPanicking(u32);
+
+impl Drop for KillIfPanicking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
 }
 
 /// Threads of process `pid` that serve requests (named `guard-worker-N`), read from /proc.

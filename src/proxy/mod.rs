@@ -70,10 +70,11 @@ struct Accepted {
 /// Where the accept loop sends a worker its connections.
 pub struct WorkerQueue(mpsc::UnboundedSender<Accepted>);
 
-/// Starts `n` worker threads serving through `shared` toward `settings`' upstream. Each drains
-/// for up to `drain` once the accept loop stops feeding it. Returns each worker's queue and a
-/// receiver that says whether its drain finished in time.
-pub fn spawn_workers(
+/// Starts `n` worker threads serving through `shared` toward `settings`' upstream, and returns
+/// once every one of them runs (its runtime built, its thread named). Each drains for up to
+/// `drain` once the accept loop stops feeding it. Returns each worker's queue and a receiver
+/// that says whether its drain finished in time.
+pub async fn spawn_workers(
     n: usize,
     shared: &Arc<Shared>,
     limits: &ServerLimits,
@@ -81,10 +82,13 @@ pub fn spawn_workers(
     drain: Duration,
 ) -> std::io::Result<(Vec<WorkerQueue>, Vec<oneshot::Receiver<bool>>)> {
     let n = n.max(1);
-    (0..n)
+    let mut started = Vec::with_capacity(n);
+    let workers = (0..n)
         .map(|i| {
             let (conns, rx) = mpsc::unbounded_channel();
             let (done, drained) = oneshot::channel();
+            let (ready, is_ready) = oneshot::channel::<std::io::Result<()>>();
+            started.push(is_ready);
             let upstream = Upstream::new(
                 &shared.target.authority,
                 settings,
@@ -98,9 +102,12 @@ pub fn spawn_workers(
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(run_worker(rx, shared, upstream, limits, drain)),
+                        Ok(rt) => {
+                            let _ = ready.send(Ok(()));
+                            rt.block_on(run_worker(rx, shared, upstream, limits, drain))
+                        }
                         Err(e) => {
-                            tracing::error!("worker {i} cannot start its runtime: {e}");
+                            let _ = ready.send(Err(e));
                             false
                         }
                     };
@@ -108,8 +115,15 @@ pub fn spawn_workers(
                 })?;
             Ok((WorkerQueue(conns), drained))
         })
-        .collect::<std::io::Result<Vec<_>>>()
-        .map(|workers| workers.into_iter().unzip())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for is_ready in started {
+        match is_ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other("a worker thread died while starting")),
+        }
+    }
+    Ok(workers.into_iter().unzip())
 }
 
 /// Accepts until `shutdown` flips, spreading connections over `workers`. Returning drops the
