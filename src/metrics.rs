@@ -343,6 +343,19 @@ impl Metrics {
     /// Resolves the per-route series the request path touches.
     pub fn route(&self, r: &Route) -> RouteMetrics {
         let route = r.name.as_str();
+        if r.records.is_some() {
+            // The surge detectors' series exist from the start, at 0.
+            for level in Level::ALL {
+                self.protect
+                    .surge_active
+                    .with_label_values(&[route, level.as_str()]);
+                for unit in ["records", "bytes"] {
+                    self.protect
+                        .surge_ratio
+                        .with_label_values(&[route, level.as_str(), unit]);
+                }
+            }
+        }
         RouteMetrics {
             records: r.records.as_ref().map(|_| self.records(route)),
             clamped: r

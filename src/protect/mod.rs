@@ -32,6 +32,7 @@ pub use controller::{Brownout, BrownoutConfig, ClassSignal, Controller, Transiti
 pub use slots::{NoSlot, Slot, SlotsConfig};
 pub use surge::{SurgeConfig, SurgeDetector, SurgeEvent};
 
+use crate::error::ShedReason;
 use crate::metrics::Metrics;
 use crate::policy::Priority;
 use crate::policy::store::Snapshot;
@@ -96,6 +97,16 @@ impl Protection {
             Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]))
         };
         let m = &metrics.protect;
+        // Every series exists from the start, at 0, so rates and alerts see them.
+        for class in Priority::ALL {
+            for reason in [
+                ShedReason::QueueFull,
+                ShedReason::QueueTimeout,
+                ShedReason::Brownout,
+            ] {
+                m.shed.with_label_values(&[class.as_str(), reason.as_str()]);
+            }
+        }
         Protection {
             slots: slots::Slots::new(&cfg.slots, class(&m.in_flight), class(&m.queued)),
             windows: std::array::from_fn(|_| Window::default()),
