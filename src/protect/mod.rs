@@ -70,8 +70,6 @@ pub struct Protection {
     slots: slots::Slots,
     windows: [Window; Priority::COUNT],
     level: AtomicU8,
-    /// The brownout's batch tightening at each level, indexed by level.
-    tightening: Mutex<[Tighten; Brownout::ALL.len()]>,
     /// Locked only by the controller task, once per tick.
     controller: Mutex<Controller>,
     gauges: Gauges,
@@ -111,7 +109,6 @@ impl Protection {
             slots: slots::Slots::new(&cfg.slots, class(&m.in_flight), class(&m.queued)),
             windows: std::array::from_fn(|_| Window::default()),
             level: AtomicU8::new(Brownout::Off as u8),
-            tightening: Mutex::new(Brownout::ALL.map(|l| tighten(l, &cfg.brownout))),
             controller: Mutex::new(Controller::new(cfg.brownout.clone())),
             gauges: Gauges {
                 level: m.brownout_level.clone(),
@@ -131,9 +128,6 @@ impl Protection {
     /// baselines are kept.
     pub fn reconfigure(&self, cfg: &ProtectConfig) {
         self.slots.reconfigure(&cfg.slots);
-        if let Ok(mut t) = self.tightening.lock() {
-            *t = Brownout::ALL.map(|l| tighten(l, &cfg.brownout));
-        }
         if let Ok(mut c) = self.controller.lock() {
             c.reconfigure(cfg.brownout.clone());
             self.publish(c.level());
@@ -145,15 +139,12 @@ impl Protection {
         Brownout::from_u8(self.level.load(Ordering::Relaxed))
     }
 
-    /// The tightening bulk batches get now.
-    pub fn tightening(&self) -> Tighten {
-        let level = self.level();
-        if level == Brownout::Off {
-            return Tighten::NONE;
+    /// The tightening bulk batches get now, under `cfg` (the request's policy snapshot's).
+    pub fn tightening(&self, cfg: &BrownoutConfig) -> Tighten {
+        match self.level() {
+            Brownout::Off => Tighten::NONE,
+            level => tighten(level, cfg),
         }
-        self.tightening
-            .lock()
-            .map_or(Tighten::NONE, |t| t[level as usize])
     }
 
     /// An upstream slot for a request of `class` (see [`slots`]). Not finding one counts as
@@ -217,13 +208,11 @@ impl Protection {
         self.level.store(level as u8, Ordering::Relaxed);
         self.gauges.level.set(level as i64);
     }
+}
 
-    /// How long a shed bulk client should wait: until the level could next relax.
-    pub fn retry_after(&self) -> Duration {
-        self.controller.lock().map_or(Duration::from_secs(1), |c| {
-            c.config().interval * c.config().relax_after
-        })
-    }
+/// How long a bulk client shed by the brownout should wait: until the level could next relax.
+pub fn retry_after(cfg: &BrownoutConfig) -> Duration {
+    cfg.interval * cfg.relax_after
 }
 
 /// The surge detectors of every route and level with records, keyed by route name so that a

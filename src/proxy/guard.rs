@@ -36,7 +36,7 @@ use crate::error::{Blame, ErrorStyle, GuardError, ShedReason};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
 use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Priority};
-use crate::protect::{Brownout, NoSlot, Protection};
+use crate::protect::{self, Brownout, NoSlot, Protection};
 use crate::records::Format;
 use crate::records::filter::Tighten;
 use crate::route::normalize_path;
@@ -185,14 +185,15 @@ impl Guard {
         let protection = &self.shared.protection;
         let tighten = match route.priority {
             Priority::Bulk => {
+                let brownout = &snap.policy.protect.brownout;
                 if protection.level() >= Brownout::ShedBulk {
                     return Err(GuardError::Shed {
                         class: Priority::Bulk,
                         reason: ShedReason::Brownout,
-                        retry_after: protection.retry_after(),
+                        retry_after: protect::retry_after(brownout),
                     });
                 }
-                protection.tightening()
+                protection.tightening(brownout)
             }
             _ => Tighten::NONE,
         };
