@@ -334,7 +334,7 @@ impl Metrics {
     }
 
     /// Resolves the per-route series the request path touches.
-    pub fn route(&self, r: &Route) -> RouteMetrics {
+    pub fn route<C: governor::clock::Clock>(&self, r: &Route<C>) -> RouteMetrics {
         let route = r.name.as_str();
         RouteMetrics {
             records: r.records.as_ref().map(|_| self.records(route)),

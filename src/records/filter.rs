@@ -6,6 +6,8 @@
 //! charged before the byte rate; records the byte rate then refuses have still spent their
 //! record budget.
 
+use governor::clock::Clock;
+
 use super::{Level, Record, RecordsPolicy, Sample};
 
 /// Why a record was not forwarded. The names are metric labels.
@@ -154,15 +156,19 @@ impl Tighten {
 
 /// Marks each record kept or dropped under `policy`, charging the level budgets of `key` (the
 /// client) and of the route. Returns the batch's counts.
-pub fn decide(records: &mut [Record], policy: &RecordsPolicy, key: Option<u64>) -> Tally {
+pub fn decide<C: Clock>(
+    records: &mut [Record],
+    policy: &RecordsPolicy<C>,
+    key: Option<u64>,
+) -> Tally {
     decide_tightened(records, policy, key, &Tighten::NONE)
 }
 
 /// [`decide`], with `tighten` applied after each level's `drop` and `sample`, before its rates
 /// (records a brownout removes spend no budget).
-pub fn decide_tightened(
+pub fn decide_tightened<C: Clock>(
     records: &mut [Record],
-    policy: &RecordsPolicy,
+    policy: &RecordsPolicy<C>,
     key: Option<u64>,
     tighten: &Tighten,
 ) -> Tally {
