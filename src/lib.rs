@@ -7,6 +7,7 @@ pub mod budget;
 pub mod check;
 pub mod cli;
 pub mod codec;
+pub mod decide;
 pub mod demo;
 pub mod error;
 pub mod log;

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub records_dropped: IntCounterVec,
     pub record_bytes_received: IntCounterVec,
     pub record_bytes_forwarded: IntCounterVec,
+    pub record_bytes_dropped: IntCounterVec,
     pub records_malformed: IntCounterVec,
     pub batches: IntCounterVec,
     pub decoded_bodies: IntCounterVec,
@@ -254,7 +255,8 @@ impl Metrics {
             )?,
             records_dropped: counter(
                 "records_dropped_total",
-                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed).",
+                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed, \
+                 brownout).",
                 &["route", "level", "reason"],
             )?,
             record_bytes_received: counter(
@@ -266,6 +268,11 @@ impl Metrics {
                 "record_bytes_forwarded_total",
                 "Bytes of log records forwarded (decoded), by route and level.",
                 &["route", "level"],
+            )?,
+            record_bytes_dropped: counter(
+                "record_bytes_dropped_total",
+                "Bytes of log records dropped (decoded), by route, level and reason.",
+                &["route", "level", "reason"],
             )?,
             records_malformed: counter(
                 "records_malformed_total",
@@ -367,6 +374,12 @@ impl Metrics {
             }),
             bytes_received: per_level(&self.record_bytes_received),
             bytes_forwarded: per_level(&self.record_bytes_forwarded),
+            bytes_dropped: Level::ALL.map(|l| {
+                DropReason::ALL.map(|r| {
+                    self.record_bytes_dropped
+                        .with_label_values(&[route, l.as_str(), r.as_str()])
+                })
+            }),
             malformed: self.records_malformed.with_label_values(&[route]),
             untracked: self.untracked_keys.with_label_values(&[route, "level"]),
             batches: BatchOutcome::ALL
@@ -467,6 +480,7 @@ pub struct RecordsMetrics {
     pub dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
+    pub bytes_dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub malformed: IntCounter,
     /// Batches whose client key could not be tracked by a per-client level budget.
     pub untracked: IntCounter,
@@ -490,6 +504,7 @@ impl RecordsMetrics {
                 let n = t.dropped_by(reason);
                 if n > 0 {
                     self.dropped[i][j].inc_by(n);
+                    self.bytes_dropped[i][j].inc_by(t.dropped_bytes_by(reason));
                 }
             }
         }

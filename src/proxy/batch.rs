@@ -7,6 +7,7 @@
 //! loses all of them is answered by the guard without calling the upstream.
 
 use bytes::{Bytes, BytesMut};
+use governor::clock::Clock;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -16,7 +17,7 @@ use crate::codec::{self, Encoding};
 use crate::error::GuardError;
 use crate::metrics::{BatchOutcome, RecordsMetrics};
 use crate::records::filter::{self, Tally, Tighten};
-use crate::records::{Batch, Format, Level, OnMalformed, RecordsPolicy, otlp};
+use crate::records::{Batch, Format, Level, NotFormat, OnMalformed, RecordsPolicy, otlp};
 
 pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard-records-kept");
 pub static RECORDS_DROPPED: HeaderName =
@@ -87,8 +88,58 @@ pub async fn read_to_end(mut body: GuardedBody, capacity: usize) -> Result<Bytes
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Runs a buffered batch through the route's `records` rules, tightened by `tighten` while the
-/// upstream is browned out.
+/// A buffered batch read under its route's rules: decoded, parsed and decided, nothing done
+/// about it yet. What the live guard then does (rewrite, answer, or in shadow mode only count)
+/// and what `simulate` reports both start from this.
+pub struct Inspected {
+    /// The request's Content-Encoding; `decoded` holds the body decoded from it.
+    pub encoding: Encoding,
+    /// The format the body was read as (an OTLP route tells JSON from protobuf by Content-Type).
+    pub format: Format,
+    pub decoded: Bytes,
+    /// The records, each marked kept or dropped, with the batch's counts; or why the body is
+    /// not the format.
+    pub parsed: Result<(Batch, Tally), NotFormat>,
+}
+
+/// Decodes, parses and decides a buffered batch under the route's `records` rules, tightened by
+/// `tighten` while the upstream is browned out. The level budgets of `key` (the client) and of
+/// the route are charged. Fails only on the body's coding (unsupported, corrupt, too large once
+/// decoded); a body that is not the format is an answer, not an error.
+pub fn inspect<C: Clock>(
+    policy: &RecordsPolicy<C>,
+    headers: &HeaderMap,
+    key: Option<u64>,
+    tighten: &Tighten,
+    body: &Bytes,
+) -> Result<Inspected, GuardError> {
+    let encoding = codec::request_encoding(headers)?;
+    let decoded = match encoding {
+        Encoding::Identity => body.clone(),
+        enc => {
+            let cap = policy
+                .max_decoded
+                .min((body.len() as u64).saturating_mul(policy.max_ratio));
+            Bytes::from(codec::decode(enc, body, cap)?)
+        }
+    };
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let format = policy.format.for_content_type(content_type);
+    let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten).map(|mut batch| {
+        let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
+        (batch, tally)
+    });
+    Ok(Inspected {
+        encoding,
+        format,
+        decoded,
+        parsed,
+    })
+}
+
+/// Runs a buffered batch through the route's `records` rules (see [`inspect`]) and enforces
+/// what they decided: the batch as received when nothing is dropped, rewritten and re-encoded
+/// when some records are, the guard's own answer when every record is.
 pub fn filter(
     policy: &RecordsPolicy,
     metrics: &RecordsMetrics,
@@ -97,23 +148,15 @@ pub fn filter(
     tighten: &Tighten,
     body: Bytes,
 ) -> Result<Filtered, GuardError> {
-    let encoding = codec::request_encoding(headers)?;
-    let decoded = match encoding {
-        Encoding::Identity => body.clone(),
-        enc => {
-            let cap = policy
-                .max_decoded
-                .min((body.len() as u64).saturating_mul(policy.max_ratio));
-            let decoded = codec::decode(enc, &body, cap)?;
-            metrics.decoded(enc);
-            Bytes::from(decoded)
-        }
-    };
-
-    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let format = policy.format.for_content_type(content_type);
-    let mut batch = match Batch::parse_bytes_as(policy, format, &decoded, tighten) {
-        Ok(batch) => batch,
+    let Inspected {
+        encoding,
+        format,
+        decoded,
+        parsed,
+    } = inspect(policy, headers, key, tighten, &body)?;
+    metrics.decoded(encoding);
+    let (batch, tally) = match parsed {
+        Ok(parsed) => parsed,
         Err(reason) => {
             return match policy.on_malformed {
                 OnMalformed::Forward => {
@@ -133,7 +176,6 @@ pub fn filter(
             };
         }
     };
-    let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
     metrics.record(&tally);
     let summary = Summary::new(policy, &tally, tighten);
 
@@ -149,16 +191,20 @@ pub fn filter(
         return Ok(Filtered::Answer(all_dropped(format, &tally, summary)));
     }
     metrics.batch(BatchOutcome::Rewritten);
-    let rewritten = batch.rewrite(&decoded);
-    let body = match encoding {
-        Encoding::Identity => rewritten,
-        enc => codec::encode(enc, &rewritten)
-            .map_err(|_| GuardError::Internal("cannot re-encode the batch"))?,
-    };
     Ok(Filtered::Forward {
-        body: Bytes::from(body),
+        body: Bytes::from(rewrite(&batch, &decoded, encoding)?),
         summary: Some(summary),
     })
+}
+
+/// The kept records of a batch, re-encoded like the request was.
+pub fn rewrite(batch: &Batch, decoded: &[u8], encoding: Encoding) -> Result<Vec<u8>, GuardError> {
+    let rewritten = batch.rewrite(decoded);
+    match encoding {
+        Encoding::Identity => Ok(rewritten),
+        enc => codec::encode(enc, &rewritten)
+            .map_err(|_| GuardError::Internal("cannot re-encode the batch")),
+    }
 }
 
 /// The answer to a batch with nothing left to forward. OTLP senders get the success response

@@ -5,10 +5,8 @@
 //! rewrite, forward. Each phase is a plain function over the request parts or a budget, and every
 //! phase can end the request with a [`GuardError`]. `call` records the outcome in one place.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,15 +29,12 @@ use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
 use super::upstream::{PooledBody, Upstream};
-use crate::budget::decision;
+use crate::decide;
+pub use crate::decide::client_key;
 use crate::error::{Blame, ErrorStyle, GuardError, ShedReason};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
-use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Priority};
-use crate::protect::{Brownout, NoSlot, Protection};
-use crate::records::Format;
-use crate::records::filter::Tighten;
-use crate::route::normalize_path;
+use crate::protect::{NoSlot, Protection};
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -145,63 +140,28 @@ impl Guard {
     ) -> Result<Reply, GuardError> {
         let (mut parts, body) = req.into_parts();
 
-        // 1. Normalize the path, so no spelling of it can reach another route's budget.
-        //    `None` means the path already was normal (the common case, no allocation).
-        let normalized = match normalize_path(parts.uri.path())? {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(p) => Some(p),
-        };
-
-        // 2. Route: first match wins; the table ends with a catch-all.
-        let path = normalized.as_deref().unwrap_or(parts.uri.path());
-        let (idx, route) = snap.policy.route(&parts.method, path);
-        ctx.route = Some(idx);
-        if let Some(records) = route.records.as_ref().filter(|r| r.format.is_otlp()) {
-            let content_type = parts.headers.get(header::CONTENT_TYPE);
-            ctx.style = match records
-                .format
-                .for_content_type(content_type.map(HeaderValue::as_bytes))
-            {
-                Format::OtlpJson => ErrorStyle::OtlpJson,
-                _ => ErrorStyle::OtlpProto,
-            };
-        }
-        let rm = &snap.route_metrics[idx];
+        // 1-2. Normalize the path, so no spelling of it can reach another route's budget, then
+        //    route: first match wins; the table ends with a catch-all.
+        let routed = decide::route(&snap.policy, &parts)?;
+        ctx.route = Some(routed.index);
+        ctx.style = routed.style;
+        let (route, normalized) = (routed.route, routed.normalized);
+        let rm = &snap.route_metrics[routed.index];
 
         // 3. Identify the client, only when a per-client budget needs the key.
-        let key = match route.needs_client_key() {
-            true => Some(client_key(
-                &route.client_key,
-                &parts,
-                self.conn.peer,
-                &self.shared.key_hasher,
-            )?),
-            false => None,
-        };
+        let key = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher)?;
 
-        // 4. Brownout: while the upstream is in distress, bulk routes are shed whole at the
-        //    top level and their batches tightened below it; critical and normal routes never.
-        //    Shedding comes before the budgets so a shed request spends none of them.
-        let protection = &self.shared.protection;
-        let tighten = match route.priority {
-            Priority::Bulk => {
-                if protection.level() >= Brownout::ShedBulk {
-                    return Err(GuardError::Shed {
-                        class: Priority::Bulk,
-                        reason: ShedReason::Brownout,
-                        retry_after: protection.retry_after(),
-                    });
-                }
-                protection.tightening()
-            }
-            _ => Tighten::NONE,
-        };
-
-        // 5. Payload budgets. Size first (no state), then the client's budgets, then the
-        //    route's, so one client's excess never spends the budget the route shares.
+        // 4-5. Brownout (bulk routes shed whole or their batches tightened while the upstream
+        //    is in distress), then the payload budgets: size first (no state), then the
+        //    client's budgets, then the route's, so one client's excess never spends the budget
+        //    the route shares.
         let declared = body.size_hint().exact();
         let metrics = &self.shared.metrics;
-        let stream_charge = decision::admit(&route.payload, key, declared, |kind| {
+        let protection = &self.shared.protection;
+        let decide::Admitted {
+            tighten,
+            charge: stream_charge,
+        } = decide::admit(route, key, protection, declared, |kind| {
             metrics.record_untracked(&route.name, kind)
         })?;
 
@@ -362,83 +322,6 @@ impl Guard {
     }
 }
 
-/// Hashes the client's identity for per-client budgets, following the route's key spec. The
-/// hash is keyed per process (SipHash), so clients cannot choose colliding identities.
-pub fn client_key(
-    spec: &ClientKeySpec,
-    parts: &request::Parts,
-    peer: IpAddr,
-    hasher: &std::hash::RandomState,
-) -> Result<u64, GuardError> {
-    let mut h = hasher.build_hasher();
-    let found = match &spec.source {
-        KeySource::Header(name) => parts
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                h.write_u8(1);
-                h.write(v);
-            })
-            .is_some(),
-        KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
-        KeySource::PeerIp => false,
-    };
-    if !found {
-        match (&spec.source, spec.fallback) {
-            (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
-                h.write_u8(3);
-                std::hash::Hash::hash(&peer, &mut h);
-            }
-            (_, KeyFallback::Shared) => h.write_u8(4),
-            (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
-        }
-    }
-    Ok(h.finish())
-}
-
-/// Feeds the percent-decoded value of the first `name=` parameter in `query` to `h`. Decoding
-/// first means `vin=%41` and `vin=A` are the same client. Returns false when absent or empty.
-fn hash_query_param(query: Option<&str>, name: &str, h: &mut impl Hasher) -> bool {
-    let Some(value) = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == name).then_some(v)
-        })
-    else {
-        return false;
-    };
-    if value.is_empty() {
-        return false;
-    }
-    h.write_u8(2);
-    let v = value.as_bytes();
-    let mut i = 0;
-    while i < v.len() {
-        let (byte, used) = match v[i] {
-            b'+' => (b' ', 1),
-            b'%' => match (
-                v.get(i + 1).and_then(|&b| hex(b)),
-                v.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(hi), Some(lo)) => (hi << 4 | lo, 3),
-                _ => (b'%', 1),
-            },
-            b => (b, 1),
-        };
-        h.write_u8(byte);
-        i += used;
-    }
-    true
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 /// The one place a request's outcome is counted and an error becomes a response.
 fn record_outcome(
     metrics: &Metrics,
@@ -502,28 +385,5 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::hash::{BuildHasher, RandomState};
-
-    use super::*;
-
-    fn key(query: &str, s: &RandomState) -> Option<u64> {
-        let mut h = s.build_hasher();
-        hash_query_param(Some(query), "vin", &mut h).then(|| h.finish())
-    }
-
-    #[test]
-    fn query_keys_are_decoded_before_hashing() {
-        let s = RandomState::new();
-        assert_eq!(key("vin=ABC", &s), key("a=1&vin=%41BC", &s));
-        assert_eq!(key("vin=a+b", &s), key("vin=a%20b", &s));
-        assert_ne!(key("vin=ABC", &s), key("vin=ABD", &s));
-        assert_eq!(key("vin=", &s), None);
-        assert_eq!(key("vinx=1", &s), None);
-        assert_eq!(key("vin=A&vin=B", &s), key("vin=A", &s));
     }
 }
