@@ -98,6 +98,16 @@ pub struct Admitted<C: Clock> {
     pub charge: ByteCharge<C>,
 }
 
+impl<C: Clock> Default for Admitted<C> {
+    /// Nothing tightened, nothing left to charge.
+    fn default() -> Self {
+        Admitted {
+            tighten: Tighten::NONE,
+            charge: ByteCharge::default(),
+        }
+    }
+}
+
 /// Brownout, then the payload budgets.
 ///
 /// While the upstream is in distress, bulk routes are shed whole at the top level and their

@@ -21,7 +21,7 @@ use super::raw::{
 };
 use super::units::ByteSize;
 use super::{
-    ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Priority, Problem, Route,
+    ClientKeySpec, KeySource, Limits, Mode, Payload, Policy, PolicyError, Priority, Problem, Route,
 };
 use crate::budget::BudgetKind;
 use crate::budget::{Budget, KeyedBudget, Quota};
@@ -161,7 +161,12 @@ pub fn compile<C: Clock + Clone>(
                 format!("duplicate route name {:?}", r.name.value),
             );
         }
-        let route = compile_route(&mut c, r, &at, &default_key, default_timeout, &limits);
+        let defaults = RouteDefaults {
+            key: &default_key,
+            timeout: default_timeout,
+            mode: raw.mode.unwrap_or_default(),
+        };
+        let route = compile_route(&mut c, r, &at, &defaults, &limits);
         if route.methods == MethodSet::ANY && route.path.is_everything() {
             catch_all.get_or_insert(i);
         }
@@ -370,12 +375,18 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
     cfg
 }
 
+/// What a route takes from the policy's top level unless it says otherwise.
+struct RouteDefaults<'a> {
+    key: &'a ClientKeySpec,
+    timeout: Duration,
+    mode: Mode,
+}
+
 fn compile_route<C: Clock + Clone>(
     c: &mut Compiler<C>,
     r: &RawRoute,
     at: &str,
-    default_key: &ClientKeySpec,
-    default_timeout: Duration,
+    defaults: &RouteDefaults,
     limits: &Limits,
 ) -> Route<C> {
     let name = &r.name.value;
@@ -439,9 +450,9 @@ fn compile_route<C: Clock + Clone>(
 
     let client_key = match &r.client_key {
         Some(k) => client_key(c, k, &format!("{at}.client_key")),
-        None => default_key.clone(),
+        None => defaults.key.clone(),
     };
-    let timeout = r.timeout.map_or(default_timeout, |d| d.0);
+    let timeout = r.timeout.map_or(defaults.timeout, |d| d.0);
 
     let p = &r.payload;
     let at_p = format!("{at}.payload");
@@ -488,6 +499,7 @@ fn compile_route<C: Clock + Clone>(
         methods,
         path,
         priority: r.priority.unwrap_or_default(),
+        mode: r.mode.unwrap_or(defaults.mode),
         client_key,
         timeout,
         payload: Payload {

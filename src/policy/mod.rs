@@ -65,6 +65,31 @@ impl Priority {
     }
 }
 
+/// Whether a route's decisions are enforced or only counted.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decisions are carried out: 4xx/5xx answers, batches rewritten.
+    #[default]
+    Enforce,
+    /// Every decision is made and counted, but the request is forwarded as received, marked
+    /// with `x-verbosity-guard-shadow`.
+    Shadow,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Shadow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 /// What identifies a client when the configured header or query parameter is absent.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
@@ -152,6 +177,8 @@ pub struct Route<C: Clock = DefaultClock> {
     pub methods: MethodSet,
     pub path: PathMatcher,
     pub priority: Priority,
+    /// Enforce its decisions, or only count them (shadow).
+    pub mode: Mode,
     pub client_key: ClientKeySpec,
     /// Longest wait for the upstream's response headers.
     pub timeout: Duration,
@@ -305,6 +332,7 @@ fn route_json<C: Clock>(r: &Route<C>) -> serde_json::Value {
         "methods": r.methods.names(),
         "path": r.path.to_string(),
         "priority": r.priority,
+        "mode": r.mode,
         "client_key": key,
         "client_key_fallback": r.client_key.fallback,
         "timeout_s": r.timeout.as_secs_f64(),

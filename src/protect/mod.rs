@@ -145,6 +145,11 @@ impl Protection {
         self.slots.acquire(class).await
     }
 
+    /// An upstream slot for `class` if one is free now, without waiting (shadow requests).
+    pub fn try_slot(&self, class: Priority) -> Option<Slot<'_>> {
+        self.slots.try_acquire(class)
+    }
+
     /// One upstream exchange of `class` ended after `latency`; `failed` for a 5xx answer or a
     /// refused, reset or timed-out exchange.
     pub fn observe(&self, class: Priority, latency: Duration, failed: bool) {

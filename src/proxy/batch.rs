@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use super::body::GuardedBody;
 use crate::codec::{self, Encoding};
 use crate::error::GuardError;
-use crate::metrics::{BatchOutcome, RecordsMetrics};
+use crate::metrics::{BatchOutcome, RecordsMetrics, ShadowRecords};
 use crate::records::filter::{self, Tally, Tighten};
 use crate::records::{Batch, Format, Level, NotFormat, OnMalformed, RecordsPolicy, otlp};
 
@@ -24,7 +24,12 @@ pub static RECORDS_DROPPED: HeaderName =
     HeaderName::from_static("x-verbosity-guard-records-dropped");
 pub static MAX_LEVEL: HeaderName = HeaderName::from_static("x-verbosity-guard-max-level");
 /// Every header the guard writes; removed from client requests.
-pub static OWN_HEADERS: [&HeaderName; 3] = [&RECORDS_KEPT, &RECORDS_DROPPED, &MAX_LEVEL];
+pub static OWN_HEADERS: [&HeaderName; 4] = [
+    &RECORDS_KEPT,
+    &RECORDS_DROPPED,
+    &MAX_LEVEL,
+    &super::shadow::SHADOW,
+];
 
 /// What the records phase decided.
 pub enum Filtered {
@@ -68,7 +73,7 @@ impl Summary {
 }
 
 /// Reads the whole body. `max_body` is enforced by the body itself; `capacity` is a hint.
-pub async fn read_to_end(mut body: GuardedBody, capacity: usize) -> Result<Bytes, GuardError> {
+pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Bytes, GuardError> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -195,6 +200,64 @@ pub fn filter(
         body: Bytes::from(rewrite(&batch, &decoded, encoding)?),
         summary: Some(summary),
     })
+}
+
+/// What enforce mode would have done with a batch a shadow route forwards as received.
+pub enum ShadowBatch {
+    /// It would have refused the request, for this reason (a rejection metric label).
+    Refused(&'static str),
+    /// It would have kept `kept` records and dropped `dropped`.
+    Read { kept: u64, dropped: u64 },
+    /// Not the format, and forwarded as received in either mode.
+    Unread,
+}
+
+/// A shadow route's batch: decided exactly as [`filter`] decides it (level budgets charged),
+/// counted as forwarded whole in the enforce families and as what enforce mode would have
+/// dropped in the shadow ones. Nothing is rewritten: the caller forwards `body` as received.
+pub fn shadow<C: Clock>(
+    policy: &RecordsPolicy<C>,
+    metrics: &RecordsMetrics,
+    shadow: &ShadowRecords,
+    headers: &HeaderMap,
+    key: Option<u64>,
+    tighten: &Tighten,
+    body: &Bytes,
+) -> ShadowBatch {
+    let inspected = match inspect(policy, headers, key, tighten, body) {
+        Ok(i) => i,
+        Err(e) => return ShadowBatch::Refused(e.label()),
+    };
+    metrics.decoded(inspected.encoding);
+    metrics.batch(match &inspected.parsed {
+        Ok(_) => BatchOutcome::Untouched,
+        Err(_) => BatchOutcome::MalformedForwarded,
+    });
+    match inspected.parsed {
+        Ok((_, tally)) => {
+            metrics.record_forwarded_whole(&tally);
+            shadow.record(&tally);
+            let (kept, dropped) = (tally.forwarded(), tally.dropped());
+            if dropped > 0 {
+                shadow.batch(match kept {
+                    0 => BatchOutcome::AllDropped,
+                    _ => BatchOutcome::Rewritten,
+                });
+            }
+            ShadowBatch::Read { kept, dropped }
+        }
+        Err(reason) => match policy.on_malformed {
+            OnMalformed::Forward => ShadowBatch::Unread,
+            OnMalformed::Reject => {
+                shadow.batch(BatchOutcome::MalformedRejected);
+                let err = GuardError::MalformedBatch {
+                    format: inspected.format.as_str(),
+                    reason,
+                };
+                ShadowBatch::Refused(err.label())
+            }
+        },
+    }
 }
 
 /// The kept records of a batch, re-encoded like the request was.

@@ -11,6 +11,7 @@
 //! error's source chain and answers the client with it.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::budget::decision::ByteCharge;
 use crate::error::GuardError;
+use crate::metrics::ShadowMetrics;
 
 pin_project! {
     /// A client body being streamed upstream.
@@ -43,6 +45,33 @@ pin_project! {
         forwarded: Option<IntCounter>,
         // Set once the body failed, so it is not polled again.
         failed: bool,
+        // A shadow route's body: decisions are counted here instead of failing the body.
+        shadow: Option<ShadowStream>,
+    }
+}
+
+/// A shadow route's body: what enforce mode would have refused mid-body (`max_body` crossed by
+/// a chunked or lying body, a byte budget run out) is counted once and the body goes on
+/// unchecked from there, as enforce mode would have stopped deciding at that point.
+pub struct ShadowStream {
+    metrics: Arc<ShadowMetrics>,
+    /// `max_body`, counted instead of enforced.
+    limit: Option<u64>,
+    refused: Option<&'static str>,
+}
+
+impl ShadowStream {
+    pub fn new(metrics: Arc<ShadowMetrics>, limit: Option<u64>) -> Self {
+        ShadowStream {
+            metrics,
+            limit,
+            refused: None,
+        }
+    }
+
+    fn refuse(&mut self, reason: &'static str) {
+        self.metrics.reject(reason);
+        self.refused = Some(reason);
     }
 }
 
@@ -66,7 +95,19 @@ impl GuardedBody {
             received,
             forwarded,
             failed: false,
+            shadow: None,
         }
+    }
+
+    /// Counts instead of failing (a shadow route); see [`ShadowStream`].
+    pub fn shadow(mut self, shadow: ShadowStream) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// Why enforce mode would have refused this shadow body, once it has (already counted).
+    pub fn shadow_refused(&self) -> Option<&'static str> {
+        self.shadow.as_ref().and_then(|s| s.refused)
     }
 }
 
@@ -115,10 +156,22 @@ impl Body for GuardedBody {
         {
             return fail(this.failed, GuardError::BodyTooLarge { limit });
         }
+        if let Some(s) = this.shadow.as_mut().filter(|s| s.refused.is_none())
+            && s.limit.is_some_and(|limit| *this.seen > limit)
+        {
+            s.refuse(GuardError::BodyTooLarge { limit: 0 }.label());
+            *this.charge = ByteCharge::default();
+        }
         if !this.charge.is_empty()
             && let Err(e) = this.charge.charge(n)
         {
-            return fail(this.failed, e);
+            match this.shadow {
+                Some(s) => {
+                    s.refuse(e.label());
+                    *this.charge = ByteCharge::default();
+                }
+                None => return fail(this.failed, e),
+            }
         }
         if let Some(forwarded) = this.forwarded {
             forwarded.inc_by(n);

@@ -23,11 +23,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::batch::{self, Filtered};
-use super::body::{GuardedBody, UpstreamBody};
+use super::batch::{self, Filtered, ShadowBatch};
+use super::body::{GuardedBody, ShadowStream, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
+use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
 use crate::decide;
 pub use crate::decide::client_key;
@@ -147,42 +148,79 @@ impl Guard {
         ctx.style = routed.style;
         let (route, normalized) = (routed.route, routed.normalized);
         let rm = &snap.route_metrics[routed.index];
+        // A shadow route makes every decision below and counts what enforce mode would have
+        // done instead of doing it (see `shadow`). Enforce routes carry `None`: for them every
+        // `overrule` is the `?` it replaces.
+        let mut shadow = rm.shadow.as_ref().map(Shadow::new);
+        let declared = body.size_hint().exact();
+        if shadow.is_some() && route.records.is_some() {
+            // A records route buffers its body, in every mode: max_body bounds that buffer.
+            if let (Some(limit), Some(len)) = (route.payload.max_body, declared)
+                && len > limit
+            {
+                return Err(GuardError::BodyTooLarge { limit });
+            }
+        }
 
         // 3. Identify the client, only when a per-client budget needs the key.
-        let key = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher)?;
+        let key = match decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher) {
+            Ok(key) => key,
+            Err(e) => {
+                shadow::overrule(&mut shadow, route, e)?;
+                None
+            }
+        };
 
         // 4-5. Brownout (bulk routes shed whole or their batches tightened while the upstream
         //    is in distress), then the payload budgets: size first (no state), then the
         //    client's budgets, then the route's, so one client's excess never spends the budget
         //    the route shares.
-        let declared = body.size_hint().exact();
         let metrics = &self.shared.metrics;
         let protection = &self.shared.protection;
+        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
+        let admitted = match deciding {
+            true => decide::admit(route, key, protection, declared, |kind| {
+                metrics.record_untracked(&route.name, kind)
+            }),
+            false => Ok(decide::Admitted::default()),
+        };
         let decide::Admitted {
             tighten,
             charge: stream_charge,
-        } = decide::admit(route, key, protection, declared, |kind| {
-            metrics.record_untracked(&route.name, kind)
-        })?;
+        } = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                shadow::overrule(&mut shadow, route, e)?;
+                decide::Admitted::default()
+            }
+        };
+        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
 
         // 6. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
-        //    requested verbosity above the route's clamp lowered.
+        //    requested verbosity above the route's clamp lowered (counted only, in shadow).
         self.rewrite(&mut parts, normalized)?;
         if let Some(clamp) = &route.clamp {
-            let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
-            if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
-                counter.inc_by(u64::from(lowered));
+            match &mut shadow {
+                None => {
+                    let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
+                    if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
+                        counter.inc_by(u64::from(lowered));
+                    }
+                }
+                Some(s) if deciding => s.clamped(clamp.count(&parts.headers, &parts.uri)),
+                Some(_) => {}
             }
         }
 
-        // 7. Records: a telemetry route buffers its batch and filters it by level; the rest
-        //    stream.
+        // 7. Records: a telemetry route buffers its batch and filters it by level (in shadow,
+        //    decides and counts, and forwards it as received); the rest stream.
         let mut summary = None;
         let body = if body.is_end_stream() {
             UpstreamBody::Empty
-        } else if let (Some(records), Some(metrics)) = (&route.records, &rm.records) {
+        } else if let (Some(records), Some(metrics), true) = (&route.records, &rm.records, deciding)
+        {
             let max_body = route.payload.max_body.unwrap_or(u64::MAX);
-            let body = GuardedBody::new(
+            let mut body = GuardedBody::new(
                 body,
                 self.shared.body_idle_timeout,
                 Some(max_body),
@@ -190,47 +228,102 @@ impl Guard {
                 rm.request_bytes.clone(),
                 None,
             );
+            if let Some(s) = &shadow {
+                body = body.shadow(ShadowStream::new(s.metrics().clone(), None));
+            }
             let hint = declared.unwrap_or(64 << 10).min(max_body);
-            let raw = batch::read_to_end(body, usize::try_from(hint).unwrap_or(0)).await?;
-            match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
-                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
-                Filtered::Forward { body, summary: s } => {
-                    if let Some(s) = &s {
-                        s.write(&mut parts.headers, false);
+            let raw = batch::read_to_end(&mut body, usize::try_from(hint).unwrap_or(0)).await?;
+            let forward = match &mut shadow {
+                None => {
+                    match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
+                        Filtered::Answer(response) => return Ok(Reply::Guard(response)),
+                        Filtered::Forward { body, summary: s } => {
+                            if let Some(s) = &s {
+                                s.write(&mut parts.headers, false);
+                            }
+                            summary = s;
+                            body
+                        }
                     }
-                    summary = s;
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                    rm.forwarded_bytes.inc_by(body.len() as u64);
-                    UpstreamBody::Full { data: Some(body) }
                 }
+                Some(s) => {
+                    if let Some(reason) = body.shadow_refused() {
+                        // A byte budget ran out as the body arrived: enforce mode would have
+                        // refused it there, before reading the batch.
+                        s.refused_in_body(reason);
+                    } else if let Some(counted) = s.metrics().records.as_ref() {
+                        let headers = &parts.headers;
+                        match batch::shadow(records, metrics, counted, headers, key, &tighten, &raw)
+                        {
+                            ShadowBatch::Refused(reason) => s.reject(reason),
+                            ShadowBatch::Read { kept, dropped } => s.batch(kept, dropped),
+                            ShadowBatch::Unread => {}
+                        }
+                    }
+                    raw
+                }
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forward.len()));
+            rm.forwarded_bytes.inc_by(forward.len() as u64);
+            UpstreamBody::Full {
+                data: Some(forward),
             }
         } else {
-            let body = GuardedBody::new(
+            // Enforced: max_body for bodies without a Content-Length (a declared one was
+            // checked by the budgets). A shadow route enforces it only where its body would be
+            // buffered, a records route, and otherwise counts it while still deciding.
+            let counted_limit = (deciding && route.records.is_none())
+                .then_some(route.payload.max_body)
+                .flatten()
+                .filter(|_| declared.is_none());
+            let limit = match &shadow {
+                Some(_) if route.records.is_none() => None,
+                _ => route.payload.max_body.filter(|_| declared.is_none()),
+            };
+            let mut body = GuardedBody::new(
                 body,
                 self.shared.body_idle_timeout,
-                route.payload.max_body.filter(|_| declared.is_none()),
+                limit,
                 stream_charge,
                 rm.request_bytes.clone(),
                 Some(rm.forwarded_bytes.clone()),
             );
+            if let Some(s) = shadow.as_ref().filter(|s| s.deciding()) {
+                body = body.shadow(ShadowStream::new(s.metrics().clone(), counted_limit));
+            }
             UpstreamBody::Stream { body }
         };
 
         // 8. Take an upstream slot of the route's class: critical requests have a reserve that
-        //    bulk can never take; a class that finds none in its wait is shed (503).
-        let slot = protection
-            .slot(route.priority)
-            .await
-            .map_err(|e| GuardError::Shed {
-                class: route.priority,
-                reason: match e {
-                    NoSlot::QueueFull => ShedReason::QueueFull,
-                    NoSlot::QueueTimeout => ShedReason::QueueTimeout,
-                },
-                retry_after: Duration::from_secs(1),
-            })?;
+        //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
+        //    request takes a free slot or none, and never waits.
+        let slot = match &mut shadow {
+            None => Some(
+                protection
+                    .slot(route.priority)
+                    .await
+                    .map_err(|e| GuardError::Shed {
+                        class: route.priority,
+                        reason: match e {
+                            NoSlot::QueueFull => ShedReason::QueueFull,
+                            NoSlot::QueueTimeout => ShedReason::QueueTimeout,
+                        },
+                        retry_after: Duration::from_secs(1),
+                    })?,
+            ),
+            Some(s) => {
+                let slot = protection.try_slot(route.priority);
+                if slot.is_none() {
+                    s.reject(SHED_SLOT_BUSY);
+                }
+                slot
+            }
+        };
+        if let Some(s) = &shadow {
+            parts.headers.insert(SHADOW.clone(), s.header());
+        }
 
         // 9. Forward, bounded by the route's timeout for the response headers; the exchange
         //    feeds the brownout controller's view of the upstream's health.
