@@ -17,3 +17,4 @@ pub mod protect;
 pub mod proxy;
 pub mod records;
 pub mod route;
+pub mod traffic;
