@@ -17,4 +17,5 @@ pub mod protect;
 pub mod proxy;
 pub mod records;
 pub mod route;
+pub mod simulate;
 pub mod traffic;
