@@ -199,6 +199,24 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub no_watch: bool,
+    /// Record a sample of the requests to this file (created, or emptied), in the traffic
+    /// format `simulate` replays.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD")]
+    pub record: Option<PathBuf>,
+    /// Share recorded: of clients (all of a sampled client's requests), or of requests on
+    /// routes without per-client budgets. E.g. 100%, 1%, 1/1000.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD_SAMPLE", default_value = "100%")]
+    pub record_sample: Fraction,
+    /// The recording stops once the file reaches this size.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_RECORD_MAX_BYTES",
+        default_value = "100MiB"
+    )]
+    pub record_max_bytes: ByteSize,
+    /// Bytes of each request body recorded; a larger body is recorded in part, with its size.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD_MAX_BODY", default_value = "1MiB")]
+    pub record_max_body: ByteSize,
 }
 
 /// clap parses unit flags through the same `FromStr` as the policy file.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod protect;
 pub mod proxy;
+pub mod record;
 pub mod records;
 pub mod route;
 pub mod simulate;

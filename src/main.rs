@@ -161,6 +161,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;
         cfg.watch_policy = !args.no_watch;
+        cfg.record = args
+            .record
+            .map(|path| verbosity_guard::record::RecordConfig {
+                path,
+                sample: verbosity_guard::records::Sample::per_million(
+                    args.record_sample.per_million,
+                ),
+                max_bytes: args.record_max_bytes.0,
+                max_body: args.record_max_body.0,
+            });
         // Handlers first: a signal that arrives once the app is listening must drain it (or
         // reload it), not kill the process with the default action.
         let mut signals = Signals::install()?;

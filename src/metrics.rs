@@ -59,6 +59,9 @@ pub struct Metrics {
     pub shadow: ShadowFamilies,
     /// Each route's mode (value 1), for dashboards to tell shadow routes apart.
     pub route_mode: IntGaugeVec,
+    /// `serve --record` captures by outcome.
+    pub recorded: IntCounterVec,
+    pub record_file_bytes: IntGauge,
 }
 
 /// What shadow routes would have done in enforce mode. Separate families, not a `mode` label on
@@ -216,6 +219,20 @@ impl Metrics {
                 "route_mode",
                 "Each route of the active policy with its mode (enforce, shadow); value 1.",
                 &["route", "mode"],
+            )?,
+            recorded: counter(
+                "recorded_requests_total",
+                "Requests sampled by serve --record, by outcome: written, queue_full (the writer \
+                 fell behind; dropped), file_full (--record-max-bytes reached; dropped), \
+                 write_error (the file cannot be written; dropped).",
+                &["outcome"],
+            )?,
+            record_file_bytes: reg(
+                registry,
+                IntGauge::new(
+                    name("record_file_bytes"),
+                    "Bytes serve --record has written to its file.",
+                )?,
             )?,
             requests: counter(
                 "requests_total",

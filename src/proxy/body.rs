@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use crate::budget::decision::ByteCharge;
 use crate::error::GuardError;
 use crate::metrics::ShadowMetrics;
+use crate::record::Capture;
 
 pin_project! {
     /// A client body being streamed upstream.
@@ -47,6 +48,8 @@ pin_project! {
         failed: bool,
         // A shadow route's body: decisions are counted here instead of failing the body.
         shadow: Option<ShadowStream>,
+        // `serve --record`: a sampled request's capture sees the frames as they pass.
+        tap: Option<Capture>,
     }
 }
 
@@ -96,7 +99,14 @@ impl GuardedBody {
             forwarded,
             failed: false,
             shadow: None,
+            tap: None,
         }
+    }
+
+    /// Shows the frames to a recorder's capture (none when the request is not sampled).
+    pub fn tap(mut self, capture: Option<Capture>) -> Self {
+        self.tap = capture;
+        self
     }
 
     /// Counts instead of failing (a shadow route); see [`ShadowStream`].
@@ -150,6 +160,9 @@ impl Body for GuardedBody {
         };
         let n = data.len() as u64;
         this.received.inc_by(n);
+        if let Some(tap) = this.tap {
+            tap.body(data);
+        }
         *this.seen += n;
         if let Some(limit) = *this.limit
             && *this.seen > limit

@@ -65,6 +65,8 @@ pub struct Shared {
     pub key_hasher: std::hash::RandomState,
     /// Upstream slots by priority and the brownout level; outlives policy reloads.
     pub protection: Protection,
+    /// `serve --record`: samples requests into a traffic file.
+    pub recorder: Option<crate::record::Recorder>,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -163,7 +165,14 @@ impl Guard {
         }
 
         // 3. Identify the client, only when a per-client budget needs the key.
-        let key = match decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher) {
+        let identified = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher);
+        // `serve --record`: a sampled request is captured as the client sent it, before any
+        // rewrite, and written when it ends, however it ends (see `record`).
+        let capture = self.shared.recorder.as_ref().and_then(|r| {
+            let key = identified.as_ref().ok().copied().flatten();
+            r.sample(key, &parts, self.conn.peer, declared)
+        });
+        let key = match identified {
             Ok(key) => key,
             Err(e) => {
                 shadow::overrule(&mut shadow, route, e)?;
@@ -227,7 +236,8 @@ impl Guard {
                 stream_charge,
                 rm.request_bytes.clone(),
                 None,
-            );
+            )
+            .tap(capture);
             if let Some(s) = &shadow {
                 body = body.shadow(ShadowStream::new(s.metrics().clone(), None));
             }
@@ -289,7 +299,8 @@ impl Guard {
                 stream_charge,
                 rm.request_bytes.clone(),
                 Some(rm.forwarded_bytes.clone()),
-            );
+            )
+            .tap(capture);
             if let Some(s) = shadow.as_ref().filter(|s| s.deciding()) {
                 body = body.shadow(ShadowStream::new(s.metrics().clone(), counted_limit));
             }
