@@ -402,3 +402,14 @@ routes:
     let mut batch = crate::records::Batch::parse(records, body).unwrap();
     assert_eq!(decide(&mut batch.records, records, Some(7)).forwarded(), 1);
 }
+
+#[test]
+fn mode_defaults_to_enforce_and_a_route_overrides_the_policy() {
+    let p = parse(MINIMAL, "p.yaml").unwrap();
+    assert_eq!(p.routes()[0].mode, Mode::Enforce);
+    let text = "version: 1\nmode: shadow\nroutes:\n  - name: a\n    match: { path_prefix: /a }\n    mode: enforce\n  - name: default\n    match: { path_prefix: / }\n";
+    let p = parse(text, "p.yaml").unwrap();
+    let modes: Vec<_> = p.routes().iter().map(|r| r.mode).collect();
+    assert_eq!(modes, [Mode::Enforce, Mode::Shadow]);
+    assert_eq!(p.to_json()["routes"][1]["mode"], "shadow");
+}
