@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::time::Duration;
 
 use governor::clock::Clock;
 use http::header::{self, HeaderValue};
@@ -16,7 +15,7 @@ use crate::budget::BudgetKind;
 use crate::budget::decision::{self, ByteCharge};
 use crate::error::{ErrorStyle, GuardError, ShedReason};
 use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Policy, Priority, Route};
-use crate::protect::Brownout;
+use crate::protect::{self, Brownout, BrownoutConfig};
 use crate::records::Format;
 use crate::records::filter::Tighten;
 use crate::route::normalize_path;
@@ -78,16 +77,12 @@ pub fn identify<C: Clock>(
     }
 }
 
-/// What the brownout controller says now: the live guard's [`Protection`], or a level fixed
-/// for a whole `simulate` run.
+/// The brownout level now: the live guard's [`Protection`] (one atomic load), or a level held
+/// for a whole `simulate` run. What a level does comes from the policy's `protect.brownout`.
 ///
 /// [`Protection`]: crate::protect::Protection
 pub trait BrownoutState {
     fn level(&self) -> Brownout;
-    /// The tightening bulk batches get at the current level.
-    fn tightening(&self) -> Tighten;
-    /// How long a shed bulk client should wait.
-    fn retry_after(&self) -> Duration;
 }
 
 /// A request that passed the head's decisions.
@@ -111,29 +106,33 @@ impl<C: Clock> Default for Admitted<C> {
 /// Brownout, then the payload budgets.
 ///
 /// While the upstream is in distress, bulk routes are shed whole at the top level and their
-/// batches tightened below it; critical and normal routes never. Shedding comes before the
-/// budgets so a shed request spends none of them. Then the payload budgets: size first (no
-/// state), then the client's budgets, then the route's, so one client's excess never spends
-/// the budget the route shares (see [`decision::admit`]). `untracked` hears of every client
-/// budget skipped because its key store was full.
+/// batches tightened below it, as `cfg` (the request's policy's `protect.brownout`) says;
+/// critical and normal routes never. Shedding comes before the budgets so a shed request spends
+/// none of them. Then the payload budgets: size first (no state), then the client's budgets,
+/// then the route's, so one client's excess never spends the budget the route shares (see
+/// [`decision::admit`]). `untracked` hears of every client budget skipped because its key
+/// store was full.
 pub fn admit<C: Clock>(
     route: &Route<C>,
     key: Option<u64>,
     brownout: &impl BrownoutState,
+    cfg: &BrownoutConfig,
     declared: Option<u64>,
     untracked: impl FnMut(BudgetKind),
 ) -> Result<Admitted<C>, GuardError> {
     let tighten = match route.priority {
-        Priority::Bulk => {
-            if brownout.level() >= Brownout::ShedBulk {
+        Priority::Bulk => match brownout.level() {
+            Brownout::Off => Tighten::NONE,
+            level if level >= Brownout::ShedBulk => {
+                // Until the level could next relax.
                 return Err(GuardError::Shed {
                     class: Priority::Bulk,
                     reason: ShedReason::Brownout,
-                    retry_after: brownout.retry_after(),
+                    retry_after: cfg.interval * cfg.relax_after,
                 });
             }
-            brownout.tightening()
-        }
+            level => protect::tighten(level, cfg),
+        },
         _ => Tighten::NONE,
     };
     let charge = decision::admit(&route.payload, key, declared, untracked)?;

@@ -213,14 +213,6 @@ impl crate::decide::BrownoutState for Protection {
     fn level(&self) -> Brownout {
         Protection::level(self)
     }
-
-    fn tightening(&self) -> Tighten {
-        Protection::tightening(self)
-    }
-
-    fn retry_after(&self) -> Duration {
-        Protection::retry_after(self)
-    }
 }
 
 /// The surge detectors of every route and level with records, keyed by route name so that a

@@ -188,9 +188,12 @@ impl Guard {
         let protection = &self.shared.protection;
         let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
         let admitted = match deciding {
-            true => decide::admit(route, key, protection, declared, |kind| {
-                metrics.record_untracked(&route.name, kind)
-            }),
+            true => {
+                let cfg = &snap.policy.protect.brownout;
+                decide::admit(route, key, protection, cfg, declared, |kind| {
+                    metrics.record_untracked(&route.name, kind)
+                })
+            }
             false => Ok(decide::Admitted::default()),
         };
         let decide::Admitted {

@@ -30,7 +30,7 @@ use crate::decide::{self, BrownoutState};
 use crate::error::GuardError;
 use crate::metrics::UNROUTED;
 use crate::policy::{self, Policy, PolicyError, Priority};
-use crate::protect::{self, Brownout};
+use crate::protect::Brownout;
 use crate::proxy::batch;
 use crate::records::filter::Tighten;
 use crate::records::{Batch, Level, OnMalformed, RecordsPolicy};
@@ -72,23 +72,11 @@ pub struct Verdict {
 }
 
 /// A brownout level that does not move: the controller is not simulated.
-struct Fixed {
-    level: Brownout,
-    tighten: Tighten,
-    retry_after: Duration,
-}
+struct Fixed(Brownout);
 
 impl BrownoutState for Fixed {
     fn level(&self) -> Brownout {
-        self.level
-    }
-
-    fn tightening(&self) -> Tighten {
-        self.tighten
-    }
-
-    fn retry_after(&self) -> Duration {
-        self.retry_after
+        self.0
     }
 }
 
@@ -165,12 +153,7 @@ pub fn replay(
     report: &mut Report,
 ) -> Result<(), SimulateError> {
     let started = Instant::now();
-    let cfg = &policy.protect.brownout;
-    let brownout = Fixed {
-        level: report.brownout,
-        tighten: protect::tighten(report.brownout, cfg),
-        retry_after: cfg.interval * cfg.relax_after,
-    };
+    let brownout = Fixed(report.brownout);
     // The same per-process keying the live guard uses: keys only tell clients apart.
     let hasher = RandomState::new();
     let eviction = policy.limits.key_eviction_interval;
@@ -250,7 +233,8 @@ fn replay_one<C: Clock>(
         Err(e) => return refuse(r, e),
     };
     let mut untracked = false;
-    let admitted = decide::admit(route, key, brownout, Some(size), |_| untracked = true);
+    let cfg = &policy.protect.brownout;
+    let admitted = decide::admit(route, key, brownout, cfg, Some(size), |_| untracked = true);
     r.untracked += u64::from(untracked);
     let admitted = match admitted {
         Ok(a) => a,
