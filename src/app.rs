@@ -48,6 +48,8 @@ pub struct Config {
     pub watch_policy: bool,
     /// A burst of changes to the policy file is reloaded once it has been quiet this long.
     pub policy_debounce: Duration,
+    /// Record sampled requests into a traffic file (`--record`).
+    pub record: Option<crate::record::RecordConfig>,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             watch_policy: true,
             policy_debounce: DEFAULT_POLICY_DEBOUNCE,
+            record: None,
         }
     }
 }
@@ -91,6 +94,12 @@ pub enum StartError {
     Workers(#[source] io::Error),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot record to {path}: {source}")]
+    Record {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl StartError {
@@ -157,8 +166,20 @@ impl App {
             tracing::warn!("{}: {w}", policy.source);
         }
         let protection = Protection::new(&policy.protect, &metrics);
+        let recorder = match &cfg.record {
+            Some(r) => Some(
+                crate::record::Recorder::start(r, &metrics).map_err(|source| {
+                    StartError::Record {
+                        path: r.path.clone(),
+                        source,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             protection,
+            recorder,
             policy: PolicyStore::new(policy, &metrics),
             metrics,
             target,

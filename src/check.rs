@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::budget::BudgetKind;
 use crate::policy::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
-use crate::policy::{self, Policy, Priority};
+use crate::policy::{self, Mode, Policy, Priority};
 use crate::records::{Level, LevelRule, Per};
 
 pub struct CheckReport {
@@ -87,6 +87,13 @@ fn summarize(p: &Policy, out: &mut String) {
                 budgets.join("; ")
             },
         );
+        if r.mode == Mode::Shadow {
+            let _ = writeln!(
+                out,
+                "  {:<16} shadow: decisions counted, requests forwarded as received",
+                ""
+            );
+        }
         if let Some(rec) = &r.records {
             let levels: Vec<String> = Level::ALL
                 .iter()

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::policy::units::{ByteSize, HumanDuration};
+use crate::policy::units::{ByteSize, Fraction, HumanDuration};
+use crate::protect::Brownout;
+use crate::simulate::Condition;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +52,71 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft 7) of policy files, for editors and CI validation.
     Schema,
+    /// Replay recorded traffic (NDJSON or HAR) against a policy on a virtual clock and report
+    /// what it would forward, drop and refuse.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Policy file (YAML).
+    #[arg(long, env = "VERBOSITY_GUARD_POLICY")]
+    pub policy: PathBuf,
+    /// Recorded traffic: the guard's NDJSON format (what serve --record writes) or a HAR file.
+    #[arg(long, env = "VERBOSITY_GUARD_TRAFFIC")]
+    pub traffic: PathBuf,
+    /// Report as a table, or as JSON.
+    #[arg(long, env = "VERBOSITY_GUARD_SIMULATE_FORMAT", value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Exit with 3 when this holds, e.g. 'dropped(warn) > 1%' or 'rejected(telemetry) > 0.5%'.
+    /// Repeat it for several; ';' also separates conditions (handy in the variable).
+    #[arg(
+        long = "fail-if",
+        env = "VERBOSITY_GUARD_FAIL_IF",
+        value_delimiter = ';'
+    )]
+    pub fail_if: Vec<Condition>,
+    /// Brownout level held for the whole replay: off, drop_verbose, sample_info, sample_warn,
+    /// shed_bulk (the controller itself needs an upstream and is not simulated).
+    #[arg(long, env = "VERBOSITY_GUARD_SIMULATE_BROWNOUT", default_value = "off", value_parser = parse_brownout)]
+    pub brownout: Brownout,
+    /// Largest traffic file read.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_SIMULATE_MAX_TRAFFIC_SIZE",
+        default_value = "1GiB"
+    )]
+    pub max_traffic_size: ByteSize,
+    /// Most requests replayed from one file.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_SIMULATE_MAX_REQUESTS",
+        default_value_t = 10_000_000
+    )]
+    pub max_requests: u64,
+    /// Largest request body in the traffic file.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_SIMULATE_MAX_BODY",
+        default_value = "16MiB"
+    )]
+    pub max_body: ByteSize,
+}
+
+fn parse_brownout(s: &str) -> Result<Brownout, String> {
+    Brownout::ALL
+        .into_iter()
+        .find(|l| l.as_str() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = Brownout::ALL.iter().map(|l| l.as_str()).collect();
+            format!("{s:?} is not a brownout level ({})", names.join(", "))
+        })
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +199,24 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub no_watch: bool,
+    /// Record a sample of the requests to this file (created, or emptied), in the traffic
+    /// format `simulate` replays.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD")]
+    pub record: Option<PathBuf>,
+    /// Share recorded: of clients (all of a sampled client's requests), or of requests on
+    /// routes without per-client budgets. E.g. 100%, 1%, 1/1000.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD_SAMPLE", default_value = "100%")]
+    pub record_sample: Fraction,
+    /// The recording stops once the file reaches this size.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_RECORD_MAX_BYTES",
+        default_value = "100MiB"
+    )]
+    pub record_max_bytes: ByteSize,
+    /// Bytes of each request body recorded; a larger body is recorded in part, with its size.
+    #[arg(long, env = "VERBOSITY_GUARD_RECORD_MAX_BODY", default_value = "1MiB")]
+    pub record_max_body: ByteSize,
 }
 
 /// clap parses unit flags through the same `FromStr` as the policy file.
@@ -146,4 +231,4 @@ macro_rules! value_parser_from_str {
     )*};
 }
 
-value_parser_from_str!(ByteSize, HumanDuration);
+value_parser_from_str!(ByteSize, Fraction, HumanDuration);

@@ -1,7 +1,8 @@
 //! The `verbosity-guard` binary: parse the command line, set up logging, run the command.
 //!
 //! Exit codes: 0 success; 1 runtime failure (cannot bind, drain timed out); 2 usage error;
-//! 65 invalid input (a policy that does not check, a bad upstream URL).
+//! 3 `simulate`: a `--fail-if` threshold was breached; 65 invalid input (a policy that does not
+//! check, a bad upstream URL, a traffic file that cannot be read).
 //!
 //! Signals (`serve`): SIGTERM or SIGINT drains and exits, a second one exits at once; SIGHUP
 //! reloads the policy file.
@@ -13,10 +14,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use verbosity_guard::app::{App, Config, PolicySource};
-use verbosity_guard::cli::{Cli, Command, LogFormat, ServeArgs};
-use verbosity_guard::{check, proxy};
+use verbosity_guard::cli::{Cli, Command, LogFormat, ReportFormat, ServeArgs, SimulateArgs};
+use verbosity_guard::{check, proxy, simulate};
 
 const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_THRESHOLD: u8 = 3;
 const EXIT_BAD_INPUT: u8 = 65;
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Simulate(args) => run_simulate(&args),
         Command::Demo(args) => match demo(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -73,6 +77,51 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Replays, prints the report, and exits 3 if a `--fail-if` condition holds.
+fn run_simulate(args: &SimulateArgs) -> ExitCode {
+    let opts = simulate::Options {
+        policy: args.policy.clone(),
+        traffic: args.traffic.clone(),
+        brownout: args.brownout,
+        limits: verbosity_guard::traffic::Limits {
+            max_size: args.max_traffic_size.0,
+            max_requests: args.max_requests,
+            max_body: args.max_body.0,
+        },
+    };
+    let (report, verdicts) = match simulate::run(&opts, &args.fail_if) {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("verbosity-guard simulate: {e}");
+            let usage = matches!(e, simulate::SimulateError::Condition(_));
+            return ExitCode::from(if usage { EXIT_USAGE } else { EXIT_BAD_INPUT });
+        }
+    };
+    let text = match args.format {
+        ReportFormat::Table => report.to_table(&verdicts),
+        ReportFormat::Json => {
+            // Serializing a `Value` cannot fail; the fallback only avoids an unwrap.
+            let json = serde_json::to_string_pretty(&report.to_json(&verdicts)).unwrap_or_default();
+            json + "\n"
+        }
+    };
+    use std::io::Write as _;
+    if std::io::stdout().write_all(text.as_bytes()).is_err() {
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    let breached: Vec<_> = verdicts.iter().filter(|v| v.breached).collect();
+    if breached.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for v in &breached {
+        eprintln!(
+            "verbosity-guard simulate: --fail-if {:?} holds",
+            v.condition
+        );
+    }
+    ExitCode::from(EXIT_THRESHOLD)
 }
 
 fn demo(args: &verbosity_guard::demo::DemoArgs) -> anyhow::Result<()> {
@@ -112,6 +161,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;
         cfg.watch_policy = !args.no_watch;
+        cfg.record = args
+            .record
+            .map(|path| verbosity_guard::record::RecordConfig {
+                path,
+                sample: verbosity_guard::records::Sample::per_million(
+                    args.record_sample.per_million,
+                ),
+                max_bytes: args.record_max_bytes.0,
+                max_body: args.record_max_body.0,
+            });
         // Handlers first: a signal that arrives once the app is listening must drain it (or
         // reload it), not kill the process with the default action.
         let mut signals = Signals::install()?;

@@ -5,6 +5,8 @@
 //! that the request path touches are resolved once per policy into [`RouteMetrics`], so
 //! recording a request is a few atomic adds, with no label lookup.
 
+use std::sync::Arc;
+
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -12,7 +14,7 @@ use prometheus::{
 
 use crate::budget::BudgetKind;
 use crate::codec::Encoding;
-use crate::policy::Route;
+use crate::policy::{Mode, Route};
 use crate::records::Level;
 use crate::records::filter::{DropReason, Tally};
 
@@ -48,11 +50,30 @@ pub struct Metrics {
     pub records_dropped: IntCounterVec,
     pub record_bytes_received: IntCounterVec,
     pub record_bytes_forwarded: IntCounterVec,
+    pub record_bytes_dropped: IntCounterVec,
     pub records_malformed: IntCounterVec,
     pub batches: IntCounterVec,
     pub decoded_bodies: IntCounterVec,
     pub verbosity_clamped: IntCounterVec,
     pub protect: ProtectMetrics,
+    pub shadow: ShadowFamilies,
+    /// Each route's mode (value 1), for dashboards to tell shadow routes apart.
+    pub route_mode: IntGaugeVec,
+    /// `serve --record` captures by outcome.
+    pub recorded: IntCounterVec,
+    pub record_file_bytes: IntGauge,
+}
+
+/// What shadow routes would have done in enforce mode. Separate families, not a `mode` label on
+/// the enforce ones: `rejections_total` and `records_dropped_total` keep meaning what the guard
+/// did, so no alert or dashboard fires on a decision that was only counted. Each mirrors the
+/// labels of its enforce family, so comparing is renaming the metric.
+pub struct ShadowFamilies {
+    pub rejections: IntCounterVec,
+    pub records_dropped: IntCounterVec,
+    pub record_bytes_dropped: IntCounterVec,
+    pub batches: IntCounterVec,
+    pub verbosity_clamped: IntCounterVec,
 }
 
 /// Critical-route protection: upstream slots per class, the brownout controller, surges.
@@ -167,8 +188,59 @@ impl Metrics {
                 &["route", "level"],
             )?,
         };
+        let shadow = ShadowFamilies {
+            rejections: counter(
+                "shadow_rejections_total",
+                "Requests a shadow route forwarded that enforce mode would have answered itself, \
+                 by route and reason (the reasons of rejections_total, plus shed_slot_busy).",
+                &["route", "reason"],
+            )?,
+            records_dropped: counter(
+                "shadow_records_dropped_total",
+                "Log records a shadow route forwarded that enforce mode would have dropped, by \
+                 route, level and reason.",
+                &["route", "level", "reason"],
+            )?,
+            record_bytes_dropped: counter(
+                "shadow_record_bytes_dropped_total",
+                "Bytes (decoded) of the log records a shadow route forwarded that enforce mode \
+                 would have dropped, by route, level and reason.",
+                &["route", "level", "reason"],
+            )?,
+            batches: counter(
+                "shadow_batches_total",
+                "Batches a shadow route forwarded as received that enforce mode would have \
+                 changed, by route and outcome (rewritten, all_dropped, malformed_rejected).",
+                &["route", "outcome"],
+            )?,
+            verbosity_clamped: counter(
+                "shadow_verbosity_clamped_total",
+                "Requested log levels a shadow route's verbosity clamp would have lowered.",
+                &["route"],
+            )?,
+        };
         Ok(Metrics {
             protect,
+            shadow,
+            route_mode: gauge(
+                "route_mode",
+                "Each route of the active policy with its mode (enforce, shadow); value 1.",
+                &["route", "mode"],
+            )?,
+            recorded: counter(
+                "recorded_requests_total",
+                "Requests sampled by serve --record, by outcome: written, queue_full (the writer \
+                 fell behind; dropped), file_full (--record-max-bytes reached; dropped), \
+                 write_error (the file cannot be written; dropped).",
+                &["outcome"],
+            )?,
+            record_file_bytes: reg(
+                registry,
+                IntGauge::new(
+                    name("record_file_bytes"),
+                    "Bytes serve --record has written to its file.",
+                )?,
+            )?,
             requests: counter(
                 "requests_total",
                 "Requests by route and outcome (forwarded, rejected, upstream_error, all_dropped).",
@@ -261,7 +333,8 @@ impl Metrics {
             )?,
             records_dropped: counter(
                 "records_dropped_total",
-                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed).",
+                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed, \
+                 brownout).",
                 &["route", "level", "reason"],
             )?,
             record_bytes_received: counter(
@@ -273,6 +346,11 @@ impl Metrics {
                 "record_bytes_forwarded_total",
                 "Bytes of log records forwarded (decoded), by route and level.",
                 &["route", "level"],
+            )?,
+            record_bytes_dropped: counter(
+                "record_bytes_dropped_total",
+                "Bytes of log records dropped (decoded), by route, level and reason.",
+                &["route", "level", "reason"],
             )?,
             records_malformed: counter(
                 "records_malformed_total",
@@ -341,7 +419,7 @@ impl Metrics {
     }
 
     /// Resolves the per-route series the request path touches.
-    pub fn route(&self, r: &Route) -> RouteMetrics {
+    pub fn route<C: governor::clock::Clock>(&self, r: &Route<C>) -> RouteMetrics {
         let route = r.name.as_str();
         if r.records.is_some() {
             // The surge detectors' series exist from the start, at 0.
@@ -369,6 +447,35 @@ impl Metrics {
             request_bytes: self.request_bytes.with_label_values(&[route]),
             forwarded_bytes: self.forwarded_bytes.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            shadow: (r.mode == Mode::Shadow).then(|| Arc::new(self.shadow_route(r))),
+        }
+    }
+
+    fn shadow_route<C: governor::clock::Clock>(&self, r: &Route<C>) -> ShadowMetrics {
+        let route = r.name.as_str();
+        let per_reason = |family: &IntCounterVec| {
+            Level::ALL.map(|l| {
+                DropReason::ALL.map(|d| family.with_label_values(&[route, l.as_str(), d.as_str()]))
+            })
+        };
+        let f = &self.shadow;
+        ShadowMetrics {
+            route: route.to_owned(),
+            rejections: f.rejections.clone(),
+            records: r.records.as_ref().map(|_| ShadowRecords {
+                dropped: per_reason(&f.records_dropped),
+                bytes_dropped: per_reason(&f.record_bytes_dropped),
+                batches: [
+                    BatchOutcome::Rewritten,
+                    BatchOutcome::AllDropped,
+                    BatchOutcome::MalformedRejected,
+                ]
+                .map(|o| f.batches.with_label_values(&[route, o.as_str()])),
+            }),
+            clamped: r
+                .clamp
+                .as_ref()
+                .map(|_| f.verbosity_clamped.with_label_values(&[route])),
         }
     }
 
@@ -387,6 +494,12 @@ impl Metrics {
             }),
             bytes_received: per_level(&self.record_bytes_received),
             bytes_forwarded: per_level(&self.record_bytes_forwarded),
+            bytes_dropped: Level::ALL.map(|l| {
+                DropReason::ALL.map(|r| {
+                    self.record_bytes_dropped
+                        .with_label_values(&[route, l.as_str(), r.as_str()])
+                })
+            }),
             malformed: self.records_malformed.with_label_values(&[route]),
             untracked: self.untracked_keys.with_label_values(&[route, "level"]),
             batches: BatchOutcome::ALL
@@ -418,6 +531,64 @@ pub struct RouteMetrics {
     pub records: Option<RecordsMetrics>,
     /// Present on routes with a `verbosity_clamp`.
     pub clamped: Option<IntCounter>,
+    /// Present on shadow routes.
+    pub shadow: Option<Arc<ShadowMetrics>>,
+}
+
+/// A shadow route's series: what enforce mode would have done.
+pub struct ShadowMetrics {
+    route: String,
+    /// The family, resolved per reason when one is counted: only on requests that enforce mode
+    /// would have refused.
+    rejections: IntCounterVec,
+    /// Present on routes with `records`.
+    pub records: Option<ShadowRecords>,
+    /// Present on routes with a `verbosity_clamp`.
+    pub clamped: Option<IntCounter>,
+}
+
+pub struct ShadowRecords {
+    pub dropped: [[IntCounter; DropReason::COUNT]; Level::COUNT],
+    pub bytes_dropped: [[IntCounter; DropReason::COUNT]; Level::COUNT],
+    /// rewritten, all_dropped, malformed_rejected.
+    batches: [IntCounter; 3],
+}
+
+impl ShadowMetrics {
+    /// Counts a request enforce mode would have answered with `reason` (a `rejections_total`
+    /// reason, or `shed_slot_busy`).
+    pub fn reject(&self, reason: &str) {
+        self.rejections
+            .with_label_values(&[self.route.as_str(), reason])
+            .inc();
+    }
+}
+
+impl ShadowRecords {
+    /// Counts the records (and their bytes) enforce mode would have dropped from a batch.
+    pub fn record(&self, tally: &Tally) {
+        for level in Level::ALL {
+            let (t, i) = (tally.level(level), level.index());
+            for (j, reason) in DropReason::ALL.into_iter().enumerate() {
+                let n = t.dropped_by(reason);
+                if n > 0 {
+                    self.dropped[i][j].inc_by(n);
+                    self.bytes_dropped[i][j].inc_by(t.dropped_bytes_by(reason));
+                }
+            }
+        }
+    }
+
+    /// Counts a batch enforce mode would have changed; `Untouched` and `MalformedForwarded`
+    /// are what happened anyway and are not counted here.
+    pub fn batch(&self, outcome: BatchOutcome) {
+        match outcome {
+            BatchOutcome::Rewritten => self.batches[0].inc(),
+            BatchOutcome::AllDropped => self.batches[1].inc(),
+            BatchOutcome::MalformedRejected => self.batches[2].inc(),
+            BatchOutcome::Untouched | BatchOutcome::MalformedForwarded => {}
+        }
+    }
 }
 
 /// How a policy reload attempt ended; the names are metric labels.
@@ -487,6 +658,7 @@ pub struct RecordsMetrics {
     pub dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
+    pub bytes_dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub malformed: IntCounter,
     /// Batches whose client key could not be tracked by a per-client level budget.
     pub untracked: IntCounter,
@@ -496,6 +668,28 @@ pub struct RecordsMetrics {
 }
 
 impl RecordsMetrics {
+    /// Counts a batch a shadow route forwarded as received: every record it holds went
+    /// upstream, whatever the rules decided (that goes to [`ShadowRecords::record`]).
+    pub fn record_forwarded_whole(&self, tally: &Tally) {
+        for level in Level::ALL {
+            let (t, i) = (tally.level(level), level.index());
+            if t.received == 0 {
+                continue;
+            }
+            self.received[i].inc_by(t.received);
+            self.forwarded[i].inc_by(t.received);
+            self.bytes_received[i].inc_by(t.received_bytes);
+            self.bytes_forwarded[i].inc_by(t.received_bytes);
+        }
+        if tally.untracked {
+            self.untracked.inc();
+        }
+        let malformed = tally.malformed();
+        if malformed > 0 {
+            self.malformed.inc_by(malformed);
+        }
+    }
+
     pub fn record(&self, tally: &Tally) {
         for level in Level::ALL {
             let (t, i) = (tally.level(level), level.index());
@@ -510,6 +704,7 @@ impl RecordsMetrics {
                 let n = t.dropped_by(reason);
                 if n > 0 {
                     self.dropped[i][j].inc_by(n);
+                    self.bytes_dropped[i][j].inc_by(t.dropped_bytes_by(reason));
                 }
             }
         }

@@ -223,7 +223,9 @@ async fn an_ill_upstream_under_a_telemetry_flood_never_fails_a_command_behind_th
         Arc::new(Tally::default()),
     );
     let direct = format!("http://{}", api.addr);
-    let flooders = flood(&direct, 32, &stop, &bulk);
+    // Twice the guarded run's flood, so the control does not hinge on timing: the ill API's
+    // queue stays far past its 100 ms limit.
+    let flooders = flood(&direct, 64, &stop, &bulk);
     let owners = owner(&direct, &stop, &cmds);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while cmds.refused.load(Ordering::Relaxed) < 3 {

@@ -130,6 +130,25 @@ async fn an_ndjson_batch_is_downsampled_by_level_and_rewritten_byte_for_byte() {
     );
     let bytes = "verbosity_guard_record_bytes_forwarded_total";
     assert_eq!(m(bytes, &[("level", "error")]), kept[0].len() as f64);
+    let dropped_bytes = "verbosity_guard_record_bytes_dropped_total";
+    assert_eq!(
+        m(
+            dropped_bytes,
+            &[("level", "trace"), ("reason", "drop_rule")]
+        ),
+        r#"{"level":"trace","msg":"tick"}"#.len() as f64
+    );
+    assert_eq!(
+        m(dropped_bytes, &[("level", "info"), ("reason", "rate")]),
+        [
+            r#"{"level":"info","msg":"c: over the info rate"}"#,
+            r#"{"level":"error", oops"#,
+            r#"{"lvl":"warn"}"#,
+        ]
+        .iter()
+        .map(|r| r.len() as f64)
+        .sum::<f64>()
+    );
 }
 
 #[tokio::test]

@@ -59,6 +59,7 @@ fn the_schema_refuses_what_it_can_see_is_wrong() {
         "bad-byte-rate",
         "bad-format",
         "bad-level-rule",
+        "bad-mode",
         "bad-rate",
         "bad-route-name",
         "bad-size",

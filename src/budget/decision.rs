@@ -1,7 +1,10 @@
 //! The admission decision for a request's payload budgets: pure, over numbers only, so the
-//! proxy, benchmarks and offline simulation share it.
+//! proxy, benchmarks and offline simulation share it. Generic over the budgets' clock: the live
+//! guard's is the real one, `simulate`'s a virtual one.
 
 use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
 
 use super::{Budget, BudgetKind, KeyedBudget, Verdict};
 use crate::error::GuardError;
@@ -21,12 +24,12 @@ pub enum Tracking {
 /// length is charged its bytes later, as it streams: the returned [`ByteCharge`] says to what.
 /// `untracked` hears of every client budget skipped because its key store was full, whether or
 /// not the request is admitted in the end.
-pub fn admit(
-    p: &Payload,
+pub fn admit<C: Clock>(
+    p: &Payload<C>,
     key: Option<u64>,
     declared: Option<u64>,
     mut untracked: impl FnMut(BudgetKind),
-) -> Result<ByteCharge, GuardError> {
+) -> Result<ByteCharge<C>, GuardError> {
     if let (Some(limit), Some(len)) = (p.max_body, declared)
         && len > limit
     {
@@ -66,13 +69,22 @@ pub fn admit(
 }
 
 /// Byte budgets a streamed body is charged to, client budget first.
-#[derive(Clone, Default)]
-pub struct ByteCharge {
-    pub client: Option<(Arc<KeyedBudget>, u64)>,
-    pub route: Option<Arc<Budget>>,
+#[derive(Clone)]
+pub struct ByteCharge<C: Clock = DefaultClock> {
+    pub client: Option<(Arc<KeyedBudget<C>>, u64)>,
+    pub route: Option<Arc<Budget<C>>>,
 }
 
-impl ByteCharge {
+impl<C: Clock> Default for ByteCharge<C> {
+    fn default() -> Self {
+        ByteCharge {
+            client: None,
+            route: None,
+        }
+    }
+}
+
+impl<C: Clock> ByteCharge<C> {
     pub fn is_empty(&self) -> bool {
         self.client.is_none() && self.route.is_none()
     }

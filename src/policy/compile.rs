@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::DefaultClock;
+use governor::clock::Clock;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
@@ -21,7 +21,7 @@ use super::raw::{
 };
 use super::units::ByteSize;
 use super::{
-    ClientKeySpec, KeySource, Limits, Payload, Policy, PolicyError, Priority, Problem, Route,
+    ClientKeySpec, KeySource, Limits, Mode, Payload, Policy, PolicyError, Priority, Problem, Route,
 };
 use crate::budget::BudgetKind;
 use crate::budget::{Budget, KeyedBudget, Quota};
@@ -40,13 +40,15 @@ pub const DEFAULT_MAX_RATIO: u32 = 100;
 const MIN_KEY_EVICTION_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_ROUTE_NAME: usize = 64;
 
-struct Compiler<'p> {
+struct Compiler<'p, C: Clock + Clone> {
     problems: Vec<Problem>,
     warnings: Vec<String>,
-    previous: Previous<'p>,
+    previous: Previous<'p, C>,
+    /// Every new budget runs on this clock.
+    clock: &'p C,
 }
 
-impl Compiler<'_> {
+impl<C: Clock + Clone> Compiler<'_, C> {
     fn problem(
         &mut self,
         line: Option<usize>,
@@ -66,17 +68,20 @@ fn line<T>(s: &Spanned<T>) -> Option<usize> {
 }
 
 /// Compiles a parsed policy. `file` names it in messages; `version_hash` identifies its text.
-/// `previous` is the policy this one replaces, if any: its unchanged budgets carry over.
-pub fn compile(
+/// `previous` is the policy this one replaces, if any: its unchanged budgets carry over. New
+/// budgets run on `clock`.
+pub fn compile<C: Clock + Clone>(
     raw: RawPolicy,
     file: &str,
     version_hash: &str,
-    previous: Option<&Policy>,
-) -> Result<Policy, PolicyError> {
+    previous: Option<&Policy<C>>,
+    clock: &C,
+) -> Result<Policy<C>, PolicyError> {
     let mut c = Compiler {
         problems: Vec::new(),
         warnings: Vec::new(),
         previous: Previous::new(previous),
+        clock,
     };
     if raw.version.value != 1 {
         c.problem(
@@ -156,7 +161,12 @@ pub fn compile(
                 format!("duplicate route name {:?}", r.name.value),
             );
         }
-        let route = compile_route(&mut c, r, &at, &default_key, default_timeout, &limits);
+        let defaults = RouteDefaults {
+            key: &default_key,
+            timeout: default_timeout,
+            mode: raw.mode.unwrap_or_default(),
+        };
+        let route = compile_route(&mut c, r, &at, &defaults, &limits);
         if route.methods == MethodSet::ANY && route.path.is_everything() {
             catch_all.get_or_insert(i);
         }
@@ -187,7 +197,7 @@ pub fn compile(
 }
 
 /// `protect`: every field defaults; sizes must leave room for each class, factors must order.
-fn compile_protect(c: &mut Compiler, raw: &RawProtect) -> ProtectConfig {
+fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> ProtectConfig {
     let mut cfg = ProtectConfig::default();
     let s = &mut cfg.slots;
     if let Some(m) = &raw.max_in_flight {
@@ -368,14 +378,20 @@ fn compile_protect(c: &mut Compiler, raw: &RawProtect) -> ProtectConfig {
     cfg
 }
 
-fn compile_route(
-    c: &mut Compiler,
+/// What a route takes from the policy's top level unless it says otherwise.
+struct RouteDefaults<'a> {
+    key: &'a ClientKeySpec,
+    timeout: Duration,
+    mode: Mode,
+}
+
+fn compile_route<C: Clock + Clone>(
+    c: &mut Compiler<C>,
     r: &RawRoute,
     at: &str,
-    default_key: &ClientKeySpec,
-    default_timeout: Duration,
+    defaults: &RouteDefaults,
     limits: &Limits,
-) -> Route {
+) -> Route<C> {
     let name = &r.name.value;
     let valid_name = !name.is_empty()
         && name.len() <= MAX_ROUTE_NAME
@@ -437,9 +453,9 @@ fn compile_route(
 
     let client_key = match &r.client_key {
         Some(k) => client_key(c, k, &format!("{at}.client_key")),
-        None => default_key.clone(),
+        None => defaults.key.clone(),
     };
-    let timeout = r.timeout.map_or(default_timeout, |d| d.0);
+    let timeout = r.timeout.map_or(defaults.timeout, |d| d.0);
 
     let p = &r.payload;
     let at_p = format!("{at}.payload");
@@ -459,32 +475,34 @@ fn compile_route(
         .map(|raw| compile_clamp(c, raw, &format!("{at}.verbosity_clamp")));
     let prev = c.previous.route(name);
     let max_keys = limits.max_tracked_keys;
+    let clock = c.clock;
     let route_requests = p
         .route_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.route_requests")))
-        .map(|q| route_budget(prev, BudgetKind::RouteRequests, q));
+        .map(|q| route_budget(prev, BudgetKind::RouteRequests, q, clock));
     let client_requests = p
         .client_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.client_requests")))
-        .map(|q| keyed_budget(prev, BudgetKind::ClientRequests, q, max_keys));
+        .map(|q| keyed_budget(prev, BudgetKind::ClientRequests, q, max_keys, clock));
     let route_bytes = p
         .route_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.route_bytes"), max_body))
-        .map(|q| route_budget(prev, BudgetKind::RouteBytes, q));
+        .map(|q| route_budget(prev, BudgetKind::RouteBytes, q, clock));
     let client_bytes = p
         .client_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.client_bytes"), max_body))
-        .map(|q| keyed_budget(prev, BudgetKind::ClientBytes, q, max_keys));
+        .map(|q| keyed_budget(prev, BudgetKind::ClientBytes, q, max_keys, clock));
 
     Route {
         name: name.clone(),
         methods,
         path,
         priority: r.priority.unwrap_or_default(),
+        mode: r.mode.unwrap_or(defaults.mode),
         client_key,
         timeout,
         payload: Payload {
@@ -499,13 +517,13 @@ fn compile_route(
     }
 }
 
-fn compile_records(
-    c: &mut Compiler,
+fn compile_records<C: Clock + Clone>(
+    c: &mut Compiler<C>,
     raw: &Spanned<RawRecords>,
     at: &str,
     limits: &Limits,
-    previous: Option<&RecordsPolicy>,
-) -> RecordsPolicy {
+    previous: Option<&RecordsPolicy<C>>,
+) -> RecordsPolicy<C> {
     let r = &raw.value;
     let otlp = r.format.is_otlp();
     let level_field = match (&r.level_field, otlp) {
@@ -576,14 +594,14 @@ fn compile_records(
     }
 }
 
-fn level_rule(
-    c: &mut Compiler,
+fn level_rule<C: Clock + Clone>(
+    c: &mut Compiler<C>,
     lim: &RawLevelLimits,
     at: &str,
     l: Option<usize>,
     limits: &Limits,
-    previous: Option<&LevelRule>,
-) -> LevelRule {
+    previous: Option<&LevelRule<C>>,
+) -> LevelRule<C> {
     if lim.sample.is_none() && lim.rate.is_none() && lim.bytes.is_none() {
         c.problem(
             l,
@@ -602,13 +620,15 @@ fn level_rule(
     }
     let per = lim.per.unwrap_or_default();
     let max_keys = limits.max_tracked_keys;
+    let clock = c.clock;
     let records = lim.rate.and_then(|rate| {
         let raw = RawRequestBudget {
             rate,
             burst: lim.burst.clone(),
         };
         let old = previous.and_then(|r| r.records.as_ref());
-        request_quota(c, &raw, &format!("{at}.burst")).map(|q| level_budget(old, per, q, max_keys))
+        request_quota(c, &raw, &format!("{at}.burst"))
+            .map(|q| level_budget(old, per, q, max_keys, clock))
     });
     let bytes = lim.bytes.map(|rate| {
         let raw = RawByteBudget {
@@ -617,7 +637,7 @@ fn level_rule(
         };
         let old = previous.and_then(|r| r.bytes.as_ref());
         let q = byte_quota(c, &raw, &format!("{at}.bytes"), None);
-        level_budget(old, per, q, max_keys)
+        level_budget(old, per, q, max_keys, clock)
     });
     LevelRule {
         drop: false,
@@ -628,7 +648,11 @@ fn level_rule(
 }
 
 /// A dotted field path (`log.level`) as the JSON scanner's key list.
-fn field_path(c: &mut Compiler, f: &Spanned<String>, at: &str) -> Vec<Box<[u8]>> {
+fn field_path<C: Clock + Clone>(
+    c: &mut Compiler<C>,
+    f: &Spanned<String>,
+    at: &str,
+) -> Vec<Box<[u8]>> {
     let keys: Vec<Box<[u8]>> = f.value.split('.').map(|k| k.as_bytes().into()).collect();
     if keys.iter().any(|k| k.is_empty()) || keys.len() > 8 {
         c.problem(
@@ -643,7 +667,11 @@ fn field_path(c: &mut Compiler, f: &Spanned<String>, at: &str) -> Vec<Box<[u8]>>
     keys
 }
 
-fn compile_clamp(c: &mut Compiler, raw: &Spanned<RawClamp>, at: &str) -> Clamp {
+fn compile_clamp<C: Clock + Clone>(
+    c: &mut Compiler<C>,
+    raw: &Spanned<RawClamp>,
+    at: &str,
+) -> Clamp {
     let r = &raw.value;
     if r.header.is_none() && r.query.is_none() {
         c.problem(line(raw), at, "set `header`, `query` or both");
@@ -674,7 +702,7 @@ fn compile_clamp(c: &mut Compiler, raw: &Spanned<RawClamp>, at: &str) -> Clamp {
     }
 }
 
-fn client_key(c: &mut Compiler, k: &RawClientKey, at: &str) -> ClientKeySpec {
+fn client_key<C: Clock + Clone>(c: &mut Compiler<C>, k: &RawClientKey, at: &str) -> ClientKeySpec {
     let fallback = k.fallback.unwrap_or_default();
     let source = match (&k.header, &k.query) {
         (Some(h), None) => match HeaderName::from_bytes(h.value.to_ascii_lowercase().as_bytes()) {
@@ -702,7 +730,11 @@ fn client_key(c: &mut Compiler, k: &RawClientKey, at: &str) -> ClientKeySpec {
     ClientKeySpec { source, fallback }
 }
 
-fn request_quota(c: &mut Compiler, b: &RawRequestBudget, at: &str) -> Option<Quota> {
+fn request_quota<C: Clock + Clone>(
+    c: &mut Compiler<C>,
+    b: &RawRequestBudget,
+    at: &str,
+) -> Option<Quota> {
     let burst = match &b.burst {
         Some(s) if s.value == 0 => {
             c.problem(line(s), format!("{at}.burst"), "must be at least 1");
@@ -718,7 +750,12 @@ fn request_quota(c: &mut Compiler, b: &RawRequestBudget, at: &str) -> Option<Quo
     })
 }
 
-fn byte_quota(c: &mut Compiler, b: &RawByteBudget, at: &str, max_body: Option<u64>) -> Quota {
+fn byte_quota<C: Clock + Clone>(
+    c: &mut Compiler<C>,
+    b: &RawByteBudget,
+    at: &str,
+    max_body: Option<u64>,
+) -> Quota {
     let burst = match b.burst {
         Some(ByteSize(0)) => {
             c.problem(None, format!("{at}.burst"), "must be greater than zero");
@@ -752,69 +789,91 @@ fn default_burst(amount: u64, per: Duration) -> u64 {
 /// it carries over when its definition is the same: same quota (rate, period and burst), same
 /// `per` for level budgets, and for per-client budgets the same key cap. Anything else gets a
 /// fresh budget, since its old state would mean something else under the new definition.
-#[derive(Default)]
-struct Previous<'p> {
-    routes: HashMap<&'p str, &'p Route>,
+struct Previous<'p, C: Clock + Clone> {
+    routes: HashMap<&'p str, &'p Route<C>>,
 }
 
-impl<'p> Previous<'p> {
-    fn new(policy: Option<&'p Policy>) -> Previous<'p> {
+impl<'p, C: Clock + Clone> Previous<'p, C> {
+    fn new(policy: Option<&'p Policy<C>>) -> Previous<'p, C> {
         let routes = policy
             .map(|p| p.routes().iter().map(|r| (r.name.as_str(), r)).collect())
             .unwrap_or_default();
         Previous { routes }
     }
 
-    fn route(&self, name: &str) -> Option<&'p Route> {
+    fn route(&self, name: &str) -> Option<&'p Route<C>> {
         self.routes.get(name).copied()
     }
 }
 
 /// A route-wide payload budget: the previous route's, if its quota is `q`, else a fresh one.
-fn route_budget(prev: Option<&Route>, kind: BudgetKind, q: Quota) -> Arc<Budget> {
+fn route_budget<C: Clock + Clone>(
+    prev: Option<&Route<C>>,
+    kind: BudgetKind,
+    q: Quota,
+    clock: &C,
+) -> Arc<Budget<C>> {
     let old = prev.and_then(|r| match kind {
         BudgetKind::RouteRequests => r.payload.route_requests.as_ref(),
         BudgetKind::RouteBytes => r.payload.route_bytes.as_ref(),
         BudgetKind::ClientRequests | BudgetKind::ClientBytes => None,
     });
-    reuse_budget(old, q)
+    reuse_budget(old, q, clock)
 }
 
 /// A per-client payload budget, carried over when quota and key cap are unchanged.
-fn keyed_budget(
-    prev: Option<&Route>,
+fn keyed_budget<C: Clock + Clone>(
+    prev: Option<&Route<C>>,
     kind: BudgetKind,
     q: Quota,
     max_keys: usize,
-) -> Arc<KeyedBudget> {
+    clock: &C,
+) -> Arc<KeyedBudget<C>> {
     let old = prev.and_then(|r| match kind {
         BudgetKind::ClientRequests => r.payload.client_requests.as_ref(),
         BudgetKind::ClientBytes => r.payload.client_bytes.as_ref(),
         BudgetKind::RouteRequests | BudgetKind::RouteBytes => None,
     });
-    reuse_keyed(old, q, max_keys)
+    reuse_keyed(old, q, max_keys, clock)
 }
 
-fn reuse_budget(old: Option<&Arc<Budget>>, q: Quota) -> Arc<Budget> {
+fn reuse_budget<C: Clock + Clone>(
+    old: Option<&Arc<Budget<C>>>,
+    q: Quota,
+    clock: &C,
+) -> Arc<Budget<C>> {
     match old {
         Some(b) if b.quota() == q => b.clone(),
-        _ => Arc::new(Budget::new(q, DefaultClock::default())),
+        _ => Arc::new(Budget::new(q, clock.clone())),
     }
 }
 
-fn reuse_keyed(old: Option<&Arc<KeyedBudget>>, q: Quota, max_keys: usize) -> Arc<KeyedBudget> {
+fn reuse_keyed<C: Clock + Clone>(
+    old: Option<&Arc<KeyedBudget<C>>>,
+    q: Quota,
+    max_keys: usize,
+    clock: &C,
+) -> Arc<KeyedBudget<C>> {
     match old {
         Some(b) if b.quota() == q && b.max_keys() == max_keys => b.clone(),
-        _ => Arc::new(KeyedBudget::new(q, max_keys, DefaultClock::default())),
+        _ => Arc::new(KeyedBudget::new(q, max_keys, clock.clone())),
     }
 }
 
 /// A level's record or byte budget. A per-client one carries over together with its overflow
 /// budget (the one untracked clients share), which has the same quota.
-fn level_budget(old: Option<&LevelBudget>, per: Per, q: Quota, max_keys: usize) -> LevelBudget {
+fn level_budget<C: Clock + Clone>(
+    old: Option<&LevelBudget<C>>,
+    per: Per,
+    q: Quota,
+    max_keys: usize,
+    clock: &C,
+) -> LevelBudget<C> {
     match (per, old) {
-        (Per::Route, Some(LevelBudget::Route(b))) => LevelBudget::Route(reuse_budget(Some(b), q)),
-        (Per::Route, _) => LevelBudget::Route(reuse_budget(None, q)),
+        (Per::Route, Some(LevelBudget::Route(b))) => {
+            LevelBudget::Route(reuse_budget(Some(b), q, clock))
+        }
+        (Per::Route, _) => LevelBudget::Route(reuse_budget(None, q, clock)),
         (Per::Client, Some(LevelBudget::Client { keyed, overflow }))
             if keyed.quota() == q && keyed.max_keys() == max_keys =>
         {
@@ -824,8 +883,8 @@ fn level_budget(old: Option<&LevelBudget>, per: Per, q: Quota, max_keys: usize) 
             }
         }
         (Per::Client, _) => LevelBudget::Client {
-            keyed: reuse_keyed(None, q, max_keys),
-            overflow: reuse_budget(None, q),
+            keyed: reuse_keyed(None, q, max_keys, clock),
+            overflow: reuse_budget(None, q, clock),
         },
     }
 }

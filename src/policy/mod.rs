@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,31 @@ impl Priority {
     }
 }
 
+/// Whether a route's decisions are enforced or only counted.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decisions are carried out: 4xx/5xx answers, batches rewritten.
+    #[default]
+    Enforce,
+    /// Every decision is made and counted, but the request is forwarded as received, marked
+    /// with `x-verbosity-guard-shadow`.
+    Shadow,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Shadow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 /// What identifies a client when the configured header or query parameter is absent.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
@@ -94,16 +120,27 @@ pub struct ClientKeySpec {
 
 /// A route's payload budgets. Budgets are shared (`Arc`) so that a policy reload can hand an
 /// unchanged budget, with its state, to the new policy.
-#[derive(Default)]
-pub struct Payload {
+pub struct Payload<C: Clock = DefaultClock> {
     pub max_body: Option<u64>,
-    pub route_requests: Option<Arc<Budget>>,
-    pub route_bytes: Option<Arc<Budget>>,
-    pub client_requests: Option<Arc<KeyedBudget>>,
-    pub client_bytes: Option<Arc<KeyedBudget>>,
+    pub route_requests: Option<Arc<Budget<C>>>,
+    pub route_bytes: Option<Arc<Budget<C>>>,
+    pub client_requests: Option<Arc<KeyedBudget<C>>>,
+    pub client_bytes: Option<Arc<KeyedBudget<C>>>,
 }
 
-impl Payload {
+impl<C: Clock> Default for Payload<C> {
+    fn default() -> Self {
+        Payload {
+            max_body: None,
+            route_requests: None,
+            route_bytes: None,
+            client_requests: None,
+            client_bytes: None,
+        }
+    }
+}
+
+impl<C: Clock> Payload<C> {
     /// True when any per-client budget needs the request's client key.
     pub fn needs_client_key(&self) -> bool {
         self.client_requests.is_some() || self.client_bytes.is_some()
@@ -123,7 +160,7 @@ impl Payload {
         }
     }
 
-    pub fn keyed(&self) -> impl Iterator<Item = (BudgetKind, &Arc<KeyedBudget>)> {
+    pub fn keyed(&self) -> impl Iterator<Item = (BudgetKind, &Arc<KeyedBudget<C>>)> {
         [
             (BudgetKind::ClientRequests, &self.client_requests),
             (BudgetKind::ClientBytes, &self.client_bytes),
@@ -133,17 +170,21 @@ impl Payload {
     }
 }
 
-pub struct Route {
+/// A compiled route. Its budgets run on clock `C`: the real one when serving, a virtual one in
+/// `simulate`.
+pub struct Route<C: Clock = DefaultClock> {
     pub name: String,
     pub methods: MethodSet,
     pub path: PathMatcher,
     pub priority: Priority,
+    /// Enforce its decisions, or only count them (shadow).
+    pub mode: Mode,
     pub client_key: ClientKeySpec,
     /// Longest wait for the upstream's response headers.
     pub timeout: Duration,
-    pub payload: Payload,
+    pub payload: Payload<C>,
     /// Log-level budgets inside the route's batches.
-    pub records: Option<RecordsPolicy>,
+    pub records: Option<RecordsPolicy<C>>,
     pub clamp: Option<Clamp>,
 }
 
@@ -157,7 +198,7 @@ const LEVEL_BUDGET_LABELS: [[&str; 2]; Level::COUNT] = [
     ["level_fatal_records", "level_fatal_bytes"],
 ];
 
-impl Route {
+impl<C: Clock> Route<C> {
     /// True when some budget of this route is kept per client.
     pub fn needs_client_key(&self) -> bool {
         self.payload.needs_client_key()
@@ -168,7 +209,7 @@ impl Route {
     }
 
     /// Every per-client budget with its `budget` label, for eviction and the key gauges.
-    pub fn keyed_budgets(&self) -> impl Iterator<Item = (&'static str, &KeyedBudget)> {
+    pub fn keyed_budgets(&self) -> impl Iterator<Item = (&'static str, &KeyedBudget<C>)> {
         let payload = self.payload.keyed().map(|(k, b)| (k.as_str(), &**b));
         let levels = self.records.iter().flat_map(|r| {
             r.budgets().filter_map(|(level, kind, b)| match b {
@@ -198,8 +239,8 @@ pub(crate) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// A compiled, immutable policy.
-pub struct Policy {
+/// A compiled, immutable policy, its budgets on clock `C` (see [`parse_with_clock`]).
+pub struct Policy<C: Clock = DefaultClock> {
     /// Where it came from, for messages.
     pub source: String,
     /// FNV-1a of the file's bytes, in hex: identifies the policy in `/policy` and metrics.
@@ -209,14 +250,14 @@ pub struct Policy {
     pub protect: crate::protect::ProtectConfig,
     /// Never empty, and the last route matches every request: `compile` is the only
     /// constructor and refuses anything else, which is what makes [`Policy::route`] total.
-    routes: Vec<Route>,
+    routes: Vec<Route<C>>,
     /// Legal but suspicious settings, reported by `check` and logged at start-up.
     pub warnings: Vec<String>,
 }
 
-impl Policy {
+impl<C: Clock> Policy<C> {
     /// The first route that takes this method and normalized path, with its index.
-    pub fn route(&self, method: &http::Method, path: &str) -> (usize, &Route) {
+    pub fn route(&self, method: &http::Method, path: &str) -> (usize, &Route<C>) {
         let last = self.routes.len() - 1;
         let i = self.routes[..last]
             .iter()
@@ -225,13 +266,13 @@ impl Policy {
         (i, &self.routes[i])
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Route<C>] {
         &self.routes
     }
 
     /// How many of this policy's budgets it shares with `other` (carried over by a reload), and
     /// how many it has. A per-client level budget counts once with its overflow budget.
-    pub fn budgets_shared_with(&self, other: &Policy) -> (usize, usize) {
+    pub fn budgets_shared_with(&self, other: &Policy<C>) -> (usize, usize) {
         let theirs: HashSet<usize> = other.budget_ids().collect();
         let ours: Vec<usize> = self.budget_ids().collect();
         let shared = ours.iter().filter(|id| theirs.contains(id)).count();
@@ -274,7 +315,7 @@ impl Policy {
     }
 }
 
-fn route_json(r: &Route) -> serde_json::Value {
+fn route_json<C: Clock>(r: &Route<C>) -> serde_json::Value {
     let key = match &r.client_key.source {
         KeySource::Header(h) => serde_json::json!({ "header": h.as_str() }),
         KeySource::Query(q) => serde_json::json!({ "query": &**q }),
@@ -291,6 +332,7 @@ fn route_json(r: &Route) -> serde_json::Value {
         "methods": r.methods.names(),
         "path": r.path.to_string(),
         "priority": r.priority,
+        "mode": r.mode,
         "client_key": key,
         "client_key_fallback": r.client_key.fallback,
         "timeout_s": r.timeout.as_secs_f64(),
@@ -305,7 +347,7 @@ fn route_json(r: &Route) -> serde_json::Value {
     })
 }
 
-fn records_json(r: &RecordsPolicy) -> serde_json::Value {
+fn records_json<C: Clock>(r: &RecordsPolicy<C>) -> serde_json::Value {
     let path = |p: &[Box<[u8]>]| {
         p.iter()
             .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -315,7 +357,7 @@ fn records_json(r: &RecordsPolicy) -> serde_json::Value {
     let mut levels = serde_json::Map::new();
     for level in Level::ALL {
         let rule = r.rule(level);
-        let budget = |b: &Option<LevelBudget>| {
+        let budget = |b: &Option<LevelBudget<C>>| {
             b.as_ref()
                 .map(|b| serde_json::json!({ "quota": b.quota(), "per": b.per() }))
         };
@@ -464,8 +506,32 @@ pub fn parse_replacing(
     file: &str,
     previous: Option<&Policy>,
 ) -> Result<Policy, PolicyError> {
+    let raw = parse_raw(text, file)?;
+    compile(
+        raw,
+        file,
+        &version_hash(text.as_bytes()),
+        previous,
+        &DefaultClock::default(),
+    )
+}
+
+/// [`parse`] with every budget on `clock`. `simulate` compiles the policy on a virtual clock
+/// (governor's `FakeRelativeClock`) so it can replay a day of traffic without waiting for it;
+/// the live guard's budgets stay on the real clock, monomorphized, with nothing in between.
+pub fn parse_with_clock<C: Clock + Clone>(
+    text: &str,
+    file: &str,
+    clock: &C,
+) -> Result<Policy<C>, PolicyError> {
+    let raw = parse_raw(text, file)?;
+    compile(raw, file, &version_hash(text.as_bytes()), None, clock)
+}
+
+/// Policy text into the raw serde mirror, errors located by line and field path.
+fn parse_raw(text: &str, file: &str) -> Result<raw::RawPolicy, PolicyError> {
     let mut path = None;
-    let raw = serde_saphyr::with_deserializer_from_str(text, |de| {
+    serde_saphyr::with_deserializer_from_str(text, |de| {
         let mut track = serde_path_to_error::Track::new();
         let result =
             raw::RawPolicy::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
@@ -504,8 +570,7 @@ pub fn parse_replacing(
                 message,
             },
         }
-    })?;
-    compile(raw, file, &version_hash(text.as_bytes()), previous)
+    })
 }
 
 /// FNV-1a 64 of policy text, in hex: a stable identifier of the text (not a security hash).

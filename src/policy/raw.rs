@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
-use super::{KeyFallback, Priority};
+use super::{KeyFallback, Mode, Priority};
 use crate::records::{Format, Level, OnMalformed, Per};
 
 /// A verbosity-guard policy: how requests are routed and which payload and log-level budgets
@@ -36,6 +36,10 @@ pub struct RawPolicy {
     /// Critical-route protection: upstream slots by priority, brownout, surge detection.
     #[serde(default)]
     pub protect: RawProtect,
+    /// Default `mode` of every route: `enforce` (default) carries decisions out; `shadow`
+    /// makes and counts every decision but forwards each request as received, marked with an
+    /// `x-verbosity-guard-shadow` header, so a policy can be tried on live traffic first.
+    pub mode: Option<Mode>,
     /// Route table. First match wins; the table must end with a catch-all route.
     pub routes: Vec<RawRoute>,
 }
@@ -219,6 +223,9 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     /// `critical`, `normal` (default) or `bulk`: how valuable this route's traffic is.
     pub priority: Option<Priority>,
+    /// `enforce` or `shadow` (decide and count, forward everything); default the policy's
+    /// `mode`.
+    pub mode: Option<Mode>,
     /// Overrides the policy-wide `client_key` for this route.
     pub client_key: Option<RawClientKey>,
     /// Overrides `upstream.timeout` for this route.

@@ -67,4 +67,11 @@ fn publish_info(s: &Snapshot, metrics: &Metrics) {
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics.policy_loaded.set(secs);
+    metrics.route_mode.reset();
+    for r in s.policy.routes() {
+        metrics
+            .route_mode
+            .with_label_values(&[r.name.as_str(), r.mode.as_str()])
+            .set(1);
+    }
 }

@@ -357,3 +357,59 @@ routes:
         assert_eq!(Arc::strong_count(requests), 1, "nothing kept a reference");
     }
 }
+
+/// `simulate` compiles the policy on a virtual clock: every budget, payload and level, follows
+/// it and nothing else, so time only passes when the clock is advanced.
+#[test]
+fn a_policy_compiled_on_a_fake_clock_refills_only_when_the_clock_moves() {
+    use governor::clock::FakeRelativeClock;
+
+    use crate::budget::decision::admit;
+    use crate::records::filter::decide;
+
+    let text = r#"
+version: 1
+routes:
+  - name: telemetry
+    match: { path_prefix: /t }
+    payload: { client_requests: { rate: 1/s, burst: 2 } }
+    records:
+      format: ndjson
+      levels: { info: { rate: 1/s, burst: 1 } }
+  - name: default
+    match: { path_prefix: / }
+"#;
+    let clock = FakeRelativeClock::default();
+    let p = parse_with_clock(text, "p.yaml", &clock).unwrap();
+    let route = &p.routes()[0];
+    let admitted = |n| {
+        (0..n)
+            .filter(|_| admit(&route.payload, Some(7), Some(10), |_| {}).is_ok())
+            .count()
+    };
+    assert_eq!(
+        admitted(5),
+        2,
+        "the burst, then nothing: no real time counts"
+    );
+    let records = route.records.as_ref().unwrap();
+    let body = b"{\"level\":\"info\"}\n{\"level\":\"info\"}\n";
+    let mut batch = crate::records::Batch::parse(records, body).unwrap();
+    assert_eq!(decide(&mut batch.records, records, Some(7)).forwarded(), 1);
+
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(admitted(5), 1, "one second of rate");
+    let mut batch = crate::records::Batch::parse(records, body).unwrap();
+    assert_eq!(decide(&mut batch.records, records, Some(7)).forwarded(), 1);
+}
+
+#[test]
+fn mode_defaults_to_enforce_and_a_route_overrides_the_policy() {
+    let p = parse(MINIMAL, "p.yaml").unwrap();
+    assert_eq!(p.routes()[0].mode, Mode::Enforce);
+    let text = "version: 1\nmode: shadow\nroutes:\n  - name: a\n    match: { path_prefix: /a }\n    mode: enforce\n  - name: default\n    match: { path_prefix: / }\n";
+    let p = parse(text, "p.yaml").unwrap();
+    let modes: Vec<_> = p.routes().iter().map(|r| r.mode).collect();
+    assert_eq!(modes, [Mode::Enforce, Mode::Shadow]);
+    assert_eq!(p.to_json()["routes"][1]["mode"], "shadow");
+}

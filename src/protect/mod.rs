@@ -139,14 +139,6 @@ impl Protection {
         Brownout::from_u8(self.level.load(Ordering::Relaxed))
     }
 
-    /// The tightening bulk batches get now, under `cfg` (the request's policy snapshot's).
-    pub fn tightening(&self, cfg: &BrownoutConfig) -> Tighten {
-        match self.level() {
-            Brownout::Off => Tighten::NONE,
-            level => tighten(level, cfg),
-        }
-    }
-
     /// An upstream slot for a request of `class` (see [`slots`]). Not finding one counts as
     /// a saturated upstream for the controller.
     pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
@@ -155,6 +147,11 @@ impl Protection {
             self.windows[class.index()].shed();
         }
         slot
+    }
+
+    /// An upstream slot for `class` if one is free now, without waiting (shadow requests).
+    pub fn try_slot(&self, class: Priority) -> Option<Slot<'_>> {
+        self.slots.try_acquire(class)
     }
 
     /// One upstream exchange of `class` ended after `latency`; `failed` for a 5xx answer or a
@@ -213,6 +210,12 @@ impl Protection {
 /// How long a bulk client shed by the brownout should wait: until the level could next relax.
 pub fn retry_after(cfg: &BrownoutConfig) -> Duration {
     cfg.interval * cfg.relax_after
+}
+
+impl crate::decide::BrownoutState for Protection {
+    fn level(&self) -> Brownout {
+        Protection::level(self)
+    }
 }
 
 /// The surge detectors of every route and level with records, keyed by route name so that a

@@ -252,6 +252,24 @@ impl Slots {
         }
     }
 
+    /// A slot for a request of `class` if one is free now; never waits or queues. Shadow
+    /// requests take their slots this way: they hold one when there is one (they are real
+    /// upstream load), and are not delayed when there is none.
+    pub fn try_acquire(&self, class: Priority) -> Option<Slot<'_>> {
+        let mut slot = Slot {
+            slots: self,
+            class,
+            main: None,
+            bulk: None,
+        };
+        if class == Priority::Bulk {
+            // Dropping `slot` on the way out gives this permit back.
+            slot.bulk = Some(self.bulk.sem.try_acquire().ok()?);
+        }
+        slot.main = Some(self.try_main(class)?);
+        Some(slot.granted())
+    }
+
     fn try_main(&self, class: Priority) -> Option<(&Pool, SemaphorePermit<'_>)> {
         if class == Priority::Critical
             && let Ok(p) = self.reserved.sem.try_acquire()

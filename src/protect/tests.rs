@@ -411,6 +411,30 @@ async fn shrinking_the_pools_takes_effect_as_slots_come_back() {
     assert!(s.acquire(Priority::Normal).await.is_ok());
 }
 
+#[tokio::test(start_paused = true)]
+async fn try_acquire_takes_a_free_slot_under_the_same_rules_and_never_waits() {
+    let s = slots(4, 2, 1);
+    let bulk = s.try_acquire(Priority::Bulk).expect("a free bulk slot");
+    // Bulk's own cap (1) is reached: no slot, and the shared permit was not taken either.
+    assert!(s.try_acquire(Priority::Bulk).is_none());
+    let normal = s
+        .try_acquire(Priority::Normal)
+        .expect("one shared slot left");
+    // Shared pool full; normal never borrows the critical reserve.
+    assert!(s.try_acquire(Priority::Normal).is_none());
+    let _c = [
+        s.try_acquire(Priority::Critical).unwrap(),
+        s.try_acquire(Priority::Critical).unwrap(),
+    ];
+    assert!(s.try_acquire(Priority::Critical).is_none());
+    drop((bulk, normal));
+    // Both came back whole: a waiting acquire gets them at once.
+    let t = tokio::time::Instant::now();
+    let _b = s.acquire(Priority::Bulk).await.unwrap();
+    let _n = s.try_acquire(Priority::Normal).unwrap();
+    assert_eq!(t.elapsed(), Duration::ZERO);
+}
+
 /// Polls `f` once: `Some` if it is ready.
 async fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
     std::future::poll_fn(|cx| {

@@ -11,6 +11,7 @@
 //! error's source chain and answers the client with it.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::budget::decision::ByteCharge;
 use crate::error::GuardError;
+use crate::metrics::ShadowMetrics;
+use crate::record::Capture;
 
 pin_project! {
     /// A client body being streamed upstream.
@@ -43,6 +46,35 @@ pin_project! {
         forwarded: Option<IntCounter>,
         // Set once the body failed, so it is not polled again.
         failed: bool,
+        // A shadow route's body: decisions are counted here instead of failing the body.
+        shadow: Option<ShadowStream>,
+        // `serve --record`: a sampled request's capture sees the frames as they pass.
+        tap: Option<Capture>,
+    }
+}
+
+/// A shadow route's body: what enforce mode would have refused mid-body (`max_body` crossed by
+/// a chunked or lying body, a byte budget run out) is counted once and the body goes on
+/// unchecked from there, as enforce mode would have stopped deciding at that point.
+pub struct ShadowStream {
+    metrics: Arc<ShadowMetrics>,
+    /// `max_body`, counted instead of enforced.
+    limit: Option<u64>,
+    refused: Option<&'static str>,
+}
+
+impl ShadowStream {
+    pub fn new(metrics: Arc<ShadowMetrics>, limit: Option<u64>) -> Self {
+        ShadowStream {
+            metrics,
+            limit,
+            refused: None,
+        }
+    }
+
+    fn refuse(&mut self, reason: &'static str) {
+        self.metrics.reject(reason);
+        self.refused = Some(reason);
     }
 }
 
@@ -66,7 +98,26 @@ impl GuardedBody {
             received,
             forwarded,
             failed: false,
+            shadow: None,
+            tap: None,
         }
+    }
+
+    /// Shows the frames to a recorder's capture (none when the request is not sampled).
+    pub fn tap(mut self, capture: Option<Capture>) -> Self {
+        self.tap = capture;
+        self
+    }
+
+    /// Counts instead of failing (a shadow route); see [`ShadowStream`].
+    pub fn shadow(mut self, shadow: ShadowStream) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// Why enforce mode would have refused this shadow body, once it has (already counted).
+    pub fn shadow_refused(&self) -> Option<&'static str> {
+        self.shadow.as_ref().and_then(|s| s.refused)
     }
 }
 
@@ -109,16 +160,31 @@ impl Body for GuardedBody {
         };
         let n = data.len() as u64;
         this.received.inc_by(n);
+        if let Some(tap) = this.tap {
+            tap.body(data);
+        }
         *this.seen += n;
         if let Some(limit) = *this.limit
             && *this.seen > limit
         {
             return fail(this.failed, GuardError::BodyTooLarge { limit });
         }
+        if let Some(s) = this.shadow.as_mut().filter(|s| s.refused.is_none())
+            && s.limit.is_some_and(|limit| *this.seen > limit)
+        {
+            s.refuse(GuardError::BodyTooLarge { limit: 0 }.label());
+            *this.charge = ByteCharge::default();
+        }
         if !this.charge.is_empty()
             && let Err(e) = this.charge.charge(n)
         {
-            return fail(this.failed, e);
+            match this.shadow {
+                Some(s) => {
+                    s.refuse(e.label());
+                    *this.charge = ByteCharge::default();
+                }
+                None => return fail(this.failed, e),
+            }
         }
         if let Some(forwarded) = this.forwarded {
             forwarded.inc_by(n);

@@ -5,10 +5,8 @@
 //! rewrite, forward. Each phase is a plain function over the request parts or a budget, and every
 //! phase can end the request with a [`GuardError`]. `call` records the outcome in one place.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,21 +23,19 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::batch::{self, Filtered};
-use super::body::{GuardedBody, UpstreamBody};
+use super::batch::{self, Filtered, ShadowBatch};
+use super::body::{GuardedBody, ShadowStream, UpstreamBody};
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
 };
+use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
-use crate::budget::decision;
+use crate::decide;
+pub use crate::decide::client_key;
 use crate::error::{Blame, ErrorStyle, GuardError, ShedReason};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
-use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Priority};
-use crate::protect::{self, Brownout, NoSlot, Protection};
-use crate::records::Format;
-use crate::records::filter::Tighten;
-use crate::route::normalize_path;
+use crate::protect::{NoSlot, Protection};
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -69,6 +65,8 @@ pub struct Shared {
     pub key_hasher: std::hash::RandomState,
     /// Upstream slots by priority and the brownout level; outlives policy reloads.
     pub protection: Protection,
+    /// `serve --record`: samples requests into a traffic file.
+    pub recorder: Option<crate::record::Recorder>,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -145,133 +143,201 @@ impl Guard {
     ) -> Result<Reply, GuardError> {
         let (mut parts, body) = req.into_parts();
 
-        // 1. Normalize the path, so no spelling of it can reach another route's budget.
-        //    `None` means the path already was normal (the common case, no allocation).
-        let normalized = match normalize_path(parts.uri.path())? {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(p) => Some(p),
-        };
-
-        // 2. Route: first match wins; the table ends with a catch-all.
-        let path = normalized.as_deref().unwrap_or(parts.uri.path());
-        let (idx, route) = snap.policy.route(&parts.method, path);
-        ctx.route = Some(idx);
-        if let Some(records) = route.records.as_ref().filter(|r| r.format.is_otlp()) {
-            let content_type = parts.headers.get(header::CONTENT_TYPE);
-            ctx.style = match records
-                .format
-                .for_content_type(content_type.map(HeaderValue::as_bytes))
+        // 1-2. Normalize the path, so no spelling of it can reach another route's budget, then
+        //    route: first match wins; the table ends with a catch-all.
+        let routed = decide::route(&snap.policy, &parts)?;
+        ctx.route = Some(routed.index);
+        ctx.style = routed.style;
+        let (route, normalized) = (routed.route, routed.normalized);
+        let rm = &snap.route_metrics[routed.index];
+        // A shadow route makes every decision below and counts what enforce mode would have
+        // done instead of doing it (see `shadow`). Enforce routes carry `None`: for them every
+        // `overrule` is the `?` it replaces.
+        let mut shadow = rm.shadow.as_ref().map(Shadow::new);
+        let declared = body.size_hint().exact();
+        if shadow.is_some() && route.records.is_some() {
+            // A records route buffers its body, in every mode: max_body bounds that buffer.
+            if let (Some(limit), Some(len)) = (route.payload.max_body, declared)
+                && len > limit
             {
-                Format::OtlpJson => ErrorStyle::OtlpJson,
-                _ => ErrorStyle::OtlpProto,
-            };
+                return Err(GuardError::BodyTooLarge { limit });
+            }
         }
-        let rm = &snap.route_metrics[idx];
 
         // 3. Identify the client, only when a per-client budget needs the key.
-        let key = match route.needs_client_key() {
-            true => Some(client_key(
-                &route.client_key,
-                &parts,
-                self.conn.peer,
-                &self.shared.key_hasher,
-            )?),
-            false => None,
-        };
-
-        // 4. Brownout: while the upstream is in distress, bulk routes are shed whole at the
-        //    top level and their batches tightened below it; critical and normal routes never.
-        //    Shedding comes before the budgets so a shed request spends none of them.
-        let protection = &self.shared.protection;
-        let tighten = match route.priority {
-            Priority::Bulk => {
-                let brownout = &snap.policy.protect.brownout;
-                if protection.level() >= Brownout::ShedBulk {
-                    return Err(GuardError::Shed {
-                        class: Priority::Bulk,
-                        reason: ShedReason::Brownout,
-                        retry_after: protect::retry_after(brownout),
-                    });
-                }
-                protection.tightening(brownout)
+        let identified = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher);
+        // `serve --record`: a sampled request is captured as the client sent it, before any
+        // rewrite, and written when it ends, however it ends (see `record`).
+        let capture = self.shared.recorder.as_ref().and_then(|r| {
+            let key = identified.as_ref().ok().copied().flatten();
+            r.sample(key, &parts, self.conn.peer, declared)
+        });
+        let key = match identified {
+            Ok(key) => key,
+            Err(e) => {
+                shadow::overrule(&mut shadow, route, e)?;
+                None
             }
-            _ => Tighten::NONE,
         };
 
-        // 5. Payload budgets. Size first (no state), then the client's budgets, then the
-        //    route's, so one client's excess never spends the budget the route shares.
-        let declared = body.size_hint().exact();
+        // 4-5. Brownout (bulk routes shed whole or their batches tightened while the upstream
+        //    is in distress), then the payload budgets: size first (no state), then the
+        //    client's budgets, then the route's, so one client's excess never spends the budget
+        //    the route shares.
         let metrics = &self.shared.metrics;
-        let stream_charge = decision::admit(&route.payload, key, declared, |kind| {
-            metrics.record_untracked(&route.name, kind)
-        })?;
+        let protection = &self.shared.protection;
+        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
+        let admitted = match deciding {
+            true => {
+                let cfg = &snap.policy.protect.brownout;
+                decide::admit(route, key, protection, cfg, declared, |kind| {
+                    metrics.record_untracked(&route.name, kind)
+                })
+            }
+            false => Ok(decide::Admitted::default()),
+        };
+        let decide::Admitted {
+            tighten,
+            charge: stream_charge,
+        } = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                shadow::overrule(&mut shadow, route, e)?;
+                decide::Admitted::default()
+            }
+        };
+        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
 
         // 6. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
-        //    requested verbosity above the route's clamp lowered.
+        //    requested verbosity above the route's clamp lowered (counted only, in shadow).
         self.rewrite(&mut parts, normalized)?;
         if let Some(clamp) = &route.clamp {
-            let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
-            if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
-                counter.inc_by(u64::from(lowered));
+            match &mut shadow {
+                None => {
+                    let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
+                    if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
+                        counter.inc_by(u64::from(lowered));
+                    }
+                }
+                Some(s) if deciding => s.clamped(clamp.count(&parts.headers, &parts.uri)),
+                Some(_) => {}
             }
         }
 
-        // 7. Records: a telemetry route buffers its batch and filters it by level; the rest
-        //    stream.
+        // 7. Records: a telemetry route buffers its batch and filters it by level (in shadow,
+        //    decides and counts, and forwards it as received); the rest stream.
         let mut summary = None;
         let body = if body.is_end_stream() {
             UpstreamBody::Empty
-        } else if let (Some(records), Some(metrics)) = (&route.records, &rm.records) {
+        } else if let (Some(records), Some(metrics), true) = (&route.records, &rm.records, deciding)
+        {
             let max_body = route.payload.max_body.unwrap_or(u64::MAX);
-            let body = GuardedBody::new(
+            let mut body = GuardedBody::new(
                 body,
                 self.shared.body_idle_timeout,
                 Some(max_body),
                 stream_charge,
                 rm.request_bytes.clone(),
                 None,
-            );
+            )
+            .tap(capture);
+            if let Some(s) = &shadow {
+                body = body.shadow(ShadowStream::new(s.metrics().clone(), None));
+            }
             let hint = declared.unwrap_or(64 << 10).min(max_body);
-            let raw = batch::read_to_end(body, usize::try_from(hint).unwrap_or(0)).await?;
-            match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
-                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
-                Filtered::Forward { body, summary: s } => {
-                    if let Some(s) = &s {
-                        s.write(&mut parts.headers, false);
+            let raw = batch::read_to_end(&mut body, usize::try_from(hint).unwrap_or(0)).await?;
+            let forward = match &mut shadow {
+                None => {
+                    match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
+                        Filtered::Answer(response) => return Ok(Reply::Guard(response)),
+                        Filtered::Forward { body, summary: s } => {
+                            if let Some(s) = &s {
+                                s.write(&mut parts.headers, false);
+                            }
+                            summary = s;
+                            body
+                        }
                     }
-                    summary = s;
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                    rm.forwarded_bytes.inc_by(body.len() as u64);
-                    UpstreamBody::Full { data: Some(body) }
                 }
+                Some(s) => {
+                    if let Some(reason) = body.shadow_refused() {
+                        // A byte budget ran out as the body arrived: enforce mode would have
+                        // refused it there, before reading the batch.
+                        s.refused_in_body(reason);
+                    } else if let Some(counted) = s.metrics().records.as_ref() {
+                        let headers = &parts.headers;
+                        match batch::shadow(records, metrics, counted, headers, key, &tighten, &raw)
+                        {
+                            ShadowBatch::Refused(reason) => s.reject(reason),
+                            ShadowBatch::Read { kept, dropped } => s.batch(kept, dropped),
+                            ShadowBatch::Unread => {}
+                        }
+                    }
+                    raw
+                }
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forward.len()));
+            rm.forwarded_bytes.inc_by(forward.len() as u64);
+            UpstreamBody::Full {
+                data: Some(forward),
             }
         } else {
-            let body = GuardedBody::new(
+            // Enforced: max_body for bodies without a Content-Length (a declared one was
+            // checked by the budgets). A shadow route enforces it only where its body would be
+            // buffered, a records route, and otherwise counts it while still deciding.
+            let counted_limit = (deciding && route.records.is_none())
+                .then_some(route.payload.max_body)
+                .flatten()
+                .filter(|_| declared.is_none());
+            let limit = match &shadow {
+                Some(_) if route.records.is_none() => None,
+                _ => route.payload.max_body.filter(|_| declared.is_none()),
+            };
+            let mut body = GuardedBody::new(
                 body,
                 self.shared.body_idle_timeout,
-                route.payload.max_body.filter(|_| declared.is_none()),
+                limit,
                 stream_charge,
                 rm.request_bytes.clone(),
                 Some(rm.forwarded_bytes.clone()),
-            );
+            )
+            .tap(capture);
+            if let Some(s) = shadow.as_ref().filter(|s| s.deciding()) {
+                body = body.shadow(ShadowStream::new(s.metrics().clone(), counted_limit));
+            }
             UpstreamBody::Stream { body }
         };
 
         // 8. Take an upstream slot of the route's class: critical requests have a reserve that
-        //    bulk can never take; a class that finds none in its wait is shed (503).
-        let slot = protection
-            .slot(route.priority)
-            .await
-            .map_err(|e| GuardError::Shed {
-                class: route.priority,
-                reason: match e {
-                    NoSlot::QueueFull => ShedReason::QueueFull,
-                    NoSlot::QueueTimeout => ShedReason::QueueTimeout,
-                },
-                retry_after: Duration::from_secs(1),
-            })?;
+        //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
+        //    request takes a free slot or none, and never waits.
+        let slot = match &mut shadow {
+            None => Some(
+                protection
+                    .slot(route.priority)
+                    .await
+                    .map_err(|e| GuardError::Shed {
+                        class: route.priority,
+                        reason: match e {
+                            NoSlot::QueueFull => ShedReason::QueueFull,
+                            NoSlot::QueueTimeout => ShedReason::QueueTimeout,
+                        },
+                        retry_after: Duration::from_secs(1),
+                    })?,
+            ),
+            Some(s) => {
+                let slot = protection.try_slot(route.priority);
+                if slot.is_none() {
+                    s.reject(SHED_SLOT_BUSY);
+                }
+                slot
+            }
+        };
+        if let Some(s) = &shadow {
+            parts.headers.insert(SHADOW.clone(), s.header());
+        }
 
         // 9. Forward, bounded by the route's timeout for the response headers; the exchange
         //    feeds the brownout controller's view of the upstream's health.
@@ -363,83 +429,6 @@ impl Guard {
     }
 }
 
-/// Hashes the client's identity for per-client budgets, following the route's key spec. The
-/// hash is keyed per process (SipHash), so clients cannot choose colliding identities.
-pub fn client_key(
-    spec: &ClientKeySpec,
-    parts: &request::Parts,
-    peer: IpAddr,
-    hasher: &std::hash::RandomState,
-) -> Result<u64, GuardError> {
-    let mut h = hasher.build_hasher();
-    let found = match &spec.source {
-        KeySource::Header(name) => parts
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                h.write_u8(1);
-                h.write(v);
-            })
-            .is_some(),
-        KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
-        KeySource::PeerIp => false,
-    };
-    if !found {
-        match (&spec.source, spec.fallback) {
-            (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
-                h.write_u8(3);
-                std::hash::Hash::hash(&peer, &mut h);
-            }
-            (_, KeyFallback::Shared) => h.write_u8(4),
-            (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
-        }
-    }
-    Ok(h.finish())
-}
-
-/// Feeds the percent-decoded value of the first `name=` parameter in `query` to `h`. Decoding
-/// first means `vin=%41` and `vin=A` are the same client. Returns false when absent or empty.
-fn hash_query_param(query: Option<&str>, name: &str, h: &mut impl Hasher) -> bool {
-    let Some(value) = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == name).then_some(v)
-        })
-    else {
-        return false;
-    };
-    if value.is_empty() {
-        return false;
-    }
-    h.write_u8(2);
-    let v = value.as_bytes();
-    let mut i = 0;
-    while i < v.len() {
-        let (byte, used) = match v[i] {
-            b'+' => (b' ', 1),
-            b'%' => match (
-                v.get(i + 1).and_then(|&b| hex(b)),
-                v.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(hi), Some(lo)) => (hi << 4 | lo, 3),
-                _ => (b'%', 1),
-            },
-            b => (b, 1),
-        };
-        h.write_u8(byte);
-        i += used;
-    }
-    true
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 /// The one place a request's outcome is counted and an error becomes a response.
 fn record_outcome(
     metrics: &Metrics,
@@ -503,28 +492,5 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::hash::{BuildHasher, RandomState};
-
-    use super::*;
-
-    fn key(query: &str, s: &RandomState) -> Option<u64> {
-        let mut h = s.build_hasher();
-        hash_query_param(Some(query), "vin", &mut h).then(|| h.finish())
-    }
-
-    #[test]
-    fn query_keys_are_decoded_before_hashing() {
-        let s = RandomState::new();
-        assert_eq!(key("vin=ABC", &s), key("a=1&vin=%41BC", &s));
-        assert_eq!(key("vin=a+b", &s), key("vin=a%20b", &s));
-        assert_ne!(key("vin=ABC", &s), key("vin=ABD", &s));
-        assert_eq!(key("vin=", &s), None);
-        assert_eq!(key("vinx=1", &s), None);
-        assert_eq!(key("vin=A&vin=B", &s), key("vin=A", &s));
     }
 }

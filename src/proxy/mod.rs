@@ -11,6 +11,7 @@ pub mod body;
 mod client_io;
 pub mod guard;
 pub mod headers;
+pub mod shadow;
 mod stack;
 pub mod upstream;
 

@@ -51,6 +51,27 @@ impl Clamp {
         clamped
     }
 
+    /// How many values [`Clamp::apply`] would lower, changing nothing (shadow mode).
+    pub fn count(&self, headers: &http::HeaderMap, uri: &Uri) -> u32 {
+        let header = self.header.iter().flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter(|v| self.too_verbose(v.as_bytes()))
+        });
+        let query = match (&self.query, uri.query()) {
+            (Some(param), Some(query)) => query
+                .split('&')
+                .filter(|pair| {
+                    pair.split_once('=')
+                        .is_some_and(|(k, v)| k == &**param && self.too_verbose(v.as_bytes()))
+                })
+                .count(),
+            _ => 0,
+        };
+        u32::try_from(header.count() + query).unwrap_or(u32::MAX)
+    }
+
     fn too_verbose(&self, value: &[u8]) -> bool {
         Level::from_text(value).is_some_and(|l| l < self.max)
     }
@@ -74,6 +95,8 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-log-level", HeaderValue::from_static("TRACE"));
         let mut uri: Uri = "/cfg?a=1&log_level=debug&b=2".parse().unwrap();
+        assert_eq!(c.count(&h, &uri), 2, "count says what apply will do");
+        assert_eq!(h["x-log-level"], "TRACE");
         assert_eq!(c.apply(&mut h, &mut uri), 2);
         assert_eq!(h["x-log-level"], "info");
         assert_eq!(uri.to_string(), "/cfg?a=1&log_level=info&b=2");
@@ -82,6 +105,7 @@ mod tests {
             let mut h = http::HeaderMap::new();
             h.insert("x-log-level", HeaderValue::from_static(ok));
             let mut uri: Uri = format!("/cfg?log_level={ok}").parse().unwrap();
+            assert_eq!(c.count(&h, &uri), 0, "{ok}");
             assert_eq!(c.apply(&mut h, &mut uri), 0, "{ok}");
             assert_eq!(h["x-log-level"], ok);
         }

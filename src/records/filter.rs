@@ -6,6 +6,8 @@
 //! charged before the byte rate; records the byte rate then refuses have still spent their
 //! record budget.
 
+use governor::clock::Clock;
+
 use super::{Level, Record, RecordsPolicy, Sample};
 
 /// Why a record was not forwarded. The names are metric labels.
@@ -24,7 +26,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const COUNT: usize = 5;
+    /// In the order of the enum: `ALL[r as usize] == r`.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Rule,
         DropReason::Sample,
         DropReason::Rate,
@@ -55,6 +59,8 @@ pub struct LevelTally {
     pub dropped_rate: u64,
     pub dropped_malformed: u64,
     pub dropped_brownout: u64,
+    /// Bytes of the dropped records, by reason, indexed like [`DropReason::ALL`].
+    pub dropped_bytes: [u64; DropReason::COUNT],
     /// Records whose level could not be read (counted in `received` of the unknown level).
     pub malformed: u64,
 }
@@ -78,7 +84,13 @@ impl LevelTally {
         }
     }
 
-    fn drop(&mut self, reason: DropReason) {
+    /// Bytes of the records dropped for `reason`.
+    pub fn dropped_bytes_by(&self, reason: DropReason) -> u64 {
+        self.dropped_bytes[reason as usize]
+    }
+
+    fn drop(&mut self, reason: DropReason, bytes: u64) {
+        self.dropped_bytes[reason as usize] += bytes;
         match reason {
             DropReason::Rule => self.dropped_rule += 1,
             DropReason::Sample => self.dropped_sample += 1,
@@ -127,7 +139,7 @@ impl Tally {
             l.received += 1;
             l.received_bytes += r.bytes();
             l.malformed += u64::from(r.malformed);
-            l.drop(reason);
+            l.drop(reason, r.bytes());
         }
         t
     }
@@ -154,15 +166,19 @@ impl Tighten {
 
 /// Marks each record kept or dropped under `policy`, charging the level budgets of `key` (the
 /// client) and of the route. Returns the batch's counts.
-pub fn decide(records: &mut [Record], policy: &RecordsPolicy, key: Option<u64>) -> Tally {
+pub fn decide<C: Clock>(
+    records: &mut [Record],
+    policy: &RecordsPolicy<C>,
+    key: Option<u64>,
+) -> Tally {
     decide_tightened(records, policy, key, &Tighten::NONE)
 }
 
 /// [`decide`], with `tighten` applied after each level's `drop` and `sample`, before its rates
 /// (records a brownout removes spend no budget).
-pub fn decide_tightened(
+pub fn decide_tightened<C: Clock>(
     records: &mut [Record],
-    policy: &RecordsPolicy,
+    policy: &RecordsPolicy<C>,
     key: Option<u64>,
     tighten: &Tighten,
 ) -> Tally {
@@ -176,13 +192,13 @@ pub fn decide_tightened(
         t.received_bytes += r.bytes();
         t.malformed += u64::from(r.malformed);
         r.keep = if rule.drop {
-            t.drop(DropReason::Rule);
+            t.drop(DropReason::Rule, r.bytes());
             false
         } else if rule.sample.is_some_and(|s| !s.keeps(r.hash)) {
-            t.drop(DropReason::Sample);
+            t.drop(DropReason::Sample, r.bytes());
             false
         } else if tighten.get(r.level).is_some_and(|s| !s.keeps(r.hash)) {
-            t.drop(DropReason::Brownout);
+            t.drop(DropReason::Brownout, r.bytes());
             false
         } else {
             candidates[r.level.index()] += 1;
@@ -224,7 +240,7 @@ pub fn decide_tightened(
                 .skip(fit)
             {
                 r.keep = false;
-                t.drop(DropReason::Rate);
+                t.drop(DropReason::Rate, r.bytes());
             }
         }
     }

@@ -20,6 +20,7 @@ pub mod sample;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, KeyedBudget, Quota, Verdict};
@@ -102,17 +103,17 @@ pub enum Per {
 }
 
 /// A level's rate budget, in records or in bytes.
-pub enum LevelBudget {
-    Route(Arc<Budget>),
+pub enum LevelBudget<C: Clock = DefaultClock> {
+    Route(Arc<Budget<C>>),
     /// Per client key. When the key store is full, clients it does not hold share `overflow`,
     /// one budget of the same size, so an untracked client can never exceed one client's rate.
     Client {
-        keyed: Arc<KeyedBudget>,
-        overflow: Arc<Budget>,
+        keyed: Arc<KeyedBudget<C>>,
+        overflow: Arc<Budget<C>>,
     },
 }
 
-impl LevelBudget {
+impl<C: Clock> LevelBudget<C> {
     pub fn quota(&self) -> Quota {
         match self {
             LevelBudget::Route(b) => b.quota(),
@@ -176,15 +177,25 @@ impl LevelBudget {
 
 /// One level's rule. Applied in this order: `drop`, then `sample`, then the record rate, then
 /// the byte rate. A rule with none of them keeps every record.
-#[derive(Default)]
-pub struct LevelRule {
+pub struct LevelRule<C: Clock = DefaultClock> {
     pub drop: bool,
     pub sample: Option<Sample>,
-    pub records: Option<LevelBudget>,
-    pub bytes: Option<LevelBudget>,
+    pub records: Option<LevelBudget<C>>,
+    pub bytes: Option<LevelBudget<C>>,
 }
 
-impl LevelRule {
+impl<C: Clock> Default for LevelRule<C> {
+    fn default() -> Self {
+        LevelRule {
+            drop: false,
+            sample: None,
+            records: None,
+            bytes: None,
+        }
+    }
+}
+
+impl<C: Clock> LevelRule<C> {
     /// True when every record of this level is forwarded whatever the budgets say.
     pub fn keeps_all(&self) -> bool {
         !self.drop && self.sample.is_none() && self.records.is_none() && self.bytes.is_none()
@@ -209,13 +220,13 @@ pub enum SampleBy {
 }
 
 /// A route's compiled `records` section.
-pub struct RecordsPolicy {
+pub struct RecordsPolicy<C: Clock = DefaultClock> {
     pub format: Format,
     /// Path to the level inside a JSON record (`level`, `log.level`). Unused for OTLP, whose
     /// level is `severityNumber`, then `severityText`.
     pub level_field: Vec<Box<[u8]>>,
     /// Indexed by [`Level::index`].
-    pub rules: [LevelRule; Level::COUNT],
+    pub rules: [LevelRule<C>; Level::COUNT],
     /// The level of records whose level is missing, unrecognized or unreadable.
     pub unknown_level: Level,
     pub on_malformed: OnMalformed,
@@ -226,8 +237,8 @@ pub struct RecordsPolicy {
     pub max_ratio: u64,
 }
 
-impl RecordsPolicy {
-    pub fn rule(&self, level: Level) -> &LevelRule {
+impl<C: Clock> RecordsPolicy<C> {
+    pub fn rule(&self, level: Level) -> &LevelRule<C> {
         &self.rules[level.index()]
     }
 
@@ -244,7 +255,7 @@ impl RecordsPolicy {
     }
 
     /// Every level budget, for eviction and the tracked-keys gauge.
-    pub fn budgets(&self) -> impl Iterator<Item = (Level, &'static str, &LevelBudget)> {
+    pub fn budgets(&self) -> impl Iterator<Item = (Level, &'static str, &LevelBudget<C>)> {
         Level::ALL.into_iter().flat_map(move |l| {
             let r = self.rule(l);
             [("records", &r.records), ("bytes", &r.bytes)]
@@ -323,21 +334,24 @@ impl Batch {
     /// Splits `body` into records and classifies each under `policy`. An OTLP protobuf body is
     /// copied once first (its records are kept as slices of a shared buffer); a body already in
     /// a [`Bytes`] goes through [`Batch::parse_bytes`] without that copy.
-    pub fn parse(policy: &RecordsPolicy, body: &[u8]) -> Result<Batch, NotFormat> {
+    pub fn parse<C: Clock>(policy: &RecordsPolicy<C>, body: &[u8]) -> Result<Batch, NotFormat> {
         Batch::parse_shared(policy, body, None)
     }
 
     /// [`Batch::parse`] of a shared body: OTLP protobuf records become sub-slices of `body`,
     /// with no copy.
-    pub fn parse_bytes(policy: &RecordsPolicy, body: &Bytes) -> Result<Batch, NotFormat> {
+    pub fn parse_bytes<C: Clock>(
+        policy: &RecordsPolicy<C>,
+        body: &Bytes,
+    ) -> Result<Batch, NotFormat> {
         Batch::parse_shared(policy, body, Some(body))
     }
 
     /// [`Batch::parse_bytes`] as `format` instead of the policy's (OTLP/HTTP sends protobuf and
     /// JSON to the same path and tells them apart by Content-Type), hashing the records that
     /// `tighten` may drop.
-    pub fn parse_bytes_as(
-        policy: &RecordsPolicy,
+    pub fn parse_bytes_as<C: Clock>(
+        policy: &RecordsPolicy<C>,
         format: Format,
         body: &Bytes,
         tighten: &filter::Tighten,
@@ -345,16 +359,16 @@ impl Batch {
         Batch::parse_format(policy, format, body, Some(body), tighten)
     }
 
-    fn parse_shared(
-        policy: &RecordsPolicy,
+    fn parse_shared<C: Clock>(
+        policy: &RecordsPolicy<C>,
         body: &[u8],
         shared: Option<&Bytes>,
     ) -> Result<Batch, NotFormat> {
         Batch::parse_format(policy, policy.format, body, shared, &filter::Tighten::NONE)
     }
 
-    fn parse_format(
-        policy: &RecordsPolicy,
+    fn parse_format<C: Clock>(
+        policy: &RecordsPolicy<C>,
         format: Format,
         body: &[u8],
         shared: Option<&Bytes>,

@@ -1,0 +1,356 @@
+//! `verbosity-guard simulate`: replays recorded traffic against a policy on a virtual clock.
+//!
+//! The policy is compiled with every budget on governor's `FakeRelativeClock`
+//! ([`policy::parse_with_clock`]); before each request the clock is moved to the request's
+//! time, so a day of traffic replays in seconds and budgets refill exactly as they would have
+//! between the requests. Each request then goes through the live guard's own decision core, in
+//! the live guard's order: [`decide::route`] (normalize, route), [`decide::identify`] (client
+//! key), [`decide::admit`] (brownout, payload budgets), and [`batch::inspect`] (decode, parse,
+//! level rules) — nothing is re-implemented here, only counted.
+//!
+//! What cannot be replayed without an upstream is not: upstream slots and the brownout
+//! controller, which react to the upstream's latency. `--brownout LEVEL` fixes the level for
+//! the whole replay instead (default `off`), to see what a brownout would do to the traffic.
+//! Every body counts as declared (a Content-Length), since a recording holds it whole.
+
+pub mod fail_if;
+pub mod report;
+
+use std::hash::RandomState;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::{Clock, FakeRelativeClock};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Uri};
+
+use crate::codec::{self, Encoding};
+use crate::decide::{self, BrownoutState};
+use crate::error::GuardError;
+use crate::metrics::UNROUTED;
+use crate::policy::{self, Policy, PolicyError, Priority};
+use crate::protect::Brownout;
+use crate::proxy::batch;
+use crate::records::filter::Tighten;
+use crate::records::{Batch, Level, OnMalformed, RecordsPolicy};
+use crate::traffic::{self, Entry, Traffic, TrafficError};
+pub use fail_if::{Condition, ConditionError};
+pub use report::Report;
+
+/// What to replay, against what.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policy: PathBuf,
+    pub traffic: PathBuf,
+    /// The brownout level held for the whole replay.
+    pub brownout: Brownout,
+    pub limits: traffic::Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Traffic(#[from] TrafficError),
+    /// A `--fail-if` condition names a route the policy does not have (checked before the
+    /// replay starts).
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+}
+
+/// A `--fail-if` condition and how the replay fared against it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub condition: String,
+    /// The share in percent, or the count, the condition compares.
+    pub value: f64,
+    /// `value` is a share in percent (else a count).
+    pub percent: bool,
+    pub breached: bool,
+}
+
+/// A brownout level that does not move: the controller is not simulated.
+struct Fixed(Brownout);
+
+impl BrownoutState for Fixed {
+    fn level(&self) -> Brownout {
+        self.0
+    }
+}
+
+/// Replays the traffic file against the policy file and judges the `--fail-if` conditions.
+/// The conditions are checked against the policy's routes before anything is replayed.
+pub fn run(
+    opts: &Options,
+    conditions: &[Condition],
+) -> Result<(Report, Vec<Verdict>), SimulateError> {
+    let name = opts.policy.display().to_string();
+    let text = policy::read(&opts.policy)?;
+    let clock = FakeRelativeClock::default();
+    let policy = policy::parse_with_clock(&text, &name, &clock)?;
+    let traffic = Traffic::open(&opts.traffic, opts.limits)?;
+    let mut report = empty_report(&policy, &traffic, &opts.traffic, opts.brownout);
+    for c in conditions {
+        c.value(&report)?;
+    }
+    replay(&policy, &clock, traffic, &mut report)?;
+    let verdicts = conditions
+        .iter()
+        .map(|c| {
+            let value = c.value(&report)?;
+            Ok(Verdict {
+                condition: c.to_string(),
+                value,
+                percent: c.is_share(),
+                breached: c.breached(value),
+            })
+        })
+        .collect::<Result<_, ConditionError>>()?;
+    Ok((report, verdicts))
+}
+
+/// A report of nothing yet, one row per route of `policy`.
+pub fn empty_report<C: Clock>(
+    policy: &Policy<C>,
+    traffic: &Traffic,
+    traffic_path: &Path,
+    brownout: Brownout,
+) -> Report {
+    let mut routes: Vec<_> = policy
+        .routes()
+        .iter()
+        .map(|r| report::RouteReport::new(&r.name, r.mode, r.priority, r.records.is_some()))
+        .collect();
+    routes.push(report::RouteReport::new(
+        UNROUTED,
+        policy::Mode::Enforce,
+        Priority::Normal,
+        false,
+    ));
+    Report {
+        policy: policy.source.clone(),
+        version_hash: policy.version_hash.clone(),
+        traffic: traffic_path.display().to_string(),
+        format: traffic.format(),
+        brownout,
+        requests: 0,
+        first_at: None,
+        last_at: None,
+        out_of_order: 0,
+        elapsed: Duration::ZERO,
+        routes,
+    }
+}
+
+/// Replays `traffic` against `policy`, whose budgets run on `clock`, into `report` (made by
+/// [`empty_report`] for this policy).
+pub fn replay(
+    policy: &Policy<FakeRelativeClock>,
+    clock: &FakeRelativeClock,
+    traffic: Traffic,
+    report: &mut Report,
+) -> Result<(), SimulateError> {
+    let started = Instant::now();
+    let brownout = Fixed(report.brownout);
+    // The same per-process keying the live guard uses: keys only tell clients apart.
+    let hasher = RandomState::new();
+    let eviction = policy.limits.key_eviction_interval;
+    let mut now = 0u64;
+    let mut next_eviction = eviction.as_nanos() as u64;
+    for entry in traffic {
+        let entry = entry?;
+        let first = *report.first_at.get_or_insert(entry.at);
+        report.last_at = Some(report.last_at.map_or(entry.at, |l| l.max(entry.at)));
+        let at = entry.at.saturating_sub(first);
+        if at > now {
+            clock.advance(Duration::from_nanos(at - now));
+            now = at;
+        } else if at < now {
+            report.out_of_order += 1;
+        }
+        // Idle keys are forgotten on the policy's interval, as the live guard does; it only
+        // matters once a key store is full.
+        if now >= next_eviction {
+            for route in policy.routes() {
+                for (_, budget) in route.keyed_budgets() {
+                    budget.evict_idle();
+                }
+            }
+            next_eviction = now + eviction.as_nanos() as u64;
+        }
+        report.requests += 1;
+        replay_one(policy, &hasher, &brownout, now, entry, report);
+    }
+    report.elapsed = started.elapsed();
+    Ok(())
+}
+
+/// One request through the decision core, counted where it ends.
+fn replay_one<C: Clock>(
+    policy: &Policy<C>,
+    hasher: &RandomState,
+    brownout: &Fixed,
+    at: u64,
+    entry: Entry,
+    report: &mut Report,
+) {
+    let mut request = Request::new(());
+    *request.method_mut() = entry.method.clone();
+    *request.uri_mut() = Uri::from(entry.target.clone());
+    *request.headers_mut() = entry.headers.clone();
+    let (parts, ()) = request.into_parts();
+    let size = entry.body_size;
+
+    let routed = match decide::route(policy, &parts) {
+        Ok(routed) => routed,
+        Err(e) => {
+            let unrouted = report.routes.len() - 1;
+            let r = &mut report.routes[unrouted];
+            r.requests.offer(at, 1);
+            r.body.offer(at, size);
+            *r.rejected.entry(e.label()).or_default() += 1;
+            return;
+        }
+    };
+    let route = routed.route;
+    let r = &mut report.routes[routed.index];
+    r.requests.offer(at, 1);
+    r.body.offer(at, size);
+    let refuse = |r: &mut report::RouteReport, e: GuardError| {
+        *r.rejected.entry(e.label()).or_default() += 1;
+        if let Some(records) = &route.records
+            && !entry.is_partial()
+            && let Some(counts) = records_in(records, &parts.headers, &entry.body)
+        {
+            r.refused_records(at, &counts);
+        }
+    };
+
+    let key = match decide::identify(route, &parts, entry.peer, hasher) {
+        Ok(key) => key,
+        Err(e) => return refuse(r, e),
+    };
+    let mut untracked = false;
+    let cfg = &policy.protect.brownout;
+    let admitted = decide::admit(route, key, brownout, cfg, Some(size), |_| untracked = true);
+    r.untracked += u64::from(untracked);
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(e) => return refuse(r, e),
+    };
+    if let Some(clamp) = &route.clamp {
+        r.clamped += u64::from(clamp.count(&parts.headers, &parts.uri));
+    }
+
+    let forwarded = match (&route.records, size) {
+        (Some(_), 1..) if entry.is_partial() => {
+            // The recording did not keep the whole batch: its records cannot be counted.
+            r.partial += 1;
+            size
+        }
+        (Some(records), 1..) => {
+            match batch_outcome(records, &parts.headers, key, &admitted.tighten, &entry.body) {
+                Err(e) => {
+                    if let GuardError::MalformedBatch { .. } = e {
+                        *r.batches.entry("malformed_rejected").or_default() += 1;
+                    }
+                    return refuse(r, e);
+                }
+                Ok(BatchOutcome::Unread) => {
+                    *r.batches.entry("malformed_forwarded").or_default() += 1;
+                    size
+                }
+                Ok(BatchOutcome::Read { tally, forwarded }) => {
+                    r.decided(at, &tally);
+                    let outcome = match (tally.dropped(), tally.forwarded()) {
+                        (0, _) => "untouched",
+                        (_, 0) => "all_dropped",
+                        _ => "rewritten",
+                    };
+                    *r.batches.entry(outcome).or_default() += 1;
+                    if tally.dropped() > 0 && tally.forwarded() == 0 {
+                        r.all_dropped += 1;
+                        return;
+                    }
+                    forwarded
+                }
+            }
+        }
+        _ => size,
+    };
+    r.requests.forward(at, 1);
+    r.body.forward(at, forwarded);
+}
+
+enum BatchOutcome {
+    /// Not the format, and the route forwards such bodies as received.
+    Unread,
+    /// Decided; `forwarded` is the size of the body that would go upstream.
+    Read {
+        tally: Box<crate::records::filter::Tally>,
+        forwarded: u64,
+    },
+}
+
+/// The records phase of the live guard ([`batch::inspect`]), and the size of what it would
+/// forward: the body as received when nothing is dropped, else the rewritten, re-encoded batch.
+fn batch_outcome<C: Clock>(
+    records: &RecordsPolicy<C>,
+    headers: &http::HeaderMap,
+    key: Option<u64>,
+    tighten: &Tighten,
+    body: &Bytes,
+) -> Result<BatchOutcome, GuardError> {
+    let inspected = batch::inspect(records, headers, key, tighten, body)?;
+    match inspected.parsed {
+        Err(reason) => match records.on_malformed {
+            OnMalformed::Forward => Ok(BatchOutcome::Unread),
+            OnMalformed::Reject => Err(GuardError::MalformedBatch {
+                format: inspected.format.as_str(),
+                reason,
+            }),
+        },
+        Ok((batch, tally)) => {
+            let forwarded = match (tally.dropped(), tally.forwarded()) {
+                (0, _) => body.len() as u64,
+                (_, 0) => 0,
+                _ => batch::rewrite(&batch, &inspected.decoded, inspected.encoding)?.len() as u64,
+            };
+            Ok(BatchOutcome::Read {
+                tally: Box::new(tally),
+                forwarded,
+            })
+        }
+    }
+}
+
+/// The records of a batch that is refused whole, per level (records, bytes): parsed without
+/// any budget charged, since the live guard never reads such a body. `None` when it cannot be
+/// read.
+fn records_in<C: Clock>(
+    records: &RecordsPolicy<C>,
+    headers: &http::HeaderMap,
+    body: &Bytes,
+) -> Option<[(u64, u64); Level::COUNT]> {
+    let decoded = match codec::request_encoding(headers).ok()? {
+        Encoding::Identity => body.clone(),
+        enc => {
+            let cap = records
+                .max_decoded
+                .min((body.len() as u64).saturating_mul(records.max_ratio));
+            Bytes::from(codec::decode(enc, body, cap).ok()?)
+        }
+    };
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let format = records.format.for_content_type(content_type);
+    let batch = Batch::parse_bytes_as(records, format, &decoded, &Tighten::NONE).ok()?;
+    let mut counts = [(0, 0); Level::COUNT];
+    for rec in &batch.records {
+        let c = &mut counts[rec.level.index()];
+        c.0 += 1;
+        c.1 += rec.bytes();
+    }
+    Some(counts)
+}
