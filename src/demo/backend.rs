@@ -268,10 +268,6 @@ impl Backend {
         self.addr
     }
 
-    pub fn config(&self) -> &BackendConfig {
-        &self.state.cfg
-    }
-
     /// Takes `n` workers out of service for good, as a failed node would: each leaves when it
     /// next becomes free (in turn with the requests queued for a worker). The API's capacity
     /// falls in proportion. Returns once all `n` have left.

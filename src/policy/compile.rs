@@ -197,6 +197,28 @@ pub fn compile<C: Clock + Clone>(
 }
 
 /// `protect`: every field defaults; sizes must leave room for each class, factors must order.
+/// A multiplier that must be above 1 (`latency_factor`, `surge.factor`): the value given, or
+/// `default`.
+fn factor_above_one<C: Clock + Clone>(
+    c: &mut Compiler<C>,
+    raw: &Option<Spanned<f64>>,
+    default: f64,
+    path: &str,
+) -> f64 {
+    let Some(f) = raw else {
+        return default;
+    };
+    if !(f.value > 1.0 && f.value.is_finite()) {
+        c.problem(line(f), path, "must be a number above 1");
+    }
+    f.value
+}
+
+/// A fraction as a share in `0.0..=1.0`.
+fn share(f: super::units::Fraction) -> f64 {
+    f64::from(f.per_million) / 1e6
+}
+
 fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> ProtectConfig {
     let mut cfg = ProtectConfig::default();
     let s = &mut cfg.slots;
@@ -280,18 +302,14 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
         b.warmup.map_or(out.interval * out.warmup, |d| d.0),
         out.interval,
     );
-    if let Some(f) = &b.latency_factor {
-        out.latency_factor = f.value;
-    }
+    out.latency_factor = factor_above_one(
+        c,
+        &b.latency_factor,
+        out.latency_factor,
+        "protect.brownout.latency_factor",
+    );
     if let Some(f) = &b.recover_factor {
         out.recover_factor = f.value;
-    }
-    if !(out.latency_factor > 1.0 && out.latency_factor.is_finite()) {
-        c.problem(
-            b.latency_factor.as_ref().and_then(line),
-            "protect.brownout.latency_factor",
-            "must be a number above 1",
-        );
     }
     if !(out.recover_factor >= 1.0 && out.recover_factor <= out.latency_factor) {
         c.problem(
@@ -306,12 +324,8 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
     if let Some(d) = b.latency_floor {
         out.latency_floor = d.0;
     }
-    if let Some(f) = b.error_rate {
-        out.error_rate = f64::from(f.per_million) / 1e6;
-    }
-    if let Some(f) = b.shed_rate {
-        out.shed_rate = f64::from(f.per_million) / 1e6;
-    }
+    out.error_rate = b.error_rate.map_or(out.error_rate, share);
+    out.shed_rate = b.shed_rate.map_or(out.shed_rate, share);
     if let Some(n) = &b.min_samples {
         if n.value == 0 {
             c.problem(
@@ -352,18 +366,9 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
     set(&mut out.warmup, r.warmup);
     set(&mut out.window, r.window);
     set(&mut out.baseline_half_life, r.baseline_half_life);
-    if let Some(f) = &r.factor {
-        out.factor = f.value;
-    }
+    out.factor = factor_above_one(c, &r.factor, out.factor, "protect.surge.factor");
     if let Some(f) = &r.clear_factor {
         out.clear_factor = f.value;
-    }
-    if !(out.factor > 1.0 && out.factor.is_finite()) {
-        c.problem(
-            r.factor.as_ref().and_then(line),
-            "protect.surge.factor",
-            "must be a number above 1",
-        );
     }
     if !(out.clear_factor >= 1.0 && out.clear_factor < out.factor) {
         c.problem(

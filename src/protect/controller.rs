@@ -217,10 +217,6 @@ impl Controller {
         self.level
     }
 
-    pub fn config(&self) -> &BrownoutConfig {
-        &self.cfg
-    }
-
     /// The learned p90 baseline of `class`, once it has one.
     pub fn baseline(&self, class: Priority) -> Option<Duration> {
         let b = &self.baselines[class.index()];

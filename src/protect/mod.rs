@@ -32,13 +32,17 @@ pub use controller::{Brownout, BrownoutConfig, ClassSignal, Controller, Transiti
 pub use slots::{NoSlot, Slot, SlotsConfig};
 pub use surge::{SurgeConfig, SurgeDetector, SurgeEvent};
 
-use crate::error::ShedReason;
+use crate::error::{GuardError, ShedReason};
 use crate::metrics::Metrics;
 use crate::policy::Priority;
 use crate::policy::store::Snapshot;
 use crate::records::filter::Tighten;
 use crate::records::{Level, Sample};
 use health::Window;
+
+/// What a request shed for want of an upstream slot is told to wait: slots free up as fast as
+/// the upstream answers, so a second is a sane retry.
+const SLOT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The policy's `protect` section, compiled.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -139,14 +143,20 @@ impl Protection {
         Brownout::from_u8(self.level.load(Ordering::Relaxed))
     }
 
-    /// An upstream slot for a request of `class` (see [`slots`]). Not finding one counts as
-    /// a saturated upstream for the controller.
-    pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
-        let slot = self.slots.acquire(class).await;
-        if slot.is_err() {
+    /// An upstream slot for a request of `class` (see [`slots`]), or the 503 that sheds it.
+    /// Not finding one counts as a saturated upstream for the controller.
+    pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, GuardError> {
+        self.slots.acquire(class).await.map_err(|no_slot| {
             self.windows[class.index()].shed();
-        }
-        slot
+            GuardError::Shed {
+                class,
+                reason: match no_slot {
+                    NoSlot::QueueFull => ShedReason::QueueFull,
+                    NoSlot::QueueTimeout => ShedReason::QueueTimeout,
+                },
+                retry_after: SLOT_RETRY_AFTER,
+            }
+        })
     }
 
     /// An upstream slot for `class` if one is free now, without waiting (shadow requests).
@@ -248,7 +258,13 @@ impl Surges {
                 continue;
             };
             let fresh = !self.routes.contains_key(&route.name);
-            let state = self.routes.entry(route.name.clone()).or_default();
+            if fresh {
+                self.routes
+                    .insert(route.name.clone(), RouteSurge::default());
+            }
+            let Some(state) = self.routes.get_mut(&route.name) else {
+                continue;
+            };
             for level in Level::ALL {
                 let i = level.index();
                 let now = (records.received[i].get(), records.bytes_received[i].get());
@@ -292,13 +308,6 @@ impl Surges {
                     .set(i64::from(active));
             }
         }
-    }
-
-    /// Whether `route`'s `level` is surging now.
-    pub fn active(&self, route: &str, level: Level) -> bool {
-        self.routes
-            .get(route)
-            .is_some_and(|s| s.records[level.index()].active() || s.bytes[level.index()].active())
     }
 }
 

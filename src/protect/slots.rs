@@ -203,22 +203,10 @@ impl Slots {
 
     /// A slot for a request of `class`, waiting for one if none is free.
     pub async fn acquire(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
-        let mut slot = Slot {
-            slots: self,
-            class,
-            main: None,
-            bulk: None,
-        };
         // Fast path: a free slot, no timer, no queue.
-        if class == Priority::Bulk {
-            slot.bulk = self.bulk.sem.try_acquire().ok();
-        }
-        let needs_bulk = class == Priority::Bulk && slot.bulk.is_none();
-        if !needs_bulk {
-            slot.main = self.try_main(class);
-            if slot.main.is_some() {
-                return Ok(slot.granted());
-            }
+        let mut slot = self.empty(class);
+        if self.try_fill(&mut slot) {
+            return Ok(slot.granted());
         }
 
         let (timeout, max_queued) = self.waits(class);
@@ -256,18 +244,32 @@ impl Slots {
     /// requests take their slots this way: they hold one when there is one (they are real
     /// upstream load), and are not delayed when there is none.
     pub fn try_acquire(&self, class: Priority) -> Option<Slot<'_>> {
-        let mut slot = Slot {
+        let mut slot = self.empty(class);
+        // Dropping an incomplete `slot` gives back what it did take.
+        self.try_fill(&mut slot).then(|| slot.granted())
+    }
+
+    fn empty(&self, class: Priority) -> Slot<'_> {
+        Slot {
             slots: self,
             class,
             main: None,
             bulk: None,
-        };
-        if class == Priority::Bulk {
-            // Dropping `slot` on the way out gives this permit back.
-            slot.bulk = Some(self.bulk.sem.try_acquire().ok()?);
         }
-        slot.main = Some(self.try_main(class)?);
-        Some(slot.granted())
+    }
+
+    /// Takes, if free now, what `slot` still lacks: bulk's own permit first, then a main one.
+    /// True when the slot is complete. A bulk permit taken stays in `slot` even when no main
+    /// permit is free, so a wait that follows only waits for the main one.
+    fn try_fill<'a>(&'a self, slot: &mut Slot<'a>) -> bool {
+        if slot.class == Priority::Bulk && slot.bulk.is_none() {
+            slot.bulk = self.bulk.sem.try_acquire().ok();
+            if slot.bulk.is_none() {
+                return false;
+            }
+        }
+        slot.main = self.try_main(slot.class);
+        slot.main.is_some()
     }
 
     fn try_main(&self, class: Priority) -> Option<(&Pool, SemaphorePermit<'_>)> {

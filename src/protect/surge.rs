@@ -95,11 +95,6 @@ impl SurgeDetector {
         self.short / self.baseline.max(min_rate)
     }
 
-    /// Short-term rate, per second.
-    pub fn rate(&self) -> f64 {
-        self.short
-    }
-
     /// Learned usual rate, per second.
     pub fn baseline(&self) -> f64 {
         self.baseline

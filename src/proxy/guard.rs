@@ -32,10 +32,10 @@ use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
 use crate::decide;
 pub use crate::decide::client_key;
-use crate::error::{Blame, ErrorStyle, GuardError, ShedReason};
+use crate::error::{Blame, ErrorStyle, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
-use crate::protect::{NoSlot, Protection};
+use crate::protect::Protection;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -314,19 +314,7 @@ impl Guard {
         //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
         //    request takes a free slot or none, and never waits.
         let slot = match &mut shadow {
-            None => Some(
-                protection
-                    .slot(route.priority)
-                    .await
-                    .map_err(|e| GuardError::Shed {
-                        class: route.priority,
-                        reason: match e {
-                            NoSlot::QueueFull => ShedReason::QueueFull,
-                            NoSlot::QueueTimeout => ShedReason::QueueTimeout,
-                        },
-                        retry_after: Duration::from_secs(1),
-                    })?,
-            ),
+            None => Some(protection.slot(route.priority).await?),
             Some(s) => {
                 let slot = protection.try_slot(route.priority);
                 if slot.is_none() {
