@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::{TestGuard, client, metric_value};
+use support::{TestGuard, client, eventually_within, metric_value};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -192,20 +192,16 @@ fn owner(base: &str, stop: &Arc<AtomicBool>, tally: &Arc<Tally>) -> JoinSet<()> 
     set
 }
 
-/// Polls the guard's metrics until `done` holds for them, for at most `within`.
+/// Polls the guard's metrics until `done` holds for them, for at most `within`; returns the
+/// scrape that satisfied it.
 async fn until(g: &TestGuard, within: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let text = g.scrape().await;
-        if done(&text) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut text = String::new();
+    eventually_within(within, what, async || {
+        text = g.scrape().await;
+        done(&text)
+    })
+    .await;
+    text
 }
 
 fn level(text: &str) -> f64 {
@@ -227,14 +223,12 @@ async fn an_ill_upstream_under_a_telemetry_flood_never_fails_a_command_behind_th
     // queue stays far past its 100 ms limit.
     let flooders = flood(&direct, 64, &stop, &bulk);
     let owners = owner(&direct, &stop, &cmds);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while cmds.refused.load(Ordering::Relaxed) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the flood never locked an owner out without the guard: the scenario is too easy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(
+        Duration::from_secs(20),
+        "the flood to lock an owner out without the guard (else the scenario is too easy)",
+        async || cmds.refused.load(Ordering::Relaxed) >= 3,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     flooders.join_all().await;
     owners.join_all().await;

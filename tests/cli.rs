@@ -2,8 +2,11 @@
 //! every policy in `policies/invalid/` refused with the message written at its top, and `serve`
 //! refusing bad input with exit code 65.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::process::{Command, Output};
+
+use support::yaml_files;
 
 const BIN: &str = env!("CARGO_BIN_EXE_verbosity-guard");
 const EXIT_BAD_INPUT: i32 = 65;
@@ -14,18 +17,6 @@ fn run(args: &[&str]) -> Output {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("binary runs")
-}
-
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no policies in {}", dir.display());
-    files
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{TestGuard, TestUpstream, client, policy_with_route};
+use support::{TestGuard, TestUpstream, chunked, client, policy_with_route};
 
 const POLICY: &str = "  - name: api\n    match: { path_prefix: /api }\n    payload:\n      max_body: 16MiB\n      client_requests: { rate: 1000/s }\n      route_bytes: { rate: 100MiB/s, burst: 32MiB }\n";
 
@@ -144,13 +144,10 @@ async fn large_bodies_stream_both_ways() {
 async fn chunked_request_bodies_are_forwarded() {
     let up = TestUpstream::start().await;
     let g = TestGuard::start(&policy_with_route(POLICY), &up.url).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..64).map(|i| Ok(vec![i as u8; 1000])).collect();
+    let chunks = chunked((0..64).map(|i| vec![i as u8; 1000]));
     let resp = client()
         .post(format!("{}/api/chunked", g.url))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunks)
         .send()
         .await
         .unwrap();

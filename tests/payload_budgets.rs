@@ -8,7 +8,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::{TestGuard, TestUpstream, client, json, policy_with_route, raw_exchange};
+use support::{TestGuard, TestUpstream, chunked, client, json, policy_with_route, raw_exchange};
 
 fn addr(g: &TestGuard) -> SocketAddr {
     g.app.proxy_addr()
@@ -91,13 +91,10 @@ async fn chunked_body_over_max_body_is_cut_off_at_the_limit() {
     let route =
         "  - name: upload\n    match: { path_prefix: /upload }\n    payload: { max_body: 4KiB }\n";
     let g = TestGuard::start(&policy_with_route(route), &up.url).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..16).map(|_| Ok(vec![b'y'; 1024])).collect();
+    let chunks = chunked((0..16).map(|_| vec![b'y'; 1024]));
     let resp = client()
         .post(format!("{}/upload", g.url))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunks)
         .send()
         .await
         .unwrap();
@@ -197,14 +194,11 @@ async fn chunked_bodies_are_charged_as_they_stream() {
     let up = TestUpstream::start().await;
     let route = "  - name: tel\n    match: { path_prefix: /tel }\n    payload: { client_bytes: { rate: 1KiB/m, burst: 4KiB } }\n";
     let g = TestGuard::start(&policy_with_route(route), &up.url).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..8).map(|_| Ok(vec![b'z'; 1024])).collect();
+    let chunks = chunked((0..8).map(|_| vec![b'z'; 1024]));
     let resp = client()
         .post(format!("{}/tel", g.url))
         .header("x-vehicle-id", "a")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(chunks)
         .send()
         .await
         .unwrap();

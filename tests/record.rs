@@ -6,7 +6,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use support::{TestGuard, TestUpstream, client, eventually, metric_value};
+use support::{TestGuard, TestUpstream, chunked, client, eventually, metric_value};
 use verbosity_guard::record::RecordConfig;
 use verbosity_guard::records::Sample;
 use verbosity_guard::traffic::{Entry, Limits, Traffic};
@@ -95,14 +95,11 @@ async fn what_was_sent_is_recorded_and_replays_to_the_live_counts() {
     }
     // Binary, streamed without a Content-Length, and a path as the client spelled it.
     let binary: Vec<u8> = (0..=255u8).cycle().take(700).collect();
-    let frames: Vec<Result<Vec<u8>, std::io::Error>> =
-        binary.chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let frames = chunked(binary.chunks(100).map(|c| c.to_vec()));
     let resp = client()
         .post(format!("{}/api/1/vehicles/7/./command//flash", g.url))
         .header("x-vehicle-id", "car-2")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            frames,
-        )))
+        .body(frames)
         .send()
         .await
         .unwrap();

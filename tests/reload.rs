@@ -4,15 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{PATIENCE, TestGuard, TestUpstream, client, eventually, metric_value};
+use support::{GuardProcess, TestGuard, TestUpstream, client, eventually, metric_value};
 use verbosity_guard::policy::reload::{ReloadError, ReloadOutcome};
 use verbosity_guard::policy::{PolicyError, version_hash};
 
@@ -449,48 +448,23 @@ async fn the_binary_reloads_on_sighup_and_logs_a_failure_once() {
     let good = policy("", "before SIGHUP");
     let file = PolicyDir::new(&good);
     // --no-watch: only SIGHUP can make it reload.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_verbosity-guard"))
-        .args(["--log-format", "json", "serve", "--no-watch"])
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .arg("--policy")
-        .arg(&file.path)
-        .args(["--upstream", &up.url])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    // The next log line containing `needle`, and every line before it.
-    let mut wait_for = async |needle: &str| -> (serde_json::Value, Vec<String>) {
-        let mut skipped = Vec::new();
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let line = lines.recv().await.expect("guard exited early");
-                if line.contains(needle) {
-                    let json = serde_json::from_str(&line).expect("JSON log line");
-                    return (json, skipped);
-                }
-                skipped.push(line);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
-    };
-    let (started, _) = wait_for("verbosity-guard listening").await;
+    let mut guard = GuardProcess::spawn([
+        "serve",
+        "--no-watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        &up.url,
+        "--policy",
+        file.path.to_str().unwrap(),
+    ]);
+    let (started, _) = guard.wait_for("verbosity-guard listening").await;
     let admin = format!(
         "http://{}",
         started["fields"]["admin_addr"].as_str().unwrap()
     );
-    let pid = child.id().to_string();
-    let hup = || {
-        let kill = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-        assert!(kill.success());
-    };
     let failures = async || {
         let text = reqwest::get(format!("{admin}/metrics")).await.unwrap();
         metric_value(
@@ -503,9 +477,9 @@ async fn the_binary_reloads_on_sighup_and_logs_a_failure_once() {
 
     // Broken: two SIGHUPs, two failures counted, one error logged.
     std::fs::write(&file.path, good.replace("rate: 1/m", "rate: 1/d")).unwrap();
-    hup();
+    guard.signal("HUP");
     eventually("the first failure", async || failures().await == Some(1.0)).await;
-    let (logged, _) = wait_for("policy reload failed").await;
+    let (logged, _) = guard.wait_for("policy reload failed").await;
     assert_eq!(logged["level"], "ERROR", "{logged}");
     let error = logged["fields"]["error"].as_str().unwrap();
     assert!(
@@ -513,15 +487,15 @@ async fn the_binary_reloads_on_sighup_and_logs_a_failure_once() {
         "{error}"
     );
     assert_eq!(logged["fields"]["active_version_hash"], good_hash.as_str());
-    hup();
+    guard.signal("HUP");
     eventually("the second failure", async || failures().await == Some(2.0)).await;
     assert_eq!(support::policy_hash(&admin).await, good_hash);
 
     // Fixed: the next SIGHUP loads it.
     let fixed = policy("", "after SIGHUP");
     file.replace(&fixed);
-    hup();
-    let (reloaded, before) = wait_for("policy reloaded").await;
+    guard.signal("HUP");
+    let (reloaded, before) = guard.wait_for("policy reloaded").await;
     assert!(
         !before.iter().any(|l| l.contains("policy reload failed")),
         "the repeated failure was logged again: {before:#?}"
@@ -535,11 +509,6 @@ async fn the_binary_reloads_on_sighup_and_logs_a_failure_once() {
         version_hash(fixed.as_bytes())
     );
 
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    guard.signal("TERM");
+    assert_eq!(guard.exit_code().await, Some(0));
 }

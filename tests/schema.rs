@@ -1,10 +1,13 @@
 //! `verbosity-guard schema`: the printed JSON Schema accepts every shipped policy and refuses the
 //! broken policies whose fault is one of shape or spelling (the rest only `check` can see).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use support::yaml_files;
 
 fn printed_schema() -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_verbosity-guard"))
@@ -24,24 +27,12 @@ fn yaml_as_json(path: &Path) -> Value {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn policies(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no policies in {}", dir.display());
-    files
-}
-
 #[test]
 fn every_shipped_policy_validates_against_the_printed_schema() {
     let schema = printed_schema();
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     let validator = jsonschema::validator_for(&schema).expect("a valid draft 7 schema");
-    for file in policies("policies") {
+    for file in yaml_files("policies") {
         let policy = yaml_as_json(&file);
         let errors: Vec<String> = validator
             .iter_errors(&policy)

@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::{Recorded, TestGuard, TestUpstream, client, eventually, metric_value};
+use support::{Recorded, TestGuard, TestUpstream, chunked, client, eventually, metric_value};
 
 const POLICY: &str = r#"
 version: 1
@@ -159,11 +159,8 @@ async fn send(url: &str, r: &Req) -> Seen {
     }
     b = match r.chunked {
         Some(frame) => {
-            let frames: Vec<Result<Vec<u8>, std::io::Error>> =
-                r.body.chunks(frame).map(|c| Ok(c.to_vec())).collect();
-            b.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                frames,
-            )))
+            let frames = chunked(r.body.chunks(frame).map(|c| c.to_vec()));
+            b.body(frames)
         }
         None if !r.body.is_empty() => b.body(r.body.clone()),
         None => b,
@@ -410,30 +407,24 @@ async fn a_shadow_route_still_refuses_what_it_cannot_forward_or_buffer() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
-    let frames: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..9).map(|_| Ok(vec![b'{'; 1024])).collect();
+    let frames = chunked((0..9).map(|_| vec![b'{'; 1024]));
     let resp = client()
         .post(&telemetry)
         .header("x-vehicle-id", "a")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            frames,
-        )))
+        .body(frames)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
 
     // A route that streams only counts it: the upstream gets the whole chunked body.
-    let frames: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..3).map(|_| Ok(vec![b'b'; 1000])).collect();
+    let frames = chunked((0..3).map(|_| vec![b'b'; 1000]));
     let resp = client()
         .post(format!("{}/api/1/vehicles/1/command/big", g.url))
         .header("x-vehicle-id", "b")
         // A client cannot pass for the guard.
         .header("x-verbosity-guard-shadow", "pass")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            frames,
-        )))
+        .body(frames)
         .send()
         .await
         .unwrap();

@@ -294,8 +294,13 @@ pub async fn policy_hash(admin: &str) -> String {
 
 /// Polls `check` every 20 ms until it holds; fails the test after [`PATIENCE`]. This is how tests
 /// wait for something asynchronous (a reload, a metric): never a fixed sleep.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// [`eventually`], for something a scenario says may take up to `within`.
+pub async fn eventually_within(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -360,4 +365,113 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (tokio::net::TcpS
 /// Parses the JSON body of a guard response.
 pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     serde_json::from_slice(&resp.bytes().await.unwrap()).expect("JSON body")
+}
+
+/// A request body sent chunked (no Content-Length), one frame per item of `frames`.
+pub fn chunked(frames: impl IntoIterator<Item = Vec<u8>>) -> reqwest::Body {
+    let frames: Vec<Result<Vec<u8>, std::io::Error>> = frames.into_iter().map(Ok).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(frames))
+}
+
+/// The `.yaml` files of `dir` (relative to the crate), sorted; fails if there are none.
+pub fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no policies in {}", dir.display());
+    files
+}
+
+/// The real binary, run with `--log-format json` and its log lines read as they come. If the
+/// test fails half-way the process is killed, so it cannot outlive the test (it would keep
+/// the test harness's output pipe open).
+pub struct GuardProcess {
+    child: Option<std::process::Child>,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl GuardProcess {
+    /// Starts `verbosity-guard --log-format json ARGS...`.
+    pub fn spawn<I, S>(args: I) -> GuardProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verbosity-guard"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        GuardProcess {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// The next log line containing `needle`, parsed, and every line before it; fails the test
+    /// if none comes within [`PATIENCE`].
+    pub async fn wait_for(&mut self, needle: &str) -> (serde_json::Value, Vec<String>) {
+        let mut skipped = Vec::new();
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let line = self.lines.recv().await.expect("guard exited early");
+                if line.contains(needle) {
+                    let json = serde_json::from_str(&line).expect("JSON log line");
+                    return (json, skipped);
+                }
+                skipped.push(line);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code()
+    }
+}
+
+impl Drop for GuardProcess {
+    fn drop(&mut self) {
+        // Only reached with the child still here when the test failed before `exit_code`.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
