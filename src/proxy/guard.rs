@@ -26,7 +26,7 @@ use tower::Service;
 use super::batch::{self, Filtered, ShadowBatch};
 use super::body::{GuardedBody, ShadowStream, UpstreamBody};
 use super::headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip_hop_by_hop,
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip, strip_hop_by_hop,
 };
 use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
@@ -375,12 +375,9 @@ impl Guard {
                 h
             }
         };
-        strip_hop_by_hop(&mut parts.headers);
         // Only the guard speaks in its own headers: a client's copy could pass for the guard's
         // count of kept and dropped records.
-        for own in batch::OWN_HEADERS {
-            parts.headers.remove(own);
-        }
+        strip(&mut parts.headers, &batch::OWN_HEADERS);
         // Room for the three X-Forwarded-* headers: at most one growth of the map.
         parts.headers.reserve(3);
         append_forwarded(

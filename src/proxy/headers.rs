@@ -1,7 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop headers out (both ways),
 //! `X-Forwarded-*` in (toward the upstream).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// `Proxy-*` family. They never cross the guard.
@@ -19,37 +19,59 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
-}
-
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass of cheap name comparisons instead of a lookup per
-    // hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    strip(headers, &[]);
+}
+
+/// Removes hop-by-hop headers, every header the `Connection` header names, and the headers in
+/// `also`. One pass over the names finds what is there, so a message that carries none of them
+/// (most requests) costs only that pass, and one that does (most upstream responses carry
+/// `Connection: keep-alive`) costs a lookup per name present. Nothing is allocated.
+pub fn strip(headers: &mut HeaderMap, also: &[&HeaderName]) {
+    let (mut fixed, mut proxy, mut listed) = (0u8, false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            fixed |= 1 << i;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
+        } else if also.contains(&name) {
+            listed = true;
+        }
     }
-    // Names listed in Connection are removed first; values are comma-separated tokens.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    if fixed & 1 != 0 {
+        // Names listed in Connection go first; its values are comma-separated tokens. Each
+        // value is a cheap clone (a shared buffer), so the map can be changed while reading it.
+        let mut i = 0;
+        while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+            i += 1;
+            for token in value.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if !token.is_empty() {
+                    headers.remove(token);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if fixed & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
+    while proxy {
+        match headers
+            .keys()
+            .find(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+        {
+            Some(name) => drop(headers.remove(&name)),
+            None => proxy = false,
+        }
+    }
+    if listed {
+        for name in also {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -57,20 +79,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `$proxy_add_x_forwarded_for` does: `client, proxy1` + `, value`. Multiple header lines are
 /// folded into one, so readers that take only the first line still see the whole chain.
 pub fn append_forwarded(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    let mut existing = headers.get_all(name).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(name.clone(), value);
-        return;
-    }
-    let mut joined = Vec::with_capacity(64);
-    for v in existing {
-        joined.extend_from_slice(v.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(value.as_bytes());
-    // Joining valid header values with ", " yields a valid header value.
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(name.clone(), v);
+    match headers.entry(name) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut chain) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in chain.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(value.as_bytes());
+            // Joining valid header values with ", " yields a valid header value.
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                chain.insert(v);
+            }
+        }
     }
 }
 
@@ -99,6 +123,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-vehicle-id", "content-type"]);
+    }
+
+    #[test]
+    fn strips_every_connection_line_every_proxy_header_and_the_listed_names() {
+        static OWN: HeaderName = HeaderName::from_static("x-own");
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close"),
+            ("connection", "x-a , x-b"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-authenticate", "Basic"),
+            ("x-own", "forged"),
+            ("x-kept", "3"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip(&mut h, &[&OWN]);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+
+        // The listed names go even when no hop-by-hop header is there.
+        let mut h = HeaderMap::new();
+        h.insert(&OWN, HeaderValue::from_static("forged"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip(&mut h, &[&OWN]);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
