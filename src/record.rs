@@ -150,7 +150,7 @@ impl Recorder {
         parts: &request::Parts,
         peer: IpAddr,
         declared: Option<u64>,
-    ) -> Option<Capture> {
+    ) -> Option<Box<Capture>> {
         if self.sample.per_million < 1_000_000 {
             let draw = match key {
                 Some(k) => mix(k ^ self.salt),
@@ -196,7 +196,9 @@ impl Recorder {
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        Some(Capture {
+        // Boxed: a capture rides along in every request body's state, and most requests are
+        // not sampled, so it costs them a pointer instead of its size.
+        Some(Box::new(Capture {
             captured: Some(Captured {
                 at,
                 method: parts.method.clone(),
@@ -214,7 +216,7 @@ impl Recorder {
             max_body: self.max_body,
             tx: self.tx.clone(),
             shared: self.shared.clone(),
-        })
+        }))
     }
 }
 

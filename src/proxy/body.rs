@@ -47,9 +47,10 @@ pin_project! {
         // Set once the body failed, so it is not polled again.
         failed: bool,
         // A shadow route's body: decisions are counted here instead of failing the body.
-        shadow: Option<ShadowStream>,
+        // Boxed, like `tap`: rare, and the body is moved several times on its way upstream.
+        shadow: Option<Box<ShadowStream>>,
         // `serve --record`: a sampled request's capture sees the frames as they pass.
-        tap: Option<Capture>,
+        tap: Option<Box<Capture>>,
     }
 }
 
@@ -104,14 +105,14 @@ impl GuardedBody {
     }
 
     /// Shows the frames to a recorder's capture (none when the request is not sampled).
-    pub fn tap(mut self, capture: Option<Capture>) -> Self {
+    pub fn tap(mut self, capture: Option<Box<Capture>>) -> Self {
         self.tap = capture;
         self
     }
 
     /// Counts instead of failing (a shadow route); see [`ShadowStream`].
     pub fn shadow(mut self, shadow: ShadowStream) -> Self {
-        self.shadow = Some(shadow);
+        self.shadow = Some(Box::new(shadow));
         self
     }
 
