@@ -245,7 +245,10 @@ impl Guard {
                 body = body.shadow(ShadowStream::new(s.metrics().clone(), None));
             }
             let hint = declared.unwrap_or(64 << 10).min(max_body);
-            let raw = batch::read_to_end(&mut body, usize::try_from(hint).unwrap_or(0)).await?;
+            // Boxed: only records routes wait here, and every request's state would otherwise
+            // carry room for this future.
+            let capacity = usize::try_from(hint).unwrap_or(0);
+            let raw = Box::pin(batch::read_to_end(&mut body, capacity)).await?;
             let forward = match &mut shadow {
                 None => {
                     match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
@@ -314,7 +317,11 @@ impl Guard {
         //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
         //    request takes a free slot or none, and never waits.
         let slot = match &mut shadow {
-            None => Some(protection.slot(route.priority).await?),
+            // A free slot is taken without a future; only a wait for one is boxed.
+            None => match protection.try_slot(route.priority) {
+                Some(slot) => Some(slot),
+                None => Some(Box::pin(protection.slot(route.priority)).await?),
+            },
             Some(s) => {
                 let slot = protection.try_slot(route.priority);
                 if slot.is_none() {

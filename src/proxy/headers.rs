@@ -4,7 +4,7 @@
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// `Proxy-*` family. They never cross the guard.
+/// `Proxy-*` family. They never cross the guard. Bit `i` of [`strip`]'s mask is `HOP_BY_HOP[i]`.
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -14,10 +14,29 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
     HeaderName::from_static("proxy-connection"),
 ];
+const PROXY_FAMILY: u16 = 1 << 7;
+const LISTED: u16 = 1 << 8;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Which of `strip`'s sets `name` is in, as a mask bit (0 for none). Header names are stored
+/// lowercase, so this is a string match: no hashing, no `HeaderName` comparisons.
+fn classify(name: &str, also: &[&HeaderName]) -> u16 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "te" => 1 << 2,
+        "trailer" => 1 << 3,
+        "transfer-encoding" => 1 << 4,
+        "upgrade" => 1 << 5,
+        "proxy-connection" => 1 << 6,
+        n if n.starts_with("proxy-") => PROXY_FAMILY,
+        n if also.iter().any(|a| a.as_str() == n) => LISTED,
+        _ => 0,
+    }
+}
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -27,19 +46,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes hop-by-hop headers, every header the `Connection` header names, and the headers in
 /// `also`. One pass over the names finds what is there, so a message that carries none of them
 /// (most requests) costs only that pass, and one that does (most upstream responses carry
-/// `Connection: keep-alive`) costs a lookup per name present. Nothing is allocated.
+/// `Connection: keep-alive`) costs a removal per name present. Nothing is allocated.
 pub fn strip(headers: &mut HeaderMap, also: &[&HeaderName]) {
-    let (mut fixed, mut proxy, mut listed) = (0u8, false, false);
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            fixed |= 1 << i;
-        } else if name.as_str().starts_with("proxy-") {
-            proxy = true;
-        } else if also.contains(&name) {
-            listed = true;
-        }
+    let found = headers
+        .keys()
+        .fold(0, |found, name| found | classify(name.as_str(), also));
+    if found == 0 {
+        return;
     }
-    if fixed & 1 != 0 {
+    if found & 1 != 0 {
         // Names listed in Connection go first; its values are comma-separated tokens. Each
         // value is a cheap clone (a shared buffer), so the map can be changed while reading it.
         let mut i = 0;
@@ -47,28 +62,32 @@ pub fn strip(headers: &mut HeaderMap, also: &[&HeaderName]) {
             i += 1;
             for token in value.to_str().unwrap_or_default().split(',') {
                 let token = token.trim();
-                if !token.is_empty() {
+                // `close`, `keep-alive` and the like name no header, or one removed below.
+                let fixed = token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                if !token.is_empty() && !fixed {
                     headers.remove(token);
                 }
             }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if fixed & (1 << i) != 0 {
+        if found & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    while proxy {
-        match headers
+    if found & PROXY_FAMILY != 0 {
+        while let Some(name) = headers
             .keys()
             .find(|k| k.as_str().starts_with("proxy-"))
             .cloned()
         {
-            Some(name) => drop(headers.remove(&name)),
-            None => proxy = false,
+            headers.remove(&name);
         }
     }
-    if listed {
+    if found & LISTED != 0 {
         for name in also {
             headers.remove(*name);
         }

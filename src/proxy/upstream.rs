@@ -217,7 +217,9 @@ where
                 Err((e, None)) => return Err(e),
             }
         }
-        let mut conn = self.connect(deadline).await?;
+        // Boxed: connecting is rare once the pool is warm, and its future is the largest part
+        // of this one's state, which every request carries.
+        let mut conn = Box::pin(self.connect(deadline)).await?;
         match conn.exchange(req).await {
             Ok(resp) => Ok(self.pooled(resp, conn)),
             Err((e, _)) => Err(e),
