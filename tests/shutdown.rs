@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::{GuardProcess, PATIENCE, TestGuard, TestUpstream, client, policy_with_route};
 
 const ROUTE: &str = "  - name: api\n    match: { path_prefix: /api }\n";
@@ -30,6 +32,33 @@ async fn in_flight_requests_finish_during_the_drain() {
         tokio::net::TcpStream::connect(proxy).await.is_err(),
         "no new connections after the drain"
     );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_by_the_drain() {
+    let up = TestUpstream::start().await;
+    // Idle connections would otherwise close on their own only after the header timeout (the
+    // keep-alive idle limit) or the drain deadline, both far beyond PATIENCE here.
+    let g = TestGuard::start_with(&policy_with_route(ROUTE), &up.url, |c| {
+        c.server.header_read_timeout = Duration::from_secs(120);
+        c.drain_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let TestGuard { app, url, .. } = g;
+    // Several clients, each leaving an idle keep-alive connection in its pool.
+    let clients: Vec<_> = (0..4).map(|_| client()).collect();
+    for c in &clients {
+        let resp = c.get(format!("{url}/api/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    app.begin_shutdown();
+    // Finishing within PATIENCE means every idle connection was told to close.
+    assert!(
+        tokio::time::timeout(PATIENCE, app.drained()).await.unwrap(),
+        "drain finished in time"
+    );
+    drop(clients);
 }
 
 #[tokio::test]

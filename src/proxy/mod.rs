@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod body;
 mod client_io;
+mod drain;
 pub mod guard;
 pub mod headers;
 pub mod shadow;
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -32,6 +32,7 @@ pub use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 use crate::warn_limited;
 use client_io::{ClientIo, sniff};
+use drain::{Drain, Watch};
 
 /// Listener-level bounds, set from the command line.
 #[derive(Debug, Clone)]
@@ -232,7 +233,7 @@ async fn run_worker(
         }
     });
     let builders = Arc::new(Builders::new(&limits));
-    let graceful = GracefulShutdown::new();
+    let mut connections = Drain::default();
     while let Some(accepted) = conns.recv().await {
         let (shared, upstream, builders) = (shared.clone(), upstream.clone(), builders.clone());
         tokio::spawn(serve_client(
@@ -240,10 +241,10 @@ async fn run_worker(
             shared,
             upstream,
             builders,
-            graceful.watcher(),
+            connections.watch(),
         ));
     }
-    let drained = tokio::time::timeout(drain, graceful.shutdown())
+    let drained = tokio::time::timeout(drain, connections.shutdown())
         .await
         .is_ok();
     sweeper.abort();
@@ -260,7 +261,7 @@ async fn serve_client(
     shared: Arc<Shared>,
     upstream: Upstream,
     builders: Arc<Builders>,
-    watcher: Watcher,
+    mut watch: Watch,
 ) {
     let metrics = shared.metrics.clone();
     let count = |kind: &str| metrics.connection_errors.with_label_values(&[kind]).inc();
@@ -277,13 +278,13 @@ async fn serve_client(
                     // socket closes (and a lingering close starts) only after that, so whoever
                     // sees the connection end can read its metric.
                     if h2 {
-                        let conn = watcher.watch(builders.h2.serve_connection(io, service));
+                        let conn = watch.watch(builders.h2.serve_connection(io, service));
                         let mut conn = std::pin::pin!(conn);
                         if let Err(e) = conn.as_mut().await {
                             count(connection_error_kind(&e));
                         }
                     } else {
-                        let conn = watcher.watch(builders.h1.serve_connection(io, service));
+                        let conn = watch.watch(builders.h1.serve_connection(io, service));
                         let mut conn = std::pin::pin!(conn);
                         if let Err(e) = conn.as_mut().await {
                             count(connection_error_kind(&e));

@@ -1,0 +1,110 @@
+//! Graceful drain of one worker's connections: on shutdown every connection is told to finish
+//! its request in flight and close, and the worker waits until all have.
+//!
+//! This does what hyper-util's `GracefulShutdown` does, more cheaply on the hot path. That one
+//! polls a `watch` channel's change future on every poll of every connection, which takes a
+//! lock inside tokio's `Notify` each time: about 1.6% of the guard's instructions on a small
+//! GET. Here each connection polls its own oneshot receiver, an atomic load once its waker is
+//! stored.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::server::graceful::GracefulConnection;
+use pin_project_lite::pin_project;
+use tokio::sync::{mpsc, oneshot};
+
+/// One worker's connections, as far as shutting them down goes.
+pub struct Drain {
+    /// One per connection watched; a connection that has ended leaves a closed sender, which
+    /// is pruned before the list grows.
+    stops: Vec<oneshot::Sender<()>>,
+    /// Every watched connection holds a clone; `recv` returns `None` once all are gone.
+    live: mpsc::Sender<()>,
+    gone: mpsc::Receiver<()>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        let (live, gone) = mpsc::channel(1);
+        Drain {
+            stops: Vec::new(),
+            live,
+            gone,
+        }
+    }
+}
+
+impl Drain {
+    /// A watch for a new connection, to hold until the connection is counted and dropped.
+    pub fn watch(&mut self) -> Watch {
+        if self.stops.len() == self.stops.capacity() {
+            self.stops.retain(|stop| !stop.is_closed());
+        }
+        let (stop, stopped) = oneshot::channel();
+        self.stops.push(stop);
+        Watch {
+            stopped: Some(stopped),
+            _live: self.live.clone(),
+        }
+    }
+
+    /// Tells every connection to shut down gracefully, and waits until all have ended.
+    pub async fn shutdown(self) {
+        let Drain {
+            stops,
+            live,
+            mut gone,
+        } = self;
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        drop(live);
+        // Nothing is ever sent: this returns once the last watch is dropped.
+        let _ = gone.recv().await;
+    }
+}
+
+/// A connection's side of the drain.
+pub struct Watch {
+    stopped: Option<oneshot::Receiver<()>>,
+    _live: mpsc::Sender<()>,
+}
+
+impl Watch {
+    /// `conn`, shut down gracefully once the drain starts.
+    pub fn watch<C: GracefulConnection>(&mut self, conn: C) -> Watched<'_, C> {
+        Watched {
+            conn,
+            stopped: &mut self.stopped,
+        }
+    }
+}
+
+pin_project! {
+    /// A connection under a [`Watch`].
+    pub struct Watched<'w, C> {
+        #[pin]
+        conn: C,
+        stopped: &'w mut Option<oneshot::Receiver<()>>,
+    }
+}
+
+impl<C: GracefulConnection> Future for Watched<'_, C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if let Some(stopped) = this.stopped.as_mut()
+            && let Poll::Ready(signal) = Pin::new(stopped).poll(cx)
+        {
+            **this.stopped = None;
+            // A dropped sender (the worker gone without a drain) is not a shutdown signal.
+            if signal.is_ok() {
+                this.conn.as_mut().graceful_shutdown();
+            }
+        }
+        this.conn.poll(cx)
+    }
+}
