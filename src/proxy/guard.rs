@@ -85,9 +85,13 @@ impl ConnInfo {
     }
 }
 
-/// The guard in front of this worker's upstream pool.
+/// The guard in front of this worker's upstream pool, for one client connection. Each request
+/// takes one reference count of it, not one per field.
 #[derive(Clone)]
-pub struct Guard {
+pub struct Guard(Arc<ConnGuard>);
+
+/// What a connection's requests share.
+struct ConnGuard {
     shared: Arc<Shared>,
     conn: ConnInfo,
     upstream: Upstream,
@@ -95,11 +99,11 @@ pub struct Guard {
 
 impl Guard {
     pub fn new(shared: Arc<Shared>, conn: ConnInfo, upstream: Upstream) -> Self {
-        Guard {
+        Guard(Arc::new(ConnGuard {
             shared,
             conn,
             upstream,
-        }
+        }))
     }
 }
 
@@ -113,7 +117,7 @@ impl Service<Request<Incoming>> for Guard {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let snapshot = this.shared.policy.load();
             let metrics = &this.shared.metrics;
@@ -134,7 +138,7 @@ struct RequestCtx {
     style: ErrorStyle,
 }
 
-impl Guard {
+impl ConnGuard {
     async fn run(
         &self,
         snap: &Snapshot,
