@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 
-use support::{TestGuard, client, metric_value, policy_with_route};
+use support::{TestGuard, client, policy_with_route};
 
 const ROUTE: &str = "  - name: api\n    match: { path_prefix: /api }\n";
 
@@ -135,19 +135,18 @@ async fn serve(
     }
 }
 
-async fn get_ok(url: &str) {
-    let resp = client().get(url).send().await.unwrap();
+/// A GET on `c`'s keep-alive connection: one client connection lands on one worker, and so
+/// on one upstream pool.
+async fn get_ok(c: &reqwest::Client, url: &str) {
+    let resp = c.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
 }
 
+/// Requests the guard answered with 502/504 on the `api` route.
 async fn upstream_errors(g: &TestGuard) -> f64 {
-    metric_value(
-        &g.scrape().await,
-        "verbosity_guard_upstream_errors_total",
-        &[("route", "api")],
-    )
-    .unwrap_or(0.0)
+    let outcome = [("route", "api"), ("outcome", "upstream_error")];
+    g.metric("verbosity_guard_requests_total", &outcome).await
 }
 
 #[tokio::test]
@@ -157,9 +156,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     // One client connection: every request lands on the same worker, and so the same pool.
     let c = client();
     for i in 0..5 {
-        let resp = c.get(format!("{}/api/{i}", g.url)).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.text().await.unwrap(), "ok");
+        get_ok(&c, &format!("{}/api/{i}", g.url)).await;
     }
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
@@ -168,8 +165,9 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 async fn a_connection_the_upstream_closed_while_idle_costs_no_request() {
     let mut up = RawUpstream::start(Mode::CloseAfterEach).await;
     let g = TestGuard::start(&policy_with_route(ROUTE), &up.url).await;
+    let c = client();
     for i in 0..4 {
-        get_ok(&format!("{}/api/{i}", g.url)).await;
+        get_ok(&c, &format!("{}/api/{i}", g.url)).await;
         // The pooled connection is closed by now; the next request must not fail on it.
         assert!(matches!(up.next_event().await, Event::Body(0)));
         assert!(matches!(up.next_event().await, Event::Closed));
@@ -198,7 +196,7 @@ async fn an_upstream_that_answers_before_the_body_still_gets_all_of_it() {
     assert!(matches!(up.next_event().await, Event::Body(n) if n == 32 << 20));
     // And the pool still serves.
     for i in 0..3 {
-        get_ok(&format!("{}/api/{i}", g.url)).await;
+        get_ok(&c, &format!("{}/api/{i}", g.url)).await;
         assert!(matches!(up.next_event().await, Event::Body(0)));
     }
     assert_eq!(upstream_errors(&g).await, 0.0);
