@@ -20,6 +20,12 @@
 # connections, default 16), BENCH_DURATION (counted run, default 6s).
 set -euo pipefail
 
+# Binaries named on the command line are resolved before the script moves to the repo root.
+BINS=()
+for bin in "$@"; do
+    resolved="$(realpath -e "$bin")" || { printf 'no such binary: %s\n' "$bin" >&2; exit 1; }
+    BINS+=("$resolved")
+done
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 SCENARIO="${BENCH_SCENARIO:-small-get}"
@@ -27,40 +33,10 @@ CONNS="${BENCH_CONNS:-16}"
 DURATION="${BENCH_DURATION:-6s}"
 POLICY="benches/bench-policy.yaml"
 
-log() { printf '[instructions.sh] %s\n' "$*" >&2; }
-die() { printf '[instructions.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$REPO_ROOT/benches/lib.sh"
+need_tools valgrind wrk nginx curl python3
 
-PIDS=()
-TMP=""
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    [[ -n "$TMP" && -d "$TMP" ]] && rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-NGINX="$(command -v nginx || true)"
-[[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v wrk >/dev/null || missing+=(wrk)
-[[ -n "$NGINX" ]] || missing+=(nginx-light)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-    [[ $EUID -eq 0 ]] || die "missing tools; install them with: sudo apt-get install -y ${missing[*]}"
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2 ||
-        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >&2; } ||
-        die "apt-get install ${missing[*]} failed"
-    NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-fi
-
-BINS=("$@")
 if ((${#BINS[@]} == 0)); then
     log "building: cargo build --release --locked"
     cargo build --release --locked >&2 || die "cargo build failed"
@@ -68,58 +44,36 @@ if ((${#BINS[@]} == 0)); then
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/vg-instr.XXXXXX")"
+# nginx workers drop to "nobody" when started as root; let them reach their temp dirs.
 chmod 711 "$TMP"
 mkdir -p "$TMP/upstream" && chmod 777 "$TMP/upstream"
-read -r UPORT GPORT APORT < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
-cat >"$TMP/upstream/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/upstream/nginx.pid;
-error_log $TMP/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/upstream/client_body;
-    proxy_temp_path $TMP/upstream/proxy_temp;
-    fastcgi_temp_path $TMP/upstream/fastcgi_temp;
-    uwsgi_temp_path $TMP/upstream/uwsgi_temp;
-    scgi_temp_path $TMP/upstream/scgi_temp;
-    keepalive_requests 1000000;
-    client_max_body_size 1m;
-    server {
-        listen 127.0.0.1:$UPORT backlog=4096;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
+read -r UPORT GPORT APORT < <(free_ports 3)
+upstream_nginx_conf "$UPORT" >"$TMP/upstream/nginx.conf"
 "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -e "$TMP/upstream/error.log" &
-PIDS+=($!)
+UPSTREAM_PID=$!
+PIDS+=("$UPSTREAM_PID")
+wait_http upstream "http://127.0.0.1:$UPORT/" "$UPSTREAM_PID"
 
 WRK=(wrk -t1 -c"$CONNS")
 case "$SCENARIO" in
     small-get) URL_PATH=/bench/small ;;
     post-64k)
         URL_PATH=/bench/upload
-        printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n' >"$TMP/post.lua"
+        cat >"$TMP/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("x", 65536)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
         WRK+=(-s "$TMP/post.lua")
         ;;
     *) die "BENCH_SCENARIO must be small-get or post-64k, not $SCENARIO" ;;
 esac
 
-wait_up() { # url pid
-    for _ in $(seq 150); do
-        kill -0 "$2" 2>/dev/null || die "a server exited during startup"
-        curl -s -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.2
-    done
-    die "$1 did not answer within 30 s"
+# check_wrk FILE: a run that saw errors measured the guard's error path, not a request.
+check_wrk() {
+    if grep -q 'Non-2xx' "$1" || grep -Eq 'Socket errors: .*[1-9]' "$1"; then
+        die "wrk saw errors: $(grep -E 'Non-2xx|Socket errors' "$1" | tr '\n' ' ')"
+    fi
 }
 
 printf '%-60s %10s %12s\n' "binary ($SCENARIO, wrk -c$CONNS)" requests instr/req
@@ -129,21 +83,25 @@ for bin in "${BINS[@]}"; do
     rm -f "$out"*
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$bin" serve \
         --policy "$POLICY" --upstream "http://127.0.0.1:$UPORT" --listen "127.0.0.1:$GPORT" \
-        --admin "127.0.0.1:$APORT" --workers 1 --log-level warn 2>"$TMP/valgrind.log" &
+        --admin "127.0.0.1:$APORT" --workers 1 --log-level warn --drain-timeout 1s \
+        2>"$TMP/valgrind.log" &
     pid=$!
     PIDS+=("$pid")
-    wait_up "http://127.0.0.1:$APORT/readyz" "$pid"
+    # A guard under valgrind takes a few seconds to start.
+    wait_http guard "http://127.0.0.1:$APORT/readyz" "$pid" 30
     url="http://127.0.0.1:$GPORT$URL_PATH"
-    "${WRK[@]}" -d3s "$url" >/dev/null
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    requests="$("${WRK[@]}" -d"$DURATION" "$url" | awk '/requests in/ {print $1}')"
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    kill -TERM "$pid"
-    wait "$pid" 2>/dev/null || true
-    # The dump after zeroing holds the counted run; the final dump at exit is the largest
-    # only if the process did more after it, so take the dump callgrind_control wrote.
-    dump="$(ls -1 "$out".* 2>/dev/null | head -n1)"
-    [[ -n "$dump" ]] || die "callgrind wrote no dump for $bin (see $TMP/valgrind.log)"
+    "${WRK[@]}" -d3s "$url" >"$TMP/warm-up.txt" || die "wrk failed (warm-up)"
+    check_wrk "$TMP/warm-up.txt"
+    # callgrind_control exits 0 even when it finds no such process: look for its "OK".
+    callgrind_control -z "$pid" 2>&1 | grep -q OK || die "callgrind_control could not zero $pid"
+    "${WRK[@]}" -d"$DURATION" "$url" >"$TMP/wrk.txt" || die "wrk failed"
+    check_wrk "$TMP/wrk.txt"
+    requests="$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")"
+    callgrind_control -d "$pid" 2>&1 | grep -q OK || die "callgrind_control could not dump $pid"
+    stop_pid "$pid"
+    # The dump asked for above is numbered .1; the one valgrind writes at exit has no suffix.
+    dump="$out.1"
+    [[ -s "$dump" ]] || die "callgrind wrote no dump for $bin (see $TMP/valgrind.log)"
     total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
     [[ "${requests:-0}" -gt 0 && -n "$total" ]] || die "no requests or no total for $bin"
     printf '%-60s %10d %12d\n' "$bin" "$requests" "$((total / requests))"

@@ -48,73 +48,9 @@ POLICY="benches/bench-policy.yaml"
 GUARD_BIN="$REPO_ROOT/target/release/verbosity-guard"
 TARGETS=(direct guard nginx)
 
-log() { printf '[load.sh] %s\n' "$*" >&2; }
-die() { printf '[load.sh] ERROR: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------------------------------
-# Cleanup: stop everything we started, even on failure or Ctrl-C.
-# ---------------------------------------------------------------------------------------
-PIDS=()
-WRK_PID=""
-TMP=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n "$WRK_PID" ]]; then kill "$WRK_PID" 2>/dev/null || true; fi
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "process $pid did not stop on SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n "$TMP" && -d "$TMP" ]]; then
-        if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------------------------------
-# Tools
-# ---------------------------------------------------------------------------------------
-NGINX="$(command -v nginx || true)"
-[[ -z "$NGINX" && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-[[ -n "$NGINX" ]] || missing+=(nginx)
-command -v curl >/dev/null || missing+=(curl)
-command -v taskset >/dev/null || missing+=(util-linux)
-command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    pkgs=()
-    for m in "${missing[@]}"; do
-        if [[ "$m" == nginx ]]; then
-            # nginx-light is enough; newer Debian releases only ship "nginx".
-            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
-        else
-            pkgs+=("$m")
-        fi
-    done
-    if [[ $EUID -ne 0 ]]; then
-        die "missing tools; install them with: sudo apt-get install -y ${pkgs[*]}"
-    fi
-    log "installing ${pkgs[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}" >&2 ||
-        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${pkgs[@]}" >&2; } ||
-        die "apt-get install ${pkgs[*]} failed"
-    NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-    command -v wrk >/dev/null && [[ -x "$NGINX" ]] || die "tools still missing after apt-get"
-fi
+# shellcheck source=benches/lib.sh
+source "$REPO_ROOT/benches/lib.sh"
+need_tools wrk nginx curl taskset python3
 
 # ---------------------------------------------------------------------------------------
 # Build and validate the policy
@@ -158,57 +94,10 @@ chmod 711 "$TMP"
 mkdir -p "$TMP/upstream" "$TMP/proxy"
 chmod 777 "$TMP/upstream" "$TMP/proxy"
 
-read -r UPORT GPORT APORT NPORT < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+read -r UPORT GPORT APORT NPORT < <(free_ports 4)
 log "ports: upstream $UPORT, guard $GPORT (admin $APORT), nginx-proxy $NPORT"
 
-# Directives both nginx instances share: foreground, own pid/error log, no access log,
-# temp paths inside the prefix, keep-alive connections that are never recycled by count
-# (the guard has no per-connection request limit either).
-nginx_common() { # $1 = name
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/$1/nginx.pid;
-error_log $TMP/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/$1/client_body;
-    proxy_temp_path $TMP/$1/proxy_temp;
-    fastcgi_temp_path $TMP/$1/fastcgi_temp;
-    uwsgi_temp_path $TMP/$1/uwsgi_temp;
-    scgi_temp_path $TMP/$1/scgi_temp;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_max_body_size 1m;
-    client_body_buffer_size 128k;
-EOF
-}
-
-{
-    nginx_common upstream
-    cat <<EOF
-    server {
-        listen 127.0.0.1:$UPORT backlog=4096;
-        # "return" discards (reads and drops) any request body before answering.
-        location / {
-            default_type text/plain;
-            return 200 "ok\n";
-        }
-    }
-}
-EOF
-} >"$TMP/upstream/nginx.conf"
+upstream_nginx_conf "$UPORT" >"$TMP/upstream/nginx.conf"
 
 {
     nginx_common proxy
@@ -267,16 +156,6 @@ PIDS+=("$GUARD_PID")
 NGINXP_PID=$!
 PIDS+=("$NGINXP_PID")
 
-wait_http() { # name url pid
-    local code
-    for _ in $(seq 100); do
-        kill -0 "$3" 2>/dev/null || die "$1 exited during startup (see logs in $TMP; rerun with BENCH_KEEP=1)"
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$2" || true)"
-        [[ "$code" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$1 did not answer 200 at $2 within 10 s (last status: ${code:-none})"
-}
 wait_http upstream "http://127.0.0.1:$UPORT/bench/small" "$UPSTREAM_PID"
 wait_http guard-admin "http://127.0.0.1:$APORT/readyz" "$GUARD_PID"
 wait_http guard "http://127.0.0.1:$GPORT/bench/small" "$GUARD_PID"
