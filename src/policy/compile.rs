@@ -196,7 +196,22 @@ pub fn compile<C: Clock + Clone>(
     })
 }
 
-/// `protect`: every field defaults; sizes must leave room for each class, factors must order.
+/// The brownout controller and the surge detector tick at most this often (a zero interval
+/// would spin a core) and at least this often (a tick farther away is no protection, and
+/// `interval * relax_after` must stay far from `Duration`'s limit).
+const TICK_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+
+fn tick_in_range<C: Clock + Clone>(c: &mut Compiler<C>, interval: Duration, path: &str) {
+    let (min, max) = TICK_RANGE;
+    if !(min..=max).contains(&interval) {
+        c.problem(
+            None,
+            path,
+            format!("must be between 10ms and 1h, not {interval:?}"),
+        );
+    }
+}
+
 /// A multiplier that must be above 1 (`latency_factor`, `surge.factor`): the value given, or
 /// `default`.
 fn factor_above_one<C: Clock + Clone>(
@@ -219,6 +234,7 @@ fn share(f: super::units::Fraction) -> f64 {
     f64::from(f.per_million) / 1e6
 }
 
+/// `protect`: every field defaults; sizes must leave room for each class, factors must order.
 fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> ProtectConfig {
     let mut cfg = ProtectConfig::default();
     let s = &mut cfg.slots;
@@ -279,6 +295,7 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
     if let Some(d) = b.interval {
         out.interval = d.0;
     }
+    tick_in_range(c, out.interval, "protect.brownout.interval");
     let ticks = |d: Duration, interval: Duration| -> u32 {
         let n = d.as_nanos().div_ceil(interval.as_nanos().max(1));
         u32::try_from(n).unwrap_or(u32::MAX).max(1)
@@ -362,6 +379,7 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
         }
     };
     set(&mut out.interval, r.interval);
+    tick_in_range(c, out.interval, "protect.surge.interval");
     set(&mut out.hold, r.hold);
     set(&mut out.warmup, r.warmup);
     set(&mut out.window, r.window);

@@ -147,13 +147,13 @@ impl<T> Default for RawPerClass<T> {
 pub struct RawBrownout {
     /// `false` keeps the level at `off` (slots still apply). Default `true`.
     pub enabled: Option<bool>,
-    /// How often the upstream is judged (default 1s).
+    /// How often the upstream is judged (default 1s; 10ms to 1h).
     pub interval: Option<HumanDuration>,
     /// A class's interval is congested when its p90 latency is above this multiple of its
     /// learned baseline (default 2).
     #[schemars(with = "Option<f64>")]
     pub latency_factor: Option<Spanned<f64>>,
-    /// ... and healthy again under this multiple (default 1.5; below `latency_factor`).
+    /// ... and healthy again under this multiple (default 1.5; at most `latency_factor`).
     #[schemars(with = "Option<f64>")]
     pub recover_factor: Option<Spanned<f64>>,
     /// Latencies up to this are never congestion, however low the baseline (default 25ms).
@@ -189,7 +189,7 @@ pub struct RawBrownout {
 pub struct RawSurge {
     /// `false` turns detection off. Default `true`.
     pub enabled: Option<bool>,
-    /// How often rates are sampled (default 1s).
+    /// How often rates are sampled (default 1s; 10ms to 1h).
     pub interval: Option<HumanDuration>,
     /// A surge starts when the short-term rate stays above this multiple of the baseline for
     /// `hold` (default 3).

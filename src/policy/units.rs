@@ -26,6 +26,8 @@ pub enum UnitError {
     Duration(String),
     #[error("{0:?} must be greater than zero")]
     Zero(String),
+    #[error("{0:?} is longer than a year, the longest duration a policy may set")]
+    TooLong(String),
     #[error("{0:?} is not a fraction (write e.g. 1%, 0.5%, 1/100; at most 100%)")]
     Fraction(String),
 }
@@ -59,6 +61,9 @@ pub struct Fraction {
 /// A duration greater than zero: `250ms`, `30s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HumanDuration(pub Duration);
+
+/// The longest duration a policy may write: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl From<HumanDuration> for std::time::Duration {
     fn from(d: HumanDuration) -> Self {
@@ -166,6 +171,11 @@ impl FromStr for HumanDuration {
         };
         if d.is_zero() {
             return Err(UnitError::Zero(s.to_owned()));
+        }
+        // Bounded so that no deadline or product computed from a policy duration (now +
+        // timeout, interval * ticks) can overflow the clock.
+        if d > MAX_DURATION {
+            return Err(UnitError::TooLong(s.to_owned()));
         }
         Ok(HumanDuration(d))
     }
@@ -388,6 +398,14 @@ mod tests {
         assert!(matches!(
             "0s".parse::<HumanDuration>(),
             Err(UnitError::Zero(_))
+        ));
+        assert_eq!(
+            "8784h".parse::<HumanDuration>().map(|d| d.0),
+            Ok(MAX_DURATION)
+        );
+        assert!(matches!(
+            "8785h".parse::<HumanDuration>(),
+            Err(UnitError::TooLong(_))
         ));
         for s in ["512B", "16KiB", "1MiB", "3GiB"] {
             assert_eq!(s.parse::<ByteSize>().unwrap().to_string(), s);
