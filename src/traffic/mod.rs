@@ -204,7 +204,8 @@ impl Traffic {
             });
         }
         // `take` bounds the read even if the file grows while it is read.
-        let mut reader = BufReader::with_capacity(64 << 10, file.take(limits.max_size + 1));
+        let mut reader =
+            BufReader::with_capacity(64 << 10, file.take(limits.max_size.saturating_add(1)));
         // `body_file` paths start at the traffic file's directory.
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let format = match looks_like_har(reader.fill_buf().map_err(read_err)?) {

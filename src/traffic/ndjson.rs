@@ -123,7 +123,7 @@ impl Iterator for Reader {
             self.line += 1;
             let max_line = self.max_line();
             let n = match (&mut self.lines)
-                .take(max_line + 1)
+                .take(max_line.saturating_add(1))
                 .read_until(b'\n', &mut self.buf)
             {
                 Ok(0) => return None,
@@ -264,7 +264,9 @@ fn read_body_file(path: &Path, limit: u64) -> Result<Bytes, EntryError> {
     };
     let file = std::fs::File::open(path).map_err(err)?;
     let mut body = Vec::new();
-    file.take(limit + 1).read_to_end(&mut body).map_err(err)?;
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(err)?;
     check_body(body.len() as u64, limit)?;
     Ok(Bytes::from(body))
 }
