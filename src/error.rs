@@ -14,6 +14,30 @@ use crate::proxy::UpstreamError;
 use crate::records::NotFormat;
 use crate::route::PathError;
 
+/// Every `reason` a client rejection is counted under (`rejections_total`, `simulate`'s
+/// report), for whoever names one: `simulate --fail-if "rejected(route, reason) ..."`.
+pub const REJECTION_REASONS: &[&str] = &[
+    "invalid_path",
+    "missing_client_key",
+    "body_too_large",
+    "route_requests",
+    "route_bytes",
+    "client_requests",
+    "client_bytes",
+    "exceeds_burst",
+    "body_timeout",
+    "body_incomplete",
+    "bad_target",
+    "unsupported_encoding",
+    "decoded_too_large",
+    "corrupt_body",
+    "malformed_batch",
+    "shed_queue_full",
+    "shed_queue_timeout",
+    "shed_brownout",
+    "internal",
+];
+
 /// Why a request did not get (or did not complete) an upstream exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -189,7 +213,8 @@ impl GuardError {
         }
     }
 
-    /// The metric label: `reason` for client rejections, `kind` for upstream errors.
+    /// The metric label: `reason` for client rejections (one of [`REJECTION_REASONS`]), `kind`
+    /// for upstream errors.
     pub fn label(&self) -> &'static str {
         match self {
             GuardError::InvalidPath(_) => "invalid_path",
@@ -386,6 +411,62 @@ impl GuardError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_client_rejection_label_is_a_listed_reason() {
+        let d = Duration::from_secs(1);
+        let budgets = BudgetKind::ALL.map(|budget| GuardError::OverBudget {
+            budget,
+            retry_after: d,
+        });
+        let sheds = [
+            ShedReason::QueueFull,
+            ShedReason::QueueTimeout,
+            ShedReason::Brownout,
+        ]
+        .map(|reason| GuardError::Shed {
+            class: Priority::Bulk,
+            reason,
+            retry_after: d,
+        });
+        let others = [
+            GuardError::InvalidPath(PathError::NotAbsolute),
+            GuardError::MissingClientKey,
+            GuardError::BodyTooLarge { limit: 1 },
+            GuardError::ExceedsBurst {
+                budget: BudgetKind::RouteBytes,
+                size: 2,
+                burst: 1,
+            },
+            GuardError::BodyTimeout(d),
+            GuardError::BodyIncomplete,
+            GuardError::BadTarget,
+            GuardError::UnsupportedEncoding("br".into()),
+            GuardError::DecodedTooLarge { limit: 1 },
+            GuardError::CorruptBody("gzip"),
+            GuardError::MalformedBatch {
+                format: "ndjson",
+                reason: NotFormat("not json"),
+            },
+            GuardError::Internal("test"),
+            GuardError::UpstreamTimeout(d),
+        ];
+        let clients: Vec<_> = budgets
+            .into_iter()
+            .chain(sheds)
+            .chain(others)
+            .filter(|e| e.blame() == Blame::Client)
+            .map(|e| e.label())
+            .collect();
+        let mut listed = REJECTION_REASONS.to_vec();
+        let mut seen = clients.clone();
+        listed.sort_unstable();
+        seen.sort_unstable();
+        assert_eq!(
+            seen, listed,
+            "REJECTION_REASONS is every client label, once"
+        );
+    }
     use http_body_util::BodyExt;
 
     #[tokio::test]

@@ -25,6 +25,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::report::{LevelReport, Report, RouteReport};
+use crate::error::REJECTION_REASONS;
 use crate::records::Level;
 use crate::records::filter::DropReason;
 
@@ -116,7 +117,9 @@ enum Problem {
     DropReason(String),
     #[error("requests have no level: select a route or *")]
     RequestLevel,
-    #[error("shed and all_dropped take no reason")]
+    #[error("{0:?} is not a rejection reason (one of: {reasons})", reasons = REJECTION_REASONS.join(", "))]
+    RejectionReason(String),
+    #[error("forwarded, forwarded_bytes, shed and all_dropped take no reason")]
     Reason,
 }
 
@@ -260,8 +263,15 @@ impl FromStr for Condition {
         if selection.is_empty() || reason.as_deref() == Some("") {
             return Err(err(Problem::Shape));
         }
-        if reason.is_some() && matches!(kind, Kind::Shed | Kind::AllDropped) {
-            return Err(err(Problem::Reason));
+        match (kind, reason.as_deref()) {
+            (Kind::Forwarded | Kind::ForwardedBytes | Kind::Shed | Kind::AllDropped, Some(_)) => {
+                return Err(err(Problem::Reason));
+            }
+            // A misspelt reason would count nothing, and the gate would never fire.
+            (Kind::Rejected, Some(r)) if !REJECTION_REASONS.contains(&r) => {
+                return Err(err(Problem::RejectionReason(r.to_owned())));
+            }
+            _ => {}
         }
         let (mut route, mut lvl, mut name) = (None, None, None);
         match selection.split_once(':') {
@@ -338,6 +348,7 @@ mod tests {
         for ok in [
             "dropped(warn) > 1%",
             "rejected(telemetry) > 0.5%",
+            "rejected(*, client_bytes) > 0",
             " dropped ( telemetry : info , rate ) >= 1000 ",
             "forwarded(*:error) < 100%",
             "shed(*) <= 0",
@@ -355,6 +366,11 @@ mod tests {
             ("rejected(*:warn) > 1", "requests have no level"),
             ("rejected(warn) > 1", "requests have no level"),
             ("shed(*, brownout) > 1", "take no reason"),
+            ("forwarded(warn, rate) > 1", "take no reason"),
+            (
+                "rejected(*, client_byte) > 1",
+                "\"client_byte\" is not a rejection reason",
+            ),
             ("dropped(warn,) > 1", "write kind(selection"),
         ] {
             let e = bad.parse::<Condition>().unwrap_err().to_string();
