@@ -1,5 +1,6 @@
 //! Every way the guard answers a request itself, and the one mapping from such an answer to a
-//! status, a short JSON body, headers and a metric label.
+//! status, a short body (JSON, or the `google.rpc.Status` OTLP senders expect), headers and a
+//! metric label.
 
 use std::time::Duration;
 

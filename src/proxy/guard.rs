@@ -1,9 +1,10 @@
-//! The guard middleware: a tower `Service` that takes a client request through the policy's
-//! phases and hands what survives to the inner (upstream) service.
+//! The guard: a tower `Service` that takes a client request through the policy's phases and
+//! forwards what survives on this worker's upstream pool.
 //!
-//! `run` reads top to bottom as the request's life: normalize, route, identify, charge budgets,
-//! rewrite, forward. Each phase is a plain function over the request parts or a budget, and every
-//! phase can end the request with a [`GuardError`]. `call` records the outcome in one place.
+//! `run` reads top to bottom as the request's life: normalize and route, identify, brownout and
+//! payload budgets, rewrite, records (telemetry batches), upstream slot, forward, respond. Each
+//! phase is a plain function over the request parts or a budget, and every phase can end the
+//! request with a [`GuardError`]. `record_outcome` counts the outcome in one place.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,7 +32,6 @@ use super::headers::{
 use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
 use crate::decide;
-pub use crate::decide::client_key;
 use crate::error::{Blame, ErrorStyle, GuardError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::policy::store::{PolicyStore, Snapshot};
@@ -70,7 +70,6 @@ pub struct Shared {
 }
 
 /// Per-connection facts, computed once at accept.
-#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: IpAddr,
     /// `peer` rendered for `X-Forwarded-For`.

@@ -122,6 +122,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn classify_gives_each_hop_by_hop_name_its_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(classify(name.as_str(), &[]), 1 << i, "{name}");
+        }
+        assert_eq!(classify("proxy-authorization", &[]), PROXY_FAMILY);
+        let own = HeaderName::from_static("x-own");
+        assert_eq!(classify("x-own", &[&own]), LISTED);
+        assert_eq!(classify("x-vehicle-id", &[&own]), 0);
+    }
+
+    #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
         for (k, v) in [

@@ -32,6 +32,7 @@
 //! counted as `shed_slot_busy`: enforce mode would have queued it, and shed it only if its wait
 //! ran out, so this count is an upper bound of enforce mode's `shed_queue_*`.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use governor::clock::Clock;
@@ -118,7 +119,7 @@ impl<'a> Shadow<'a> {
             if !v.is_empty() {
                 v.push_str(", ");
             }
-            v.push_str(&format!("would-clamp={}", self.clamped));
+            let _ = write!(v, "would-clamp={}", self.clamped);
         }
         if v.is_empty() {
             return HeaderValue::from_static("pass");

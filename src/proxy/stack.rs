@@ -1,8 +1,9 @@
 //! The service each client connection is served by.
 //!
-//! Today it is one tower service, [`Guard`], adapted to hyper: it runs the request's phases and
-//! forwards on this worker's upstream pool. Cross-cutting layers (critical-route reservations,
-//! brownout) wrap it here, outermost first, each with a line saying why it sits where it does.
+//! One tower service, [`Guard`], adapted to hyper: it runs the request's phases (protection
+//! included: upstream slots and brownout are phases of `Guard`, not layers) and forwards on this
+//! worker's upstream pool. A cross-cutting layer would wrap it here, with a line saying why it
+//! sits where it does.
 
 use std::sync::Arc;
 
