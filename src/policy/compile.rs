@@ -23,7 +23,6 @@ use super::units::ByteSize;
 use super::{
     ClientKeySpec, KeySource, Limits, Mode, Payload, Policy, PolicyError, Priority, Problem, Route,
 };
-use crate::budget::BudgetKind;
 use crate::budget::{Budget, KeyedBudget, Quota};
 use crate::protect::{Brownout, ProtectConfig};
 use crate::records::clamp::Clamp;
@@ -496,29 +495,44 @@ fn compile_route<C: Clock + Clone>(
         .verbosity_clamp
         .as_ref()
         .map(|raw| compile_clamp(c, raw, &format!("{at}.verbosity_clamp")));
-    let prev = c.previous.route(name);
+    // The budgets the same route had in the policy this one replaces, kept when unchanged.
+    let was = c.previous.route(name).map(|r| &r.payload);
     let max_keys = limits.max_tracked_keys;
     let clock = c.clock;
     let route_requests = p
         .route_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.route_requests")))
-        .map(|q| route_budget(prev, BudgetKind::RouteRequests, q, clock));
+        .map(|q| reuse_budget(was.and_then(|w| w.route_requests.as_ref()), q, clock));
     let client_requests = p
         .client_requests
         .as_ref()
         .and_then(|b| request_quota(c, b, &format!("{at_p}.client_requests")))
-        .map(|q| keyed_budget(prev, BudgetKind::ClientRequests, q, max_keys, clock));
+        .map(|q| {
+            reuse_keyed(
+                was.and_then(|w| w.client_requests.as_ref()),
+                q,
+                max_keys,
+                clock,
+            )
+        });
     let route_bytes = p
         .route_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.route_bytes"), max_body))
-        .map(|q| route_budget(prev, BudgetKind::RouteBytes, q, clock));
+        .map(|q| reuse_budget(was.and_then(|w| w.route_bytes.as_ref()), q, clock));
     let client_bytes = p
         .client_bytes
         .as_ref()
         .map(|b| byte_quota(c, b, &format!("{at_p}.client_bytes"), max_body))
-        .map(|q| keyed_budget(prev, BudgetKind::ClientBytes, q, max_keys, clock));
+        .map(|q| {
+            reuse_keyed(
+                was.and_then(|w| w.client_bytes.as_ref()),
+                q,
+                max_keys,
+                clock,
+            )
+        });
 
     Route {
         name: name.clone(),
@@ -830,36 +844,6 @@ impl<'p, C: Clock + Clone> Previous<'p, C> {
 }
 
 /// A route-wide payload budget: the previous route's, if its quota is `q`, else a fresh one.
-fn route_budget<C: Clock + Clone>(
-    prev: Option<&Route<C>>,
-    kind: BudgetKind,
-    q: Quota,
-    clock: &C,
-) -> Arc<Budget<C>> {
-    let old = prev.and_then(|r| match kind {
-        BudgetKind::RouteRequests => r.payload.route_requests.as_ref(),
-        BudgetKind::RouteBytes => r.payload.route_bytes.as_ref(),
-        BudgetKind::ClientRequests | BudgetKind::ClientBytes => None,
-    });
-    reuse_budget(old, q, clock)
-}
-
-/// A per-client payload budget, carried over when quota and key cap are unchanged.
-fn keyed_budget<C: Clock + Clone>(
-    prev: Option<&Route<C>>,
-    kind: BudgetKind,
-    q: Quota,
-    max_keys: usize,
-    clock: &C,
-) -> Arc<KeyedBudget<C>> {
-    let old = prev.and_then(|r| match kind {
-        BudgetKind::ClientRequests => r.payload.client_requests.as_ref(),
-        BudgetKind::ClientBytes => r.payload.client_bytes.as_ref(),
-        BudgetKind::RouteRequests | BudgetKind::RouteBytes => None,
-    });
-    reuse_keyed(old, q, max_keys, clock)
-}
-
 fn reuse_budget<C: Clock + Clone>(
     old: Option<&Arc<Budget<C>>>,
     q: Quota,
@@ -871,6 +855,8 @@ fn reuse_budget<C: Clock + Clone>(
     }
 }
 
+/// A per-client budget: the previous route's, if its quota and key cap are unchanged, else a
+/// fresh one.
 fn reuse_keyed<C: Clock + Clone>(
     old: Option<&Arc<KeyedBudget<C>>>,
     q: Quota,
