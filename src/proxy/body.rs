@@ -207,14 +207,14 @@ fn fail(failed: &mut bool, err: GuardError) -> Poll<Option<Result<Frame<Bytes>, 
     Poll::Ready(Some(Err(err)))
 }
 
-pin_project! {
-    /// What the upstream client sends: nothing, a guarded client body, or a buffered batch.
-    #[project = UpstreamBodyProj]
-    pub enum UpstreamBody {
-        Empty,
-        Stream { #[pin] body: GuardedBody },
-        Full { data: Option<Bytes> },
-    }
+/// What the upstream client sends: nothing, a guarded client body, or a buffered batch.
+///
+/// The streamed body is boxed: the request that carries this is moved a dozen times on its
+/// way into hyper's client, and a GET (no body) should not pay for moving a `GuardedBody`.
+pub enum UpstreamBody {
+    Empty,
+    Stream { body: Pin<Box<GuardedBody>> },
+    Full { data: Option<Bytes> },
 }
 
 impl Body for UpstreamBody {
@@ -225,10 +225,10 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
-        match self.project() {
-            UpstreamBodyProj::Empty => Poll::Ready(None),
-            UpstreamBodyProj::Stream { body } => body.poll_frame(cx),
-            UpstreamBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Stream { body } => body.as_mut().poll_frame(cx),
+            UpstreamBody::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 

@@ -313,7 +313,9 @@ impl ConnGuard {
             if let Some(s) = shadow.as_ref().filter(|s| s.deciding()) {
                 body = body.shadow(ShadowStream::new(s.metrics().clone(), counted_limit));
             }
-            UpstreamBody::Stream { body }
+            UpstreamBody::Stream {
+                body: Box::pin(body),
+            }
         };
 
         // 8. Take an upstream slot of the route's class: critical requests have a reserve that
