@@ -29,6 +29,7 @@ routes:
       route_bytes: { rate: 1B/h, burst: 20KiB }
     records:
       format: ndjson
+      on_malformed: reject
       levels:
         trace: drop
         debug: { sample: 25% }
@@ -71,8 +72,8 @@ struct Req {
     body: Vec<u8>,
 }
 
-/// Telemetry from five vehicles (plain and gzip, a few without a key, so keyed by peer),
-/// commands around their size limit, reads of other paths, and a path that cannot be
+/// Telemetry from five vehicles (plain and gzip, a few without a key, so keyed by peer, two
+/// malformed), commands around their size limit, reads of other paths, and a path that cannot be
 /// normalized.
 fn generated() -> Vec<Req> {
     (0..160)
@@ -83,7 +84,11 @@ fn generated() -> Vec<Req> {
             }
             let (method, path, body) = match i % 8 {
                 0..=4 => {
-                    let text = batch(i);
+                    // Two batches cut off mid-record: malformed, so refused whole.
+                    let text = match i {
+                        17 | 97 => "{\"level\":\"error\",\"msg\":\"cut".to_owned(),
+                        _ => batch(i),
+                    };
                     headers.push(("content-type", "application/x-ndjson".into()));
                     let body = if i % 3 == 0 {
                         headers.push(("content-encoding", "gzip".into()));
@@ -254,6 +259,8 @@ async fn simulated_counts_equal_a_live_guards_on_the_same_traffic() {
         }
     }
     let t = route(&sim, "telemetry");
+    // Vehicle VIN002's request budget is spent by the time the second one (i = 97) comes.
+    assert_eq!(n(&t["batches"]["malformed_rejected"]), 1.0, "{t}");
     for lvl in ["trace", "debug", "info", "warn", "error"] {
         let l = level(t, lvl).unwrap_or_else(|| panic!("no {lvl} records"));
         let labels = [("route", "telemetry"), ("level", lvl)];

@@ -233,7 +233,7 @@ impl Condition {
                 (Kind::Rejected, None) => r.rejected_total(),
                 (Kind::Rejected, Some(reason)) => r.rejected.get(reason).copied().unwrap_or(0),
                 (Kind::Shed, _) => r.shed_total(),
-                _ => r.all_dropped,
+                _ => r.all_dropped(),
             };
         }
         Ok((num, den))

@@ -28,7 +28,7 @@ use http::{Request, Uri};
 use crate::codec::{self, Encoding};
 use crate::decide::{self, BrownoutState};
 use crate::error::GuardError;
-use crate::metrics::UNROUTED;
+use crate::metrics::{BatchOutcome, UNROUTED};
 use crate::policy::{self, Policy, PolicyError, Priority};
 use crate::protect::Brownout;
 use crate::proxy::batch;
@@ -252,26 +252,27 @@ fn replay_one<C: Clock>(
         }
         (Some(records), 1..) => {
             match batch_outcome(records, &parts.headers, key, &admitted.tighten, &entry.body) {
-                Err(e) => {
-                    if let GuardError::MalformedBatch { .. } = e {
-                        *r.batches.entry("malformed_rejected").or_default() += 1;
-                    }
-                    return refuse(r, e);
+                Err(e @ GuardError::MalformedBatch { .. }) => {
+                    // Unreadable: there are no records to count, and no need to parse again.
+                    r.batch(BatchOutcome::MalformedRejected);
+                    *r.rejected.entry(e.label()).or_default() += 1;
+                    return;
                 }
-                Ok(BatchOutcome::Unread) => {
-                    *r.batches.entry("malformed_forwarded").or_default() += 1;
+                Err(e) => return refuse(r, e),
+                Ok(Inspection::Unread) => {
+                    r.batch(BatchOutcome::MalformedForwarded);
                     size
                 }
-                Ok(BatchOutcome::Read { tally, forwarded }) => {
+                Ok(Inspection::Read { tally, forwarded }) => {
                     r.decided(at, &tally);
                     let outcome = match (tally.dropped(), tally.forwarded()) {
-                        (0, _) => "untouched",
-                        (_, 0) => "all_dropped",
-                        _ => "rewritten",
+                        (0, _) => BatchOutcome::Untouched,
+                        (_, 0) => BatchOutcome::AllDropped,
+                        _ => BatchOutcome::Rewritten,
                     };
-                    *r.batches.entry(outcome).or_default() += 1;
-                    if tally.dropped() > 0 && tally.forwarded() == 0 {
-                        r.all_dropped += 1;
+                    r.batch(outcome);
+                    if outcome == BatchOutcome::AllDropped {
+                        // The guard answers these itself: nothing reaches the upstream.
                         return;
                     }
                     forwarded
@@ -284,7 +285,8 @@ fn replay_one<C: Clock>(
     r.body.forward(at, forwarded);
 }
 
-enum BatchOutcome {
+/// What the records phase made of a batch it could read.
+enum Inspection {
     /// Not the format, and the route forwards such bodies as received.
     Unread,
     /// Decided; `forwarded` is the size of the body that would go upstream.
@@ -302,11 +304,11 @@ fn batch_outcome<C: Clock>(
     key: Option<u64>,
     tighten: &Tighten,
     body: &Bytes,
-) -> Result<BatchOutcome, GuardError> {
+) -> Result<Inspection, GuardError> {
     let inspected = batch::inspect(records, headers, key, tighten, body)?;
     match inspected.parsed {
         Err(reason) => match records.on_malformed {
-            OnMalformed::Forward => Ok(BatchOutcome::Unread),
+            OnMalformed::Forward => Ok(Inspection::Unread),
             OnMalformed::Reject => Err(GuardError::MalformedBatch {
                 format: inspected.format.as_str(),
                 reason,
@@ -318,7 +320,7 @@ fn batch_outcome<C: Clock>(
                 (_, 0) => 0,
                 _ => batch::rewrite(&batch, &inspected.decoded, inspected.encoding)?.len() as u64,
             };
-            Ok(BatchOutcome::Read {
+            Ok(Inspection::Read {
                 tally: Box::new(tally),
                 forwarded,
             })

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::metrics::BatchOutcome;
 use crate::policy::{Mode, Priority};
 use crate::protect::Brownout;
 use crate::records::Level;
@@ -120,8 +121,6 @@ pub struct RouteReport {
     pub requests: Flow,
     /// Request body bytes.
     pub body: Flow,
-    /// Requests whose every record was dropped: the guard would answer them itself.
-    pub all_dropped: u64,
     /// By the `rejections_total` reason.
     pub rejected: BTreeMap<&'static str, u64>,
     /// By the `batches_total` outcome.
@@ -144,7 +143,6 @@ impl RouteReport {
             has_records,
             requests: Flow::default(),
             body: Flow::default(),
-            all_dropped: 0,
             rejected: BTreeMap::new(),
             batches: BTreeMap::new(),
             untracked: 0,
@@ -152,6 +150,17 @@ impl RouteReport {
             partial: 0,
             levels: Default::default(),
         }
+    }
+
+    /// Requests whose every record was dropped: the guard would answer them itself.
+    pub fn all_dropped(&self) -> u64 {
+        let outcome = BatchOutcome::AllDropped.as_str();
+        self.batches.get(outcome).copied().unwrap_or(0)
+    }
+
+    /// Counts a batch under its `batches_total` outcome.
+    pub fn batch(&mut self, outcome: BatchOutcome) {
+        *self.batches.entry(outcome.as_str()).or_default() += 1;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -248,7 +257,7 @@ impl RouteReport {
             "requests": {
                 "offered": self.requests.offered,
                 "forwarded": self.requests.forwarded,
-                "all_dropped": self.all_dropped,
+                "all_dropped": self.all_dropped(),
                 "rejected": self.rejected,
                 "peak_per_s": {
                     "offered": self.requests.peak_offered.get(),
@@ -378,7 +387,7 @@ impl Report {
                 r.mode.as_str(),
                 q.offered,
                 q.forwarded,
-                r.all_dropped,
+                r.all_dropped(),
                 r.rejected_total(),
                 q.peak_offered.get(),
                 q.peak_forwarded.get(),
@@ -404,7 +413,7 @@ impl Report {
                     r.partial
                 ));
             }
-            if let Some(n) = r.batches.get("malformed_forwarded") {
+            if let Some(n) = r.batches.get(BatchOutcome::MalformedForwarded.as_str()) {
                 notes.push(format!("{n} malformed batches forwarded"));
             }
             if !notes.is_empty() {
