@@ -26,9 +26,7 @@ use tower::Service;
 
 use super::batch::{self, Filtered, ShadowBatch};
 use super::body::{GuardedBody, ShadowStream, UpstreamBody};
-use super::headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, append_forwarded, strip, strip_hop_by_hop,
-};
+use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
 use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
 use super::upstream::{PooledBody, Upstream};
 use crate::decide;
@@ -389,21 +387,16 @@ impl ConnGuard {
         };
         // Only the guard speaks in its own headers: a client's copy could pass for the guard's
         // count of kept and dropped records.
-        strip(&mut parts.headers, &batch::OWN_HEADERS);
+        let seen = strip(&mut parts.headers, &batch::OWN_HEADERS);
         // Room for the three X-Forwarded-* headers: at most one growth of the map.
-        parts.headers.reserve(3);
-        append_forwarded(
-            &mut parts.headers,
-            &X_FORWARDED_FOR,
-            self.conn.peer_value.clone(),
-        );
-        append_forwarded(
-            &mut parts.headers,
-            &X_FORWARDED_PROTO,
-            HeaderValue::from_static("http"),
-        );
+        let headers = &mut parts.headers;
+        headers.reserve(3);
+        let peer = self.conn.peer_value.clone();
+        append_forwarded(headers, Forwarded::For, peer, seen);
+        let proto = HeaderValue::from_static("http");
+        append_forwarded(headers, Forwarded::Proto, proto, seen);
         if let Some(host) = host {
-            append_forwarded(&mut parts.headers, &X_FORWARDED_HOST, host);
+            append_forwarded(headers, Forwarded::Host, host, seen);
         }
 
         // The upstream gets origin form (path and query), as a client would send it; hyper's
