@@ -9,15 +9,16 @@
 #   wrk ──► direct:  upstream nginx            (return 200 "ok\n")
 #   wrk ──► guard:   verbosity-guard ──► upstream nginx
 #   wrk ──► nginx:   nginx keep-alive proxy ──► upstream nginx
+#   wrk ──► hyper:   a plain hyper 1 proxy (benches/hyper_proxy.rs) ──► upstream nginx
 #
-# CPU pinning (identical for both proxies): the proxy under test runs alone on CPU 1
-# (the guard with --workers 1, nginx with worker_processes 1); the upstream nginx and wrk
-# share CPU 0. With a single CPU, pinning is skipped with a warning. Override with
+# CPU pinning (identical for every proxy): the proxy under test runs alone on CPU 1
+# (the guard with --workers 1, nginx with worker_processes 1, the hyper proxy on one
+# thread); the upstream nginx and wrk share CPU 0. With a single CPU, pinning is skipped with a warning. Override with
 # BENCH_PROXY_CPU / BENCH_LOAD_CPU.
 #
 # Scenarios: small-get (GET /bench/small) and post-64k (POST /bench/upload, 64 KiB body).
 # Each target gets one uncounted warm-up run per scenario, then repetitions are interleaved
-# (direct, guard, nginx, direct, guard, nginx, ...) so drift hits every target alike.
+# (direct, guard, nginx, hyper, direct, ...) so drift hits every target alike.
 #
 # Environment:
 #   BENCH_THREADS   wrk threads            (default 1)
@@ -46,7 +47,7 @@ if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
 fi
 POLICY="benches/bench-policy.yaml"
 GUARD_BIN="$REPO_ROOT/target/release/verbosity-guard"
-TARGETS=(direct guard nginx)
+TARGETS=(direct guard nginx hyper)
 
 # shellcheck source=benches/lib.sh
 source "$REPO_ROOT/benches/lib.sh"
@@ -58,6 +59,15 @@ need_tools wrk nginx curl taskset python3
 log "building: cargo build --release --locked"
 cargo build --release --locked >&2 || die "cargo build failed"
 [[ -x "$GUARD_BIN" ]] || die "$GUARD_BIN not found after the build"
+# The plain hyper proxy is a bench target (it uses a dev-dependency): cargo names the binary.
+log "building: cargo bench --bench hyper_proxy --no-run --locked"
+HYPER_BIN="$(cargo bench --bench hyper_proxy --no-run --locked --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "hyper_proxy" and m.get("executable"):
+        print(m["executable"])')" || die "cargo bench --no-run failed"
+[[ -x "$HYPER_BIN" ]] || die "no hyper_proxy binary after the build"
 log "checking $POLICY"
 "$GUARD_BIN" check "$POLICY" >&2 || die "$POLICY does not check"
 
@@ -94,8 +104,8 @@ chmod 711 "$TMP"
 mkdir -p "$TMP/upstream" "$TMP/proxy"
 chmod 777 "$TMP/upstream" "$TMP/proxy"
 
-read -r UPORT GPORT APORT NPORT < <(free_ports 4)
-log "ports: upstream $UPORT, guard $GPORT (admin $APORT), nginx-proxy $NPORT"
+read -r UPORT GPORT APORT NPORT HPORT < <(free_ports 5)
+log "ports: upstream $UPORT, guard $GPORT (admin $APORT), nginx-proxy $NPORT, hyper-proxy $HPORT"
 
 upstream_nginx_conf "$UPORT" >"$TMP/upstream/nginx.conf"
 
@@ -156,13 +166,19 @@ PIDS+=("$GUARD_PID")
 NGINXP_PID=$!
 PIDS+=("$NGINXP_PID")
 
+"${PIN_PROXY[@]}" "$HYPER_BIN" --listen "127.0.0.1:$HPORT" --upstream "127.0.0.1:$UPORT" \
+    2>"$TMP/hyper.log" &
+HYPERP_PID=$!
+PIDS+=("$HYPERP_PID")
+
 wait_http upstream "http://127.0.0.1:$UPORT/bench/small" "$UPSTREAM_PID"
 wait_http guard-admin "http://127.0.0.1:$APORT/readyz" "$GUARD_PID"
 wait_http guard "http://127.0.0.1:$GPORT/bench/small" "$GUARD_PID"
 wait_http nginx-proxy "http://127.0.0.1:$NPORT/bench/small" "$NGINXP_PID"
+wait_http hyper-proxy "http://127.0.0.1:$HPORT/bench/small" "$HYPERP_PID"
 
-declare -A PORT=([direct]=$UPORT [guard]=$GPORT [nginx]=$NPORT)
-declare -A SERVER_PID=([direct]=$UPSTREAM_PID [guard]=$GUARD_PID [nginx]=$NGINXP_PID)
+declare -A PORT=([direct]=$UPORT [guard]=$GPORT [nginx]=$NPORT [hyper]=$HPORT)
+declare -A SERVER_PID=([direct]=$UPSTREAM_PID [guard]=$GUARD_PID [nginx]=$NGINXP_PID [hyper]=$HYPERP_PID)
 
 # The process whose CPU time we attribute to the target: the guard itself, or the nginx
 # worker (child of the master).
@@ -171,6 +187,7 @@ declare -A CPU_PID=(
     [direct]="$(worker_pid "$UPSTREAM_PID")"
     [guard]="$GUARD_PID"
     [nginx]="$(worker_pid "$NGINXP_PID")"
+    [hyper]="$HYPERP_PID"
 )
 
 # Sanity: every target answers the POST scenario with 200 before we measure.
@@ -233,7 +250,7 @@ def cpu(argv):
 def summary(path):
     rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
     # scenario target rep rps p50 p99 reqs errs detail load_cpu proxy_cpu proc_cpu idle_busy
-    scen_order, targets = [], ["direct", "guard", "nginx"]
+    scen_order, targets = [], ["direct", "guard", "nginx", "hyper"]
     for r in rows:
         if r[0] not in scen_order:
             scen_order.append(r[0])
@@ -262,10 +279,10 @@ def summary(path):
     print()
     goals = {"small-get": "0.90", "post-64k": "1.00"}
     for s in scen_order:
-        d, g, n = (med.get((s, t)) for t in targets)
+        d, g, n, h = (med.get((s, t)) for t in targets)
         ratio = lambda a, b: ("%.2f" % (a / b)) if a and b else "n/a"
-        print("ratios %s: guard/direct=%s guard/nginx=%s (target >= %s)" % (
-            s, ratio(g, d), ratio(g, n), goals.get(s, "?")))
+        print("ratios %s: guard/direct=%s guard/nginx=%s (target >= %s) guard/hyper=%s hyper/nginx=%s" % (
+            s, ratio(g, d), ratio(g, n), goals.get(s, "?"), ratio(g, h), ratio(h, n)))
     if noisy > 10:
         print()
         print("WARNING: the machine was %.0f%% busy just before some runs (bg_busy%% column): other"
