@@ -18,10 +18,12 @@ const PROXY_FAMILY: u16 = 1 << 7;
 const LISTED: u16 = 1 << 8;
 /// Bits `FORWARDED + f as u16` say which [`Forwarded`] headers the message already carries.
 const FORWARDED: u16 = 9;
+/// The bits below [`FORWARDED`]: the headers `strip` removes.
+const STRIPPED: u16 = (1 << FORWARDED) - 1;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The forwarding headers the guard appends toward the upstream.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +105,7 @@ pub fn strip(headers: &mut HeaderMap, also: &[&HeaderName]) -> Seen {
         .keys()
         .fold(0, |found, name| found | classify(name.as_str(), also));
     let seen = Seen(found);
-    if found & ((1 << FORWARDED) - 1) == 0 {
+    if found & STRIPPED == 0 {
         return seen;
     }
     // Most `Connection` headers name only `keep-alive` or `close`: looked at in place, as
