@@ -250,6 +250,7 @@ def cpu(argv):
 def summary(path):
     rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
     # scenario target rep rps p50 p99 reqs errs detail load_cpu proxy_cpu proc_cpu idle_busy
+    # user_us sys_us
     scen_order, targets = [], ["direct", "guard", "nginx", "hyper"]
     for r in rows:
         if r[0] not in scen_order:
@@ -257,9 +258,10 @@ def summary(path):
     med = {}
     any_err = False
     noisy = 0.0
-    hdr = "%-11s %-7s %10s %8s %8s %9s %9s %9s %8s  %-9s %s" % (
+    hdr = "%-11s %-7s %10s %8s %8s %9s %7s %7s %9s %9s %8s  %-9s %s" % (
         "scenario", "target", "req/s", "p50_ms", "p99_ms",
-        "proc_cpu%", "cpu_load%", "cpu_prox%", "bg_busy%", "errors", "req/s per rep")
+        "proc_cpu%", "usr_us", "sys_us", "cpu_load%", "cpu_prox%", "bg_busy%", "errors",
+        "req/s per rep")
     print(hdr)
     for s in scen_order:
         for t in targets:
@@ -272,8 +274,8 @@ def summary(path):
             med[(s, t)] = f(3)
             bg = max(float(r[12]) for r in rs)
             noisy = max(noisy, bg)
-            print("%-11s %-7s %10.0f %8.3f %8.3f %9.0f %9.0f %9.0f %8.0f  %-9s %s" % (
-                s, t, f(3), f(4), f(5), f(11), f(9), f(10), bg,
+            print("%-11s %-7s %10.0f %8.3f %8.3f %9.0f %7.2f %7.2f %9.0f %9.0f %8.0f  %-9s %s" % (
+                s, t, f(3), f(4), f(5), f(11), f(13), f(14), f(9), f(10), bg,
                 ("ERRORS=%d" % errs) if errs else "0",
                 " ".join("%.0f" % float(r[3]) for r in rs)))
     print()
@@ -302,8 +304,8 @@ if __name__ == "__main__":
         sys.exit(summary(sys.argv[2]))
 EOF
 
-proc_ticks() { # utime+stime of a pid (all its threads), in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+proc_ticks() { # "utime stime" of a pid (all its threads), in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat" 2>/dev/null || echo 0 0
 }
 
 to_seconds() { # 10s / 500ms / 1m -> integer seconds (rounded up)
@@ -343,17 +345,17 @@ run_wrk() { # scenario target duration label
 measure() { # scenario target rep
     local scen=$1 target=$2 rep=$3
     local pid=${CPU_PID[$target]}
-    local t0 t1 p0 p1 out idle_busy
+    local t0 t1 u0 u1 s0 s1 out idle_busy
     # Background load: how busy the whole machine is with nothing of ours running.
     cat /proc/stat >"$TMP/stat0"
     sleep 0.5
     cat /proc/stat >"$TMP/stat1"
     idle_busy=$(python3 "$TMP/bench.py" cpu "$TMP/stat0" "$TMP/stat1" "")
     cat /proc/stat >"$TMP/stat0"
-    p0=$(proc_ticks "$pid"); t0=$(date +%s.%N)
+    read -r u0 s0 < <(proc_ticks "$pid"); t0=$(date +%s.%N)
     run_wrk "$scen" "$target" "$DURATION" "rep$rep"
     out="$RUN_OUT"
-    p1=$(proc_ticks "$pid"); t1=$(date +%s.%N)
+    read -r u1 s1 < <(proc_ticks "$pid"); t1=$(date +%s.%N)
     cat /proc/stat >"$TMP/stat1"
     local parsed load_cpu proxy_cpu proc_cpu
     parsed=$(python3 "$TMP/bench.py" parse "$out")
@@ -364,17 +366,22 @@ measure() { # scenario target rep
         load_cpu=$(python3 "$TMP/bench.py" cpu "$TMP/stat0" "$TMP/stat1" "")
         proxy_cpu=nan
     fi
-    proc_cpu=$(awk -v a="$p0" -v b="$p1" -v s="$t0" -v e="$t1" -v hz="$HZ" \
-        'BEGIN { printf "%.0f", 100 * (b - a) / hz / (e - s) }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$target" "$rep" "$parsed" \
-        "$load_cpu" "$proxy_cpu" "$proc_cpu" "$idle_busy" >>"$RESULTS"
     local rps p50 p99 reqs errs detail
     IFS=$'\t' read -r rps p50 p99 reqs errs detail <<<"$parsed"
+    proc_cpu=$(awk -v a="$((u0 + s0))" -v b="$((u1 + s1))" -v s="$t0" -v e="$t1" -v hz="$HZ" \
+        'BEGIN { printf "%.0f", 100 * (b - a) / hz / (e - s) }')
+    # CPU time the target spent per request, split into user space and kernel: the kernel's
+    # share (loopback TCP, epoll) is most of it and barely depends on the proxy.
+    local user_us sys_us
+    read -r user_us sys_us < <(awk -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v n="$reqs" -v hz="$HZ" \
+        'BEGIN { if (n > 0) printf "%.2f %.2f\n", du * 1e6 / hz / n, ds * 1e6 / hz / n; else print "nan nan" }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$target" "$rep" "$parsed" \
+        "$load_cpu" "$proxy_cpu" "$proc_cpu" "$idle_busy" "$user_us" "$sys_us" >>"$RESULTS"
     local flag=""
     ((errs > 0)) && flag="   <<< ERRORS: $detail"
     ((idle_busy > 10)) && flag+="   (machine ${idle_busy}% busy before the run)"
-    printf '  %-9s %-6s rep %d: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %8d reqs  target-proc cpu %3s%%  cpu%s %3s%%  cpu%s %3s%%%s\n' \
-        "$scen" "$target" "$rep" "$rps" "$p50" "$p99" "$reqs" "$proc_cpu" \
+    printf '  %-9s %-6s rep %d: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %8d reqs  target-proc cpu %3s%% (%s+%s us/req)  cpu%s %3s%%  cpu%s %3s%%%s\n' \
+        "$scen" "$target" "$rep" "$rps" "$p50" "$p99" "$reqs" "$proc_cpu" "$user_us" "$sys_us" \
         "${LOAD_CPU:-?}" "$load_cpu" "${PROXY_CPU:-?}" "$proxy_cpu" "$flag" >&2
     local name
     for name in "${TARGETS[@]}"; do
