@@ -17,7 +17,7 @@ use crate::route::PathError;
 
 /// Every `reason` a client rejection is counted under (`rejections_total`, `simulate`'s
 /// report), for whoever names one: `simulate --fail-if "rejected(route, reason) ..."`.
-pub const REJECTION_REASONS: &[&str] = &[
+pub const REJECTION_REASONS: [&str; 19] = [
     "invalid_path",
     "missing_client_key",
     "body_too_large",
@@ -38,6 +38,9 @@ pub const REJECTION_REASONS: &[&str] = &[
     "shed_brownout",
     "internal",
 ];
+
+/// Every `kind` an upstream error is counted under (`upstream_errors_total`).
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "reset", "timeout"];
 
 /// Why a request did not get (or did not complete) an upstream exchange.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,17 @@ pub enum ShedReason {
 }
 
 impl ShedReason {
+    pub const COUNT: usize = 3;
+    pub const ALL: [ShedReason; ShedReason::COUNT] = [
+        ShedReason::QueueFull,
+        ShedReason::QueueTimeout,
+        ShedReason::Brownout,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShedReason::QueueFull => "queue_full",
@@ -239,6 +253,31 @@ impl GuardError {
                 ShedReason::Brownout => "shed_brownout",
             },
             GuardError::Internal(_) => "internal",
+        }
+    }
+
+    /// Where [`label`](Self::label) sits in [`REJECTION_REASONS`] (client rejections) or
+    /// [`UPSTREAM_ERROR_KINDS`] (upstream errors), so a route's series can be kept in an
+    /// array instead of looked up by label per rejection.
+    pub fn label_index(&self) -> usize {
+        match self {
+            GuardError::InvalidPath(_) => 0,
+            GuardError::MissingClientKey => 1,
+            GuardError::BodyTooLarge { .. } => 2,
+            GuardError::OverBudget { budget, .. } => 3 + budget.index(),
+            GuardError::ExceedsBurst { .. } => 7,
+            GuardError::BodyTimeout(_) => 8,
+            GuardError::BodyIncomplete => 9,
+            GuardError::BadTarget => 10,
+            GuardError::UnsupportedEncoding(_) => 11,
+            GuardError::DecodedTooLarge { .. } => 12,
+            GuardError::CorruptBody(_) => 13,
+            GuardError::MalformedBatch { .. } => 14,
+            GuardError::Shed { reason, .. } => 15 + reason.index(),
+            GuardError::Internal(_) => 18,
+            GuardError::UpstreamConnect(_) => 0,
+            GuardError::UpstreamReset(_) => 1,
+            GuardError::UpstreamTimeout(_) => 2,
         }
     }
 
@@ -414,7 +453,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_client_rejection_label_is_a_listed_reason() {
+    fn every_label_is_listed_once_at_its_index() {
         let d = Duration::from_secs(1);
         let budgets = BudgetKind::ALL.map(|budget| GuardError::OverBudget {
             budget,
@@ -450,12 +489,30 @@ mod tests {
                 reason: NotFormat("not json"),
             },
             GuardError::Internal("test"),
+            GuardError::UpstreamConnect(UpstreamError::ConnectTimeout {
+                addr: "127.0.0.1:1".into(),
+                after: d,
+            }),
+            GuardError::UpstreamReset(UpstreamError::Timeout),
             GuardError::UpstreamTimeout(d),
         ];
-        let clients: Vec<_> = budgets
-            .into_iter()
-            .chain(sheds)
-            .chain(others)
+        let all: Vec<_> = budgets.into_iter().chain(sheds).chain(others).collect();
+        // label_index is where label sits in its family's table.
+        for e in &all {
+            let table: &[&str] = match e.blame() {
+                Blame::Client => &REJECTION_REASONS,
+                Blame::Upstream => &UPSTREAM_ERROR_KINDS,
+            };
+            assert_eq!(table.get(e.label_index()), Some(&e.label()), "{e:?}");
+        }
+        let upstream: Vec<_> = all
+            .iter()
+            .filter(|e| e.blame() == Blame::Upstream)
+            .map(|e| e.label())
+            .collect();
+        assert_eq!(upstream, UPSTREAM_ERROR_KINDS);
+        let clients: Vec<_> = all
+            .iter()
             .filter(|e| e.blame() == Blame::Client)
             .map(|e| e.label())
             .collect();

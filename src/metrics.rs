@@ -5,7 +5,7 @@
 //! that the request path touches are resolved once per policy into [`RouteMetrics`], so
 //! recording a request is a few atomic adds, with no label lookup.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -14,6 +14,8 @@ use prometheus::{
 
 use crate::budget::BudgetKind;
 use crate::codec::Encoding;
+use crate::error::{GuardError, REJECTION_REASONS, ShedReason, UPSTREAM_ERROR_KINDS};
+use crate::policy::Priority;
 use crate::policy::{Mode, Route};
 use crate::records::Level;
 use crate::records::filter::{DropReason, Tally};
@@ -82,6 +84,8 @@ pub struct ProtectMetrics {
     pub in_flight: IntGaugeVec,
     pub queued: IntGaugeVec,
     pub shed: IntCounterVec,
+    /// `shed` by class and reason, resolved up front (every series exists from the start).
+    pub shed_series: [[IntCounter; ShedReason::COUNT]; Priority::COUNT],
     pub brownout_level: IntGauge,
     pub brownout_transitions: IntCounterVec,
     pub upstream_p90: GaugeVec,
@@ -120,7 +124,18 @@ impl Metrics {
         let float_gauge = |n: &str, help: &str, labels: &[&str]| {
             reg(registry, GaugeVec::new(Opts::new(name(n), help), labels)?)
         };
+        let shed = counter(
+            "shed_total",
+            "Requests refused with 503 to protect the upstream, by priority class and reason \
+             (queue_full, queue_timeout, brownout).",
+            &["class", "reason"],
+        )?;
         let protect = ProtectMetrics {
+            shed_series: Priority::ALL.map(|class| {
+                ShedReason::ALL
+                    .map(|reason| shed.with_label_values(&[class.as_str(), reason.as_str()]))
+            }),
+            shed,
             exchanges: counter(
                 "upstream_exchanges_total",
                 "Upstream exchanges by priority class and result (ok, failed: a 5xx answer or a \
@@ -136,12 +151,6 @@ impl Metrics {
                 "upstream_queued",
                 "Requests waiting for an upstream slot, by priority class.",
                 &["class"],
-            )?,
-            shed: counter(
-                "shed_total",
-                "Requests refused with 503 to protect the upstream, by priority class and reason \
-                 (queue_full, queue_timeout, brownout).",
-                &["class", "reason"],
             )?,
             brownout_level: reg(
                 registry,
@@ -447,6 +456,8 @@ impl Metrics {
             request_bytes: self.request_bytes.with_label_values(&[route]),
             forwarded_bytes: self.forwarded_bytes.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
+            rejections: RouteSeries::new(&self.rejections, route),
+            upstream_errors: RouteSeries::new(&self.upstream_errors, route),
             shadow: (r.mode == Mode::Shadow).then(|| Arc::new(self.shadow_route(r))),
         }
     }
@@ -527,12 +538,54 @@ pub struct RouteMetrics {
     pub request_bytes: IntCounter,
     pub forwarded_bytes: IntCounter,
     pub upstream_duration: Histogram,
+    /// `rejections_total` by reason, indexed like [`REJECTION_REASONS`].
+    pub rejections: RouteSeries<{ REJECTION_REASONS.len() }>,
+    /// `upstream_errors_total` by kind, indexed like [`UPSTREAM_ERROR_KINDS`].
+    pub upstream_errors: RouteSeries<{ UPSTREAM_ERROR_KINDS.len() }>,
     /// Present on routes with `records`.
     pub records: Option<RecordsMetrics>,
     /// Present on routes with a `verbosity_clamp`.
     pub clamped: Option<IntCounter>,
     /// Present on shadow routes.
     pub shadow: Option<Arc<ShadowMetrics>>,
+}
+
+/// One route's series of a `{route, label}` family, each resolved the first time it is
+/// counted. After that, counting a rejection hashes nothing and takes none of the family's
+/// locks (a 429 flood is exactly when this path is hot); a label never counted has no series,
+/// as with `with_label_values` on demand.
+#[derive(Clone)]
+pub struct RouteSeries<const N: usize> {
+    family: IntCounterVec,
+    route: String,
+    series: [OnceLock<IntCounter>; N],
+}
+
+impl<const N: usize> RouteSeries<N> {
+    fn new(family: &IntCounterVec, route: &str) -> Self {
+        RouteSeries {
+            family: family.clone(),
+            route: route.to_owned(),
+            series: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Counts `err` under its label (`label_index` into this family's table).
+    pub fn inc(&self, err: &GuardError) {
+        match self.series.get(err.label_index()) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    self.family
+                        .with_label_values(&[self.route.as_str(), err.label()])
+                })
+                .inc(),
+            // Unreachable (`label_index` is tested against the tables); counted by label.
+            None => self
+                .family
+                .with_label_values(&[self.route.as_str(), err.label()])
+                .inc(),
+        }
+    }
 }
 
 /// A shadow route's series: what enforce mode would have done.

@@ -40,6 +40,11 @@ impl BudgetKind {
         BudgetKind::ClientBytes,
     ];
 
+    /// Position in [`BudgetKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BudgetKind::RouteRequests => "route_requests",

@@ -99,16 +99,6 @@ impl Protection {
             Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]))
         };
         let m = &metrics.protect;
-        // Every series exists from the start, at 0, so rates and alerts see them.
-        for class in Priority::ALL {
-            for reason in [
-                ShedReason::QueueFull,
-                ShedReason::QueueTimeout,
-                ShedReason::Brownout,
-            ] {
-                m.shed.with_label_values(&[class.as_str(), reason.as_str()]);
-            }
-        }
         Protection {
             slots: slots::Slots::new(&cfg.slots, class(&m.in_flight), class(&m.queued)),
             windows: std::array::from_fn(|_| Window::default()),

@@ -443,26 +443,31 @@ fn record_outcome(
             response.map(Either::Right)
         }
         Err(err) => {
-            match (err.blame(), rm) {
-                (Blame::Client, Some(rm)) => rm.rejected.inc(),
-                (Blame::Upstream, Some(rm)) => rm.upstream_error.inc(),
-                (_, None) => metrics
-                    .requests
-                    .with_label_values(&[name, "rejected"])
-                    .inc(),
-            }
             if let GuardError::Shed { class, reason, .. } = &err {
-                metrics
-                    .protect
-                    .shed
-                    .with_label_values(&[class.as_str(), reason.as_str()])
-                    .inc();
+                metrics.protect.shed_series[class.index()][reason.index()].inc();
             }
-            let family = match err.blame() {
-                Blame::Client => &metrics.rejections,
-                Blame::Upstream => &metrics.upstream_errors,
-            };
-            family.with_label_values(&[name, err.label()]).inc();
+            match (err.blame(), rm) {
+                (Blame::Client, Some(rm)) => {
+                    rm.rejected.inc();
+                    rm.rejections.inc(&err);
+                }
+                (Blame::Upstream, Some(rm)) => {
+                    rm.upstream_error.inc();
+                    rm.upstream_errors.inc(&err);
+                }
+                // Refused before routing (an invalid path): the rare case, counted by label.
+                (blame, None) => {
+                    metrics
+                        .requests
+                        .with_label_values(&[name, "rejected"])
+                        .inc();
+                    let family = match blame {
+                        Blame::Client => &metrics.rejections,
+                        Blame::Upstream => &metrics.upstream_errors,
+                    };
+                    family.with_label_values(&[name, err.label()]).inc();
+                }
+            }
             err.to_response(name, ctx.style).map(Either::Right)
         }
     }
