@@ -255,7 +255,7 @@ def summary(path):
     for r in rows:
         if r[0] not in scen_order:
             scen_order.append(r[0])
-    med = {}
+    med, cpu_us = {}, {}
     any_err = False
     noisy = 0.0
     hdr = "%-11s %-7s %10s %8s %8s %9s %7s %7s %9s %9s %8s  %-9s %s" % (
@@ -272,6 +272,7 @@ def summary(path):
             errs = sum(int(r[7]) for r in rs)
             any_err |= errs > 0
             med[(s, t)] = f(3)
+            cpu_us[(s, t)] = statistics.median(float(r[13]) + float(r[14]) for r in rs)
             bg = max(float(r[12]) for r in rs)
             noisy = max(noisy, bg)
             print("%-11s %-7s %10.0f %8.3f %8.3f %9.0f %7.2f %7.2f %9.0f %9.0f %8.0f  %-9s %s" % (
@@ -285,6 +286,11 @@ def summary(path):
         ratio = lambda a, b: ("%.2f" % (a / b)) if a and b else "n/a"
         print("ratios %s: guard/direct=%s guard/nginx=%s (target >= %s) guard/hyper=%s hyper/nginx=%s" % (
             s, ratio(g, d), ratio(g, n), goals.get(s, "?"), ratio(g, h), ratio(h, n)))
+        # The same comparison by CPU per request (user + kernel), which the host's load moves
+        # less than req/s: nginx's CPU per request over the guard's, > 1 when the guard is cheaper.
+        cg, cn, ch = (cpu_us.get((s, t)) for t in ("guard", "nginx", "hyper"))
+        print("  cpu per request %s: guard %s us, nginx %s us, hyper %s us; nginx/guard=%s hyper/guard=%s" % (
+            s, *("%.1f" % c if c else "n/a" for c in (cg, cn, ch)), ratio(cn, cg), ratio(ch, cg)))
     if noisy > 10:
         print()
         print("WARNING: the machine was %.0f%% busy just before some runs (bg_busy%% column): other"
