@@ -229,55 +229,37 @@ impl GuardError {
     }
 
     /// The metric label: `reason` for client rejections (one of [`REJECTION_REASONS`]), `kind`
-    /// for upstream errors.
+    /// for upstream errors (one of [`UPSTREAM_ERROR_KINDS`]).
     pub fn label(&self) -> &'static str {
-        match self {
-            GuardError::InvalidPath(_) => "invalid_path",
-            GuardError::MissingClientKey => "missing_client_key",
-            GuardError::BodyTooLarge { .. } => "body_too_large",
-            GuardError::OverBudget { budget, .. } => budget.as_str(),
-            GuardError::ExceedsBurst { .. } => "exceeds_burst",
-            GuardError::BodyTimeout(_) => "body_timeout",
-            GuardError::BodyIncomplete => "body_incomplete",
-            GuardError::BadTarget => "bad_target",
-            GuardError::UpstreamConnect(_) => "connect",
-            GuardError::UpstreamReset(_) => "reset",
-            GuardError::UpstreamTimeout(_) => "timeout",
-            GuardError::UnsupportedEncoding(_) => "unsupported_encoding",
-            GuardError::DecodedTooLarge { .. } => "decoded_too_large",
-            GuardError::CorruptBody(_) => "corrupt_body",
-            GuardError::MalformedBatch { .. } => "malformed_batch",
-            GuardError::Shed { reason, .. } => match reason {
-                ShedReason::QueueFull => "shed_queue_full",
-                ShedReason::QueueTimeout => "shed_queue_timeout",
-                ShedReason::Brownout => "shed_brownout",
-            },
-            GuardError::Internal(_) => "internal",
-        }
+        let table: &[&'static str] = match self.blame() {
+            Blame::Client => &REJECTION_REASONS,
+            Blame::Upstream => &UPSTREAM_ERROR_KINDS,
+        };
+        // Every index is in range (tested); "internal" is never reached.
+        table.get(self.label_index()).copied().unwrap_or("internal")
     }
 
-    /// Where [`label`](Self::label) sits in [`REJECTION_REASONS`] (client rejections) or
-    /// [`UPSTREAM_ERROR_KINDS`] (upstream errors), so a route's series can be kept in an
-    /// array instead of looked up by label per rejection.
+    /// Where [`label`](Self::label) sits in its table, so a route can keep its series in an
+    /// array instead of looking them up by label per rejection.
     pub fn label_index(&self) -> usize {
         match self {
-            GuardError::InvalidPath(_) => 0,
-            GuardError::MissingClientKey => 1,
-            GuardError::BodyTooLarge { .. } => 2,
-            GuardError::OverBudget { budget, .. } => 3 + budget.index(),
-            GuardError::ExceedsBurst { .. } => 7,
-            GuardError::BodyTimeout(_) => 8,
-            GuardError::BodyIncomplete => 9,
-            GuardError::BadTarget => 10,
-            GuardError::UnsupportedEncoding(_) => 11,
-            GuardError::DecodedTooLarge { .. } => 12,
-            GuardError::CorruptBody(_) => 13,
-            GuardError::MalformedBatch { .. } => 14,
-            GuardError::Shed { reason, .. } => 15 + reason.index(),
-            GuardError::Internal(_) => 18,
-            GuardError::UpstreamConnect(_) => 0,
-            GuardError::UpstreamReset(_) => 1,
-            GuardError::UpstreamTimeout(_) => 2,
+            GuardError::InvalidPath(_) => 0,      // invalid_path
+            GuardError::MissingClientKey => 1,    // missing_client_key
+            GuardError::BodyTooLarge { .. } => 2, // body_too_large
+            GuardError::OverBudget { budget, .. } => 3 + budget.index(), // route_requests ..
+            GuardError::ExceedsBurst { .. } => 7, // exceeds_burst
+            GuardError::BodyTimeout(_) => 8,      // body_timeout
+            GuardError::BodyIncomplete => 9,      // body_incomplete
+            GuardError::BadTarget => 10,          // bad_target
+            GuardError::UnsupportedEncoding(_) => 11, // unsupported_encoding
+            GuardError::DecodedTooLarge { .. } => 12, // decoded_too_large
+            GuardError::CorruptBody(_) => 13,     // corrupt_body
+            GuardError::MalformedBatch { .. } => 14, // malformed_batch
+            GuardError::Shed { reason, .. } => 15 + reason.index(), // shed_queue_full ..
+            GuardError::Internal(_) => 18,        // internal
+            GuardError::UpstreamConnect(_) => 0,  // connect
+            GuardError::UpstreamReset(_) => 1,    // reset
+            GuardError::UpstreamTimeout(_) => 2,  // timeout
         }
     }
 
@@ -459,12 +441,7 @@ mod tests {
             budget,
             retry_after: d,
         });
-        let sheds = [
-            ShedReason::QueueFull,
-            ShedReason::QueueTimeout,
-            ShedReason::Brownout,
-        ]
-        .map(|reason| GuardError::Shed {
+        let sheds = ShedReason::ALL.map(|reason| GuardError::Shed {
             class: Priority::Bulk,
             reason,
             retry_after: d,
@@ -497,13 +474,20 @@ mod tests {
             GuardError::UpstreamTimeout(d),
         ];
         let all: Vec<_> = budgets.into_iter().chain(sheds).chain(others).collect();
-        // label_index is where label sits in its family's table.
+        // Every label_index is in its table's range (label never falls back).
         for e in &all {
-            let table: &[&str] = match e.blame() {
-                Blame::Client => &REJECTION_REASONS,
-                Blame::Upstream => &UPSTREAM_ERROR_KINDS,
+            let len = match e.blame() {
+                Blame::Client => REJECTION_REASONS.len(),
+                Blame::Upstream => UPSTREAM_ERROR_KINDS.len(),
             };
-            assert_eq!(table.get(e.label_index()), Some(&e.label()), "{e:?}");
+            assert!(e.label_index() < len, "{e:?}");
+        }
+        // The table's order follows the enums the indexes are derived from.
+        for (e, budget) in all.iter().zip(BudgetKind::ALL) {
+            assert_eq!(e.label(), budget.as_str());
+        }
+        for (e, reason) in all[BudgetKind::ALL.len()..].iter().zip(ShedReason::ALL) {
+            assert_eq!(e.label(), format!("shed_{}", reason.as_str()));
         }
         let upstream: Vec<_> = all
             .iter()

@@ -528,7 +528,6 @@ impl Metrics {
 }
 
 /// A route's hot-path series, resolved once per policy.
-#[derive(Clone)]
 pub struct RouteMetrics {
     pub forwarded: IntCounter,
     pub rejected: IntCounter,
@@ -554,7 +553,6 @@ pub struct RouteMetrics {
 /// counted. After that, counting a rejection hashes nothing and takes none of the family's
 /// locks (a 429 flood is exactly when this path is hot); a label never counted has no series,
 /// as with `with_label_values` on demand.
-#[derive(Clone)]
 pub struct RouteSeries<const N: usize> {
     family: IntCounterVec,
     route: String,
@@ -572,18 +570,14 @@ impl<const N: usize> RouteSeries<N> {
 
     /// Counts `err` under its label (`label_index` into this family's table).
     pub fn inc(&self, err: &GuardError) {
-        match self.series.get(err.label_index()) {
-            Some(slot) => slot
-                .get_or_init(|| {
-                    self.family
-                        .with_label_values(&[self.route.as_str(), err.label()])
-                })
-                .inc(),
-            // Unreachable (`label_index` is tested against the tables); counted by label.
-            None => self
-                .family
+        let by_label = || {
+            self.family
                 .with_label_values(&[self.route.as_str(), err.label()])
-                .inc(),
+        };
+        match self.series.get(err.label_index()) {
+            Some(slot) => slot.get_or_init(by_label).inc(),
+            // Unreachable (`label_index` is tested against the tables).
+            None => by_label().inc(),
         }
     }
 }
