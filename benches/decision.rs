@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Method, Request};
-use verbosity_guard::budget::decision::admit;
+use verbosity_guard::budget::admit;
 use verbosity_guard::decide::client_key;
 use verbosity_guard::policy;
 use verbosity_guard::route::normalize_path;

@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::budget::BudgetKind;
-use crate::policy::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
-use crate::policy::{self, Mode, Policy, Priority};
+use crate::policy::{self, Mode, Policy};
+use crate::protect::Priority;
 use crate::records::{Level, LevelRule, Per};
+use crate::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 
 pub struct CheckReport {
     /// True when every file is valid.

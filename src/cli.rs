@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::policy::units::{ByteSize, Fraction, HumanDuration};
 use crate::protect::Brownout;
 use crate::simulate::Condition;
+use crate::units::{ByteSize, Fraction, HumanDuration};
 
 #[derive(Debug, Parser)]
 #[command(

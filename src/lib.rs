@@ -1,7 +1,6 @@
 //! verbosity-guard: a sidecar reverse proxy that keeps telemetry surges from taking a
 //! vehicle-fleet API down. See the README for the design and the policy reference.
 
-pub mod admin;
 pub mod app;
 pub mod budget;
 pub mod check;
@@ -9,7 +8,6 @@ pub mod cli;
 pub mod codec;
 pub mod decide;
 pub mod demo;
-pub mod error;
 pub mod log;
 pub mod metrics;
 pub mod policy;
@@ -20,3 +18,4 @@ pub mod records;
 pub mod route;
 pub mod simulate;
 pub mod traffic;
+pub mod units;

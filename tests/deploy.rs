@@ -19,7 +19,7 @@ use serde_json::Value;
 use support::{PATIENCE, TestGuard, TestUpstream, raw_exchange};
 use tokio::io::AsyncReadExt;
 use verbosity_guard::cli::Cli;
-use verbosity_guard::policy::units::HumanDuration;
+use verbosity_guard::units::HumanDuration;
 
 const GUARD: &str = "verbosity-guard";
 const API: &str = "vehicle-api";

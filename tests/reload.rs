@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::{GuardProcess, TestGuard, TestUpstream, client, eventually, metric_value};
-use verbosity_guard::policy::reload::{ReloadError, ReloadOutcome};
+use verbosity_guard::app::reload::{ReloadError, ReloadOutcome};
 use verbosity_guard::policy::{PolicyError, version_hash};
 
 const RELOADS: &str = "verbosity_guard_policy_reloads_total";

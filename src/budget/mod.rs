@@ -9,7 +9,7 @@
 //! million cells per second and the burst within `u32`. A charge rounds up to whole cells, so
 //! it over-counts by less than one unit per request (1 byte for rates up to ~1 MB/s).
 
-pub mod decision;
+mod payload;
 mod store;
 
 use std::num::NonZeroU32;
@@ -20,6 +20,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{InsufficientCapacity, NotUntil, RateLimiter};
 
+pub use payload::{ByteCharge, Payload, Refusal, Tracking, admit, enforce};
 pub use store::KeyStore;
 
 /// Which of a route's four budgets a decision concerns. The names are metric labels and appear
@@ -77,14 +78,10 @@ pub enum Verdict {
 pub struct Quota {
     /// Units (requests or bytes) replenished every `per`.
     pub amount: u64,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub per: Duration,
     /// Units available at once.
     pub burst: u64,
-}
-
-fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Most cells per second a budget refills; keeps the refill interval at ≥ 1 µs so the 1 ns

@@ -54,7 +54,7 @@ impl Client {
         let resp = self.0.send(req, Instant::now() + limit).await?;
         let answer = Answer {
             status: resp.status(),
-            by_guard: resp.headers().contains_key(&crate::error::REFUSED),
+            by_guard: resp.headers().contains_key(&crate::proxy::REFUSED),
         };
         resp.into_body()
             .collect()

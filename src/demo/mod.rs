@@ -25,7 +25,7 @@ use clap::Args;
 
 pub use report::{Mode, Report, RunReport};
 
-use crate::policy::units::{ByteRate, HumanDuration, UnitError};
+use crate::units::{ByteRate, HumanDuration, UnitError};
 
 /// The mock API is sized for its fleet: 100 kB/s of telemetry per vehicle, so a normal fleet
 /// (~15 kB/s per vehicle) uses ~15% of it, whatever `--vehicles` says.

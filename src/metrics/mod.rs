@@ -13,20 +13,19 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use std::marker::PhantomData;
+
 use crate::budget::BudgetKind;
 use crate::codec::Encoding;
-use crate::error::{GuardError, REJECTION_REASONS, ShedReason, UPSTREAM_ERROR_KINDS};
-use crate::policy::Priority;
+use crate::decide::{BatchOutcome, Reason, UpstreamFailure};
 use crate::policy::{Mode, Route};
+use crate::protect::{self, Priority, ShedReason};
 use crate::records::Level;
 use crate::records::filter::{DropReason, Tally};
 
 mod families;
 use families as f;
 pub use families::{FAMILIES, Family, Kind};
-
-/// Route label for requests refused before they could be routed (their path was invalid).
-pub const UNROUTED: &str = "_invalid";
 
 /// Upper bounds of the upstream latency histogram, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -147,6 +146,27 @@ impl Registrar<'_> {
 }
 
 impl ProtectMetrics {
+    /// The series [`Protection`](protect::Protection) keeps current, resolved per class.
+    pub fn gauges(&self) -> protect::Gauges {
+        let class =
+            |family: &IntGaugeVec| Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]));
+        let float =
+            |family: &GaugeVec| Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]));
+        protect::Gauges {
+            in_flight: class(&self.in_flight),
+            queued: class(&self.queued),
+            level: self.brownout_level.clone(),
+            raised: self.brownout_transitions.with_label_values(&["raise"]),
+            relaxed: self.brownout_transitions.with_label_values(&["relax"]),
+            exchanges: Priority::ALL.map(|p| {
+                ["ok", "failed"].map(|r| self.exchanges.with_label_values(&[p.as_str(), r]))
+            }),
+            p90: float(&self.upstream_p90),
+            baseline: float(&self.upstream_baseline),
+            failures: float(&self.upstream_failure_ratio),
+        }
+    }
+
     fn register(r: &Registrar<'_>) -> Result<ProtectMetrics, prometheus::Error> {
         let shed = r.counters(&f::SHED)?;
         Ok(ProtectMetrics {
@@ -279,8 +299,7 @@ impl Metrics {
         };
         let f = &self.shadow;
         ShadowMetrics {
-            route: route.to_owned(),
-            rejections: f.rejections.clone(),
+            rejections: RouteSeries::new(&f.rejections, route),
             records: r.records.as_ref().map(|_| ShadowRecords {
                 dropped: per_reason(&f.records_dropped),
                 bytes_dropped: per_reason(&f.record_bytes_dropped),
@@ -345,10 +364,10 @@ pub struct RouteMetrics {
     pub request_bytes: IntCounter,
     pub forwarded_bytes: IntCounter,
     pub upstream_duration: Histogram,
-    /// `rejections_total` by reason, indexed like [`REJECTION_REASONS`].
-    pub rejections: RouteSeries<{ REJECTION_REASONS.len() }>,
-    /// `upstream_errors_total` by kind, indexed like [`UPSTREAM_ERROR_KINDS`].
-    pub upstream_errors: RouteSeries<{ UPSTREAM_ERROR_KINDS.len() }>,
+    /// `rejections_total` by reason.
+    pub rejections: RouteSeries<Reason>,
+    /// `upstream_errors_total` by kind.
+    pub upstream_errors: RouteSeries<UpstreamFailure>,
     /// Present on routes with `records`.
     pub records: Option<RecordsMetrics>,
     /// Present on routes with a `verbosity_clamp`.
@@ -357,34 +376,63 @@ pub struct RouteMetrics {
     pub shadow: Option<Arc<ShadowMetrics>>,
 }
 
-/// One route's series of a `{route, label}` family, each resolved the first time it is
-/// counted. After that, counting a rejection hashes nothing and takes none of the family's
-/// locks (a 429 flood is exactly when this path is hot); a label never counted has no series,
-/// as with `with_label_values` on demand.
-pub struct RouteSeries<const N: usize> {
-    family: IntCounterVec,
-    route: String,
-    series: [OnceLock<IntCounter>; N],
+/// A label from a bounded set whose members index an array: the `reason` or `kind` of a
+/// route's family.
+pub trait Label: Copy {
+    const COUNT: usize;
+    fn index(self) -> usize;
+    fn as_str(self) -> &'static str;
 }
 
-impl<const N: usize> RouteSeries<N> {
+impl Label for Reason {
+    const COUNT: usize = Reason::COUNT;
+    fn index(self) -> usize {
+        Reason::index(self)
+    }
+    fn as_str(self) -> &'static str {
+        Reason::as_str(self)
+    }
+}
+
+impl Label for UpstreamFailure {
+    const COUNT: usize = UpstreamFailure::COUNT;
+    fn index(self) -> usize {
+        UpstreamFailure::index(self)
+    }
+    fn as_str(self) -> &'static str {
+        UpstreamFailure::as_str(self)
+    }
+}
+
+/// One route's series of a `{route, label}` family, each resolved the first time it is
+/// counted. After that, counting hashes nothing and takes none of the family's locks (a 429
+/// flood is exactly when this path is hot); a label never counted has no series, as with
+/// `with_label_values` on demand.
+pub struct RouteSeries<L> {
+    family: IntCounterVec,
+    route: String,
+    series: Box<[OnceLock<IntCounter>]>,
+    label: PhantomData<L>,
+}
+
+impl<L: Label> RouteSeries<L> {
     fn new(family: &IntCounterVec, route: &str) -> Self {
         RouteSeries {
             family: family.clone(),
             route: route.to_owned(),
-            series: std::array::from_fn(|_| OnceLock::new()),
+            series: (0..L::COUNT).map(|_| OnceLock::new()).collect(),
+            label: PhantomData,
         }
     }
 
-    /// Counts `err` under its label (`label_index` into this family's table).
-    pub fn inc(&self, err: &GuardError) {
+    pub fn inc(&self, label: L) {
         let by_label = || {
             self.family
-                .with_label_values(&[self.route.as_str(), err.label()])
+                .with_label_values(&[self.route.as_str(), label.as_str()])
         };
-        match self.series.get(err.label_index()) {
+        match self.series.get(label.index()) {
             Some(slot) => slot.get_or_init(by_label).inc(),
-            // Unreachable (`label_index` is tested against the tables).
+            // Unreachable: `series` has a slot per label.
             None => by_label().inc(),
         }
     }
@@ -392,10 +440,9 @@ impl<const N: usize> RouteSeries<N> {
 
 /// A shadow route's series: what enforce mode would have done.
 pub struct ShadowMetrics {
-    route: String,
-    /// The family, resolved per reason when one is counted: only on requests that enforce mode
-    /// would have refused.
-    rejections: IntCounterVec,
+    /// Resolved per reason when one is counted: only on requests that enforce mode would have
+    /// refused.
+    rejections: RouteSeries<Reason>,
     /// Present on routes with `records`.
     pub records: Option<ShadowRecords>,
     /// Present on routes with a `verbosity_clamp`.
@@ -410,12 +457,9 @@ pub struct ShadowRecords {
 }
 
 impl ShadowMetrics {
-    /// Counts a request enforce mode would have answered with `reason` (a `rejections_total`
-    /// reason, or `shed_slot_busy`).
-    pub fn reject(&self, reason: &str) {
-        self.rejections
-            .with_label_values(&[self.route.as_str(), reason])
-            .inc();
+    /// Counts a request enforce mode would have answered with `reason`.
+    pub fn reject(&self, reason: Reason) {
+        self.rejections.inc(reason);
     }
 }
 
@@ -466,41 +510,6 @@ impl ReloadResult {
             ReloadResult::Success => "success",
             ReloadResult::Unchanged => "unchanged",
             ReloadResult::Failure => "failure",
-        }
-    }
-}
-
-/// What happened to a telemetry batch; the names are metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchOutcome {
-    /// Every record kept: the body went upstream as received.
-    Untouched,
-    /// Some records dropped: a rewritten batch went upstream.
-    Rewritten,
-    /// Every record dropped: the guard answered and the upstream was not called.
-    AllDropped,
-    /// Not the route's format; forwarded as received.
-    MalformedForwarded,
-    /// Not the route's format; refused with 400.
-    MalformedRejected,
-}
-
-impl BatchOutcome {
-    pub const ALL: [BatchOutcome; 5] = [
-        BatchOutcome::Untouched,
-        BatchOutcome::Rewritten,
-        BatchOutcome::AllDropped,
-        BatchOutcome::MalformedForwarded,
-        BatchOutcome::MalformedRejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchOutcome::Untouched => "untouched",
-            BatchOutcome::Rewritten => "rewritten",
-            BatchOutcome::AllDropped => "all_dropped",
-            BatchOutcome::MalformedForwarded => "malformed_forwarded",
-            BatchOutcome::MalformedRejected => "malformed_rejected",
         }
     }
 }
@@ -573,7 +582,7 @@ impl RecordsMetrics {
     }
 
     pub fn batch(&self, outcome: BatchOutcome) {
-        self.batches[outcome as usize].inc();
+        self.batches[outcome.index()].inc();
     }
 
     pub fn decoded(&self, encoding: Encoding) {

@@ -19,15 +19,13 @@ use super::raw::{
     RawByteBudget, RawClamp, RawClientKey, RawLevelLimits, RawLevelRule, RawPolicy, RawProtect,
     RawRecords, RawRequestBudget, RawRoute,
 };
-use super::units::ByteSize;
-use super::{
-    ClientKeySpec, KeySource, Limits, Mode, Payload, Policy, PolicyError, Priority, Problem, Route,
-};
-use crate::budget::{Budget, KeyedBudget, Quota};
-use crate::protect::{Brownout, ProtectConfig};
+use super::{ClientKeySpec, KeySource, Limits, Mode, Policy, PolicyError, Problem, Route};
+use crate::budget::{Budget, KeyedBudget, Payload, Quota};
+use crate::protect::{Brownout, Priority, ProtectConfig};
 use crate::records::clamp::Clamp;
 use crate::records::{Level, LevelBudget, LevelRule, Per, RecordsPolicy, Sample, SampleBy};
 use crate::route::{MethodSet, PathMatcher};
+use crate::units::ByteSize;
 
 pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 1_000_000;
 pub const DEFAULT_KEY_EVICTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -229,7 +227,7 @@ fn factor_above_one<C: Clock + Clone>(
 }
 
 /// A fraction as a share in `0.0..=1.0`.
-fn share(f: super::units::Fraction) -> f64 {
+fn share(f: crate::units::Fraction) -> f64 {
     f64::from(f.per_million) / 1e6
 }
 
@@ -372,7 +370,7 @@ fn compile_protect<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect) -> P
     let r = &raw.surge;
     let out = &mut cfg.surge;
     out.enabled = r.enabled.unwrap_or(true);
-    let set = |slot: &mut Duration, v: Option<super::units::HumanDuration>| {
+    let set = |slot: &mut Duration, v: Option<crate::units::HumanDuration>| {
         if let Some(d) = v {
             *slot = d.0;
         }

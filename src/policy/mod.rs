@@ -6,11 +6,7 @@
 
 mod compile;
 pub mod raw;
-pub mod reload;
 pub mod schema;
-pub mod store;
-pub mod units;
-pub mod watch;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -24,7 +20,8 @@ use governor::clock::{Clock, DefaultClock};
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{Budget, BudgetKind, KeyedBudget, Quota};
+use crate::budget::{BudgetKind, KeyedBudget, Payload};
+use crate::protect::Priority;
 use crate::records::clamp::Clamp;
 use crate::records::{Level, LevelBudget, RecordsPolicy, SampleBy};
 use crate::route::{MethodSet, PathMatcher};
@@ -33,37 +30,6 @@ pub use compile::compile;
 
 /// Largest policy file read; a policy is a page of YAML, not a data set.
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
-
-/// How valuable a route's traffic is. Critical routes are never degraded for the sake of bulk.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Critical,
-    #[default]
-    Normal,
-    Bulk,
-}
-
-impl Priority {
-    pub const COUNT: usize = 3;
-    pub const ALL: [Priority; Priority::COUNT] =
-        [Priority::Critical, Priority::Normal, Priority::Bulk];
-
-    /// Position in per-class arrays: critical, normal, bulk.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Critical => "critical",
-            Priority::Normal => "normal",
-            Priority::Bulk => "bulk",
-        }
-    }
-}
 
 /// Whether a route's decisions are enforced or only counted.
 #[derive(
@@ -116,58 +82,6 @@ pub enum KeySource {
 pub struct ClientKeySpec {
     pub source: KeySource,
     pub fallback: KeyFallback,
-}
-
-/// A route's payload budgets. Budgets are shared (`Arc`) so that a policy reload can hand an
-/// unchanged budget, with its state, to the new policy.
-pub struct Payload<C: Clock = DefaultClock> {
-    pub max_body: Option<u64>,
-    pub route_requests: Option<Arc<Budget<C>>>,
-    pub route_bytes: Option<Arc<Budget<C>>>,
-    pub client_requests: Option<Arc<KeyedBudget<C>>>,
-    pub client_bytes: Option<Arc<KeyedBudget<C>>>,
-}
-
-impl<C: Clock> Default for Payload<C> {
-    fn default() -> Self {
-        Payload {
-            max_body: None,
-            route_requests: None,
-            route_bytes: None,
-            client_requests: None,
-            client_bytes: None,
-        }
-    }
-}
-
-impl<C: Clock> Payload<C> {
-    /// True when any per-client budget needs the request's client key.
-    pub fn needs_client_key(&self) -> bool {
-        self.client_requests.is_some() || self.client_bytes.is_some()
-    }
-
-    /// True when a byte budget must be charged as the body streams (no Content-Length).
-    pub fn has_byte_budget(&self) -> bool {
-        self.route_bytes.is_some() || self.client_bytes.is_some()
-    }
-
-    pub fn quota(&self, kind: BudgetKind) -> Option<Quota> {
-        match kind {
-            BudgetKind::RouteRequests => self.route_requests.as_ref().map(|b| b.quota()),
-            BudgetKind::RouteBytes => self.route_bytes.as_ref().map(|b| b.quota()),
-            BudgetKind::ClientRequests => self.client_requests.as_ref().map(|b| b.quota()),
-            BudgetKind::ClientBytes => self.client_bytes.as_ref().map(|b| b.quota()),
-        }
-    }
-
-    pub fn keyed(&self) -> impl Iterator<Item = (BudgetKind, &Arc<KeyedBudget<C>>)> {
-        [
-            (BudgetKind::ClientRequests, &self.client_requests),
-            (BudgetKind::ClientBytes, &self.client_bytes),
-        ]
-        .into_iter()
-        .filter_map(|(k, b)| b.as_ref().map(|b| (k, b)))
-    }
 }
 
 /// A compiled route. Its budgets run on clock `C`: the real one when serving, a virtual one in
@@ -231,12 +145,8 @@ impl<C: Clock> Route<C> {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Limits {
     pub max_tracked_keys: usize,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub key_eviction_interval: Duration,
-}
-
-pub(crate) fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// A compiled, immutable policy, its budgets on clock `C` (see [`parse_with_clock`]).

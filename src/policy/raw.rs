@@ -11,9 +11,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
-use super::{KeyFallback, Mode, Priority};
+use super::{KeyFallback, Mode};
+use crate::protect::Priority;
 use crate::records::{Format, Level, OnMalformed, Per};
+use crate::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 
 /// A verbosity-guard policy: how requests are routed and which payload and log-level budgets
 /// each route enforces.

@@ -19,7 +19,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use super::raw::{RawLevelLimits, RawLevelRule, RawPolicy};
-use super::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
+use crate::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 
 /// The policy file's JSON Schema (draft 7).
 pub fn policy_schema() -> serde_json::Value {
@@ -142,7 +142,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::policy::units::UnitError;
+    use crate::units::UnitError;
 
     fn validator(schema: &Value) -> jsonschema::Validator {
         jsonschema::validator_for(schema).expect("the schema is a valid draft 7 schema")

@@ -364,7 +364,7 @@ routes:
 fn a_policy_compiled_on_a_fake_clock_refills_only_when_the_clock_moves() {
     use governor::clock::FakeRelativeClock;
 
-    use crate::budget::decision::admit;
+    use crate::budget::admit;
     use crate::records::filter::decide;
 
     let text = r#"

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Priority;
+use super::Priority;
 use crate::records::Sample;
 
 /// How far bulk traffic is tightened, least valuable data first. Critical routes are never
@@ -97,12 +97,12 @@ impl Brownout {
 pub struct BrownoutConfig {
     pub enabled: bool,
     /// Time between two ticks.
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub interval: Duration,
     pub latency_factor: f64,
     pub recover_factor: f64,
     /// Latencies at or under this never count as congestion, however low the baseline.
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub latency_floor: Duration,
     /// Failure share (5xx, refused, reset, timed out) above which a tick is congested.
     pub error_rate: f64,
@@ -149,7 +149,7 @@ impl Default for BrownoutConfig {
 }
 
 fn serialize_sample<S: serde::Serializer>(sample: &Sample, s: S) -> Result<S::Ok, S::Error> {
-    let f = crate::policy::units::Fraction {
+    let f = crate::units::Fraction {
         per_million: sample.per_million,
     };
     s.collect_str(&f)

@@ -15,12 +15,12 @@
 
 pub mod controller;
 mod health;
+mod priority;
 pub mod slots;
 pub mod surge;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -29,13 +29,10 @@ use prometheus::{Gauge, IntCounter, IntGauge};
 use serde::Serialize;
 
 pub use controller::{Brownout, BrownoutConfig, ClassSignal, Controller, Transition, Verdict};
+pub use priority::Priority;
 pub use slots::{NoSlot, Slot, SlotsConfig};
 pub use surge::{SurgeConfig, SurgeDetector, SurgeEvent};
 
-use crate::error::{GuardError, ShedReason};
-use crate::metrics::Metrics;
-use crate::policy::Priority;
-use crate::policy::store::Snapshot;
 use crate::records::filter::Tighten;
 use crate::records::{Level, Sample};
 use health::Window;
@@ -69,6 +66,47 @@ pub fn tighten(level: Brownout, cfg: &BrownoutConfig) -> Tighten {
     t
 }
 
+/// Why a request was shed; the names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Its class's wait queue for upstream slots was full.
+    QueueFull,
+    /// It waited its class's whole `queue_timeout` for a slot.
+    QueueTimeout,
+    /// A bulk request while the brownout level is `shed_bulk`.
+    Brownout,
+}
+
+impl ShedReason {
+    pub const COUNT: usize = 3;
+    pub const ALL: [ShedReason; ShedReason::COUNT] = [
+        ShedReason::QueueFull,
+        ShedReason::QueueTimeout,
+        ShedReason::Brownout,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::Brownout => "brownout",
+        }
+    }
+}
+
+/// A request refused (503) to protect the upstream: no upstream slot for its class in time, or
+/// a bulk request while the brownout sheds bulk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    pub class: Priority,
+    pub reason: ShedReason,
+    pub retry_after: Duration,
+}
+
 /// Shared protection state; one per process.
 pub struct Protection {
     slots: slots::Slots,
@@ -79,42 +117,29 @@ pub struct Protection {
     gauges: Gauges,
 }
 
-struct Gauges {
-    level: IntGauge,
-    raised: IntCounter,
-    relaxed: IntCounter,
+/// The series protection keeps current, one per class where indexed by [`Priority::index`]
+/// (resolved by the metrics layer, which owns the families).
+pub struct Gauges {
+    pub in_flight: [IntGauge; Priority::COUNT],
+    pub queued: [IntGauge; Priority::COUNT],
+    pub level: IntGauge,
+    pub raised: IntCounter,
+    pub relaxed: IntCounter,
     /// `upstream_exchanges_total{class, result}`: [class][ok, failed].
-    exchanges: [[IntCounter; 2]; Priority::COUNT],
-    p90: [Gauge; Priority::COUNT],
-    baseline: [Gauge; Priority::COUNT],
-    failures: [Gauge; Priority::COUNT],
+    pub exchanges: [[IntCounter; 2]; Priority::COUNT],
+    pub p90: [Gauge; Priority::COUNT],
+    pub baseline: [Gauge; Priority::COUNT],
+    pub failures: [Gauge; Priority::COUNT],
 }
 
 impl Protection {
-    pub fn new(cfg: &ProtectConfig, metrics: &Metrics) -> Protection {
-        let class = |family: &prometheus::IntGaugeVec| {
-            Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]))
-        };
-        let float = |family: &prometheus::GaugeVec| {
-            Priority::ALL.map(|p| family.with_label_values(&[p.as_str()]))
-        };
-        let m = &metrics.protect;
+    pub fn new(cfg: &ProtectConfig, gauges: Gauges) -> Protection {
         Protection {
-            slots: slots::Slots::new(&cfg.slots, class(&m.in_flight), class(&m.queued)),
+            slots: slots::Slots::new(&cfg.slots, gauges.in_flight.clone(), gauges.queued.clone()),
             windows: std::array::from_fn(|_| Window::default()),
             level: AtomicU8::new(Brownout::Off as u8),
             controller: Mutex::new(Controller::new(cfg.brownout.clone())),
-            gauges: Gauges {
-                level: m.brownout_level.clone(),
-                raised: m.brownout_transitions.with_label_values(&["raise"]),
-                relaxed: m.brownout_transitions.with_label_values(&["relax"]),
-                exchanges: Priority::ALL.map(|p| {
-                    ["ok", "failed"].map(|r| m.exchanges.with_label_values(&[p.as_str(), r]))
-                }),
-                p90: float(&m.upstream_p90),
-                baseline: float(&m.upstream_baseline),
-                failures: float(&m.upstream_failure_ratio),
-            },
+            gauges,
         }
     }
 
@@ -135,10 +160,10 @@ impl Protection {
 
     /// An upstream slot for a request of `class` (see [`slots`]), or the 503 that sheds it.
     /// Not finding one counts as a saturated upstream for the controller.
-    pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, GuardError> {
+    pub async fn slot(&self, class: Priority) -> Result<Slot<'_>, Shed> {
         self.slots.acquire(class).await.map_err(|no_slot| {
             self.windows[class.index()].shed();
-            GuardError::Shed {
+            Shed {
                 class,
                 reason: match no_slot {
                     NoSlot::QueueFull => ShedReason::QueueFull,
@@ -210,127 +235,4 @@ impl Protection {
 /// How long a bulk client shed by the brownout should wait: until the level could next relax.
 pub fn retry_after(cfg: &BrownoutConfig) -> Duration {
     cfg.interval * cfg.relax_after
-}
-
-impl crate::decide::BrownoutState for Protection {
-    fn level(&self) -> Brownout {
-        Protection::level(self)
-    }
-}
-
-/// The surge detectors of every route and level with records, keyed by route name so that a
-/// policy reload keeps what they learned.
-#[derive(Default)]
-pub struct Surges {
-    routes: HashMap<String, RouteSurge>,
-}
-
-#[derive(Default)]
-struct RouteSurge {
-    /// Counter values at the last tick, per level: records, bytes.
-    last: [(u64, u64); Level::COUNT],
-    records: [SurgeDetector; Level::COUNT],
-    bytes: [SurgeDetector; Level::COUNT],
-}
-
-/// Bytes per record assumed when turning `min_rate` (records/s) into a byte rate.
-const MIN_RATE_BYTES_PER_RECORD: f64 = 256.0;
-
-impl Surges {
-    /// Feeds every route's per-level counters since the last tick, `dt` ago, to its detectors
-    /// and updates the surge gauges.
-    pub fn tick(&mut self, snap: &Snapshot, metrics: &Metrics, cfg: &SurgeConfig, dt: Duration) {
-        let policy = &snap.policy;
-        self.routes
-            .retain(|name, _| policy.routes().iter().any(|r| &r.name == name));
-        for (route, rm) in policy.routes().iter().zip(&snap.route_metrics) {
-            let Some(records) = &rm.records else {
-                continue;
-            };
-            let fresh = !self.routes.contains_key(&route.name);
-            if fresh {
-                self.routes
-                    .insert(route.name.clone(), RouteSurge::default());
-            }
-            let Some(state) = self.routes.get_mut(&route.name) else {
-                continue;
-            };
-            for level in Level::ALL {
-                let i = level.index();
-                let now = (records.received[i].get(), records.bytes_received[i].get());
-                let (last_n, last_b) = std::mem::replace(&mut state.last[i], now);
-                if fresh {
-                    continue;
-                }
-                let n = now.0.saturating_sub(last_n) as f64;
-                let b = now.1.saturating_sub(last_b) as f64;
-                let labels = [route.name.as_str(), level.as_str()];
-                for (det, amount, min, unit) in [
-                    (&mut state.records[i], n, cfg.min_rate, "records"),
-                    (
-                        &mut state.bytes[i],
-                        b,
-                        cfg.min_rate * MIN_RATE_BYTES_PER_RECORD,
-                        "bytes",
-                    ),
-                ] {
-                    let event = det.observe(cfg, dt, amount, min);
-                    if event == Some(SurgeEvent::Started) && unit == "records" {
-                        metrics.protect.surges.with_label_values(&labels).inc();
-                        crate::warn_limited!(
-                            route = route.name.as_str(),
-                            level = level.as_str(),
-                            ratio = det.ratio(cfg, min),
-                            "verbosity surge"
-                        );
-                    }
-                    metrics
-                        .protect
-                        .surge_ratio
-                        .with_label_values(&[labels[0], labels[1], unit])
-                        .set(det.ratio(cfg, min));
-                }
-                let active = state.records[i].active() || state.bytes[i].active();
-                metrics
-                    .protect
-                    .surge_active
-                    .with_label_values(&labels)
-                    .set(i64::from(active));
-            }
-        }
-    }
-}
-
-/// The controller task: ticks the brownout controller every `protect.brownout.interval` and
-/// the surge detectors every `protect.surge.interval`, reading the settings of the policy in
-/// force at each tick.
-pub async fn run_controller(shared: std::sync::Arc<crate::proxy::Shared>) {
-    let mut surges = Surges::default();
-    let start = tokio::time::Instant::now();
-    let mut next_brownout = start;
-    let mut next_surge = start;
-    let mut last_surge = start;
-    loop {
-        let (brownout_every, surge_every) = {
-            let snap = shared.policy.load();
-            let p = &snap.policy.protect;
-            (p.brownout.interval, p.surge.interval)
-        };
-        let next = next_brownout.min(next_surge);
-        tokio::time::sleep_until(next).await;
-        let now = tokio::time::Instant::now();
-        if now >= next_brownout {
-            shared.protection.tick();
-            next_brownout = now + brownout_every;
-        }
-        if now >= next_surge {
-            let snap = shared.policy.load();
-            let cfg = &snap.policy.protect.surge;
-            if cfg.enabled {
-                surges.tick(&snap, &shared.metrics, cfg, now - last_surge);
-            }
-            last_surge = now;
-            next_surge = now + surge_every;
-        }
-    }
 }

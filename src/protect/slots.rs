@@ -20,7 +20,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::policy::Priority;
+use super::Priority;
 
 /// The pool sizes and waits (policy `protect`, resolved).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -22,19 +22,19 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct SurgeConfig {
     pub enabled: bool,
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub interval: Duration,
     pub factor: f64,
     pub clear_factor: f64,
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub hold: Duration,
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub warmup: Duration,
     /// Half-life of the short-term rate.
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub window: Duration,
     /// Half-life of the baseline.
-    #[serde(serialize_with = "crate::policy::serialize_secs")]
+    #[serde(serialize_with = "crate::units::serialize_secs")]
     pub baseline_half_life: Duration,
     /// Records per second under which a level is never surging (bytes: × 256).
     pub min_rate: f64,

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use super::Priority;
 use super::controller::{Brownout, BrownoutConfig, ClassSignal, Controller, Verdict};
 use super::slots::{NoSlot, Slots, SlotsConfig};
 use super::surge::{SurgeConfig, SurgeDetector, SurgeEvent};
 use super::tighten;
 use crate::demo::rng::Rng;
-use crate::policy::Priority;
 use crate::records::Level;
 
 fn ms(n: u64) -> Duration {

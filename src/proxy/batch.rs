@@ -1,5 +1,5 @@
-//! The records phase of a telemetry route: buffer the batch, decode it, filter its records by
-//! level, and re-encode what is kept.
+//! The records phase of a telemetry route, on the wire: buffer the batch, carry out what the
+//! decision core ([`decide::records`](crate::decide::records)) decided, and tell both sides.
 //!
 //! The body is buffered up to the route's `max_body` (already enforced while reading) and, when
 //! compressed, decoded up to the route's cap. A batch that loses no record goes upstream exactly
@@ -7,17 +7,16 @@
 //! loses all of them is answered by the guard without calling the upstream.
 
 use bytes::{Bytes, BytesMut};
-use governor::clock::Clock;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::body::GuardedBody;
-use crate::codec::{self, Encoding};
-use crate::error::GuardError;
-use crate::metrics::{BatchOutcome, RecordsMetrics, ShadowRecords};
-use crate::records::filter::{self, Tally, Tighten};
-use crate::records::{Batch, Format, Level, NotFormat, OnMalformed, RecordsPolicy, otlp};
+use crate::decide::records::Judged;
+use crate::decide::{BatchOutcome, Reject};
+use crate::metrics::{RecordsMetrics, ShadowRecords};
+use crate::records::filter::{Tally, Tighten};
+use crate::records::{Format, Level, RecordsPolicy, otlp};
 
 pub static RECORDS_KEPT: HeaderName = HeaderName::from_static("x-verbosity-guard-records-kept");
 pub static RECORDS_DROPPED: HeaderName =
@@ -73,7 +72,7 @@ impl Summary {
 }
 
 /// Reads the whole body. `max_body` is enforced by the body itself; `capacity` is a hint.
-pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Bytes, GuardError> {
+pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Bytes, Reject> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -93,181 +92,60 @@ pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Byte
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// A buffered batch read under its route's rules: decoded, parsed and decided, nothing done
-/// about it yet. What the live guard then does (rewrite, answer, or in shadow mode only count)
-/// and what `simulate` reports both start from this.
-pub struct Inspected {
-    /// The request's Content-Encoding; `decoded` holds the body decoded from it.
-    pub encoding: Encoding,
-    /// The format the body was read as (an OTLP route tells JSON from protobuf by Content-Type).
-    pub format: Format,
-    pub decoded: Bytes,
-    /// The records, each marked kept or dropped, with the batch's counts; or why the body is
-    /// not the format.
-    pub parsed: Result<(Batch, Tally), NotFormat>,
-}
-
-/// Decodes, parses and decides a buffered batch under the route's `records` rules, tightened by
-/// `tighten` while the upstream is browned out. The level budgets of `key` (the client) and of
-/// the route are charged. Fails only on the body's coding (unsupported, corrupt, too large once
-/// decoded); a body that is not the format is an answer, not an error.
-pub fn inspect<C: Clock>(
-    policy: &RecordsPolicy<C>,
-    headers: &HeaderMap,
-    key: Option<u64>,
-    tighten: &Tighten,
-    body: &Bytes,
-) -> Result<Inspected, GuardError> {
-    let encoding = codec::request_encoding(headers)?;
-    let decoded = match encoding {
-        Encoding::Identity => body.clone(),
-        enc => {
-            let cap = policy
-                .max_decoded
-                .min((body.len() as u64).saturating_mul(policy.max_ratio));
-            Bytes::from(codec::decode(enc, body, cap)?)
-        }
-    };
-    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let format = policy.format.for_content_type(content_type);
-    let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten).map(|mut batch| {
-        let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
-        (batch, tally)
-    });
-    Ok(Inspected {
-        encoding,
-        format,
-        decoded,
-        parsed,
-    })
-}
-
-/// Runs a buffered batch through the route's `records` rules (see [`inspect`]) and enforces
-/// what they decided: the batch as received when nothing is dropped, rewritten and re-encoded
-/// when some records are, the guard's own answer when every record is.
-pub fn filter(
+/// Enforce mode: carries out what [`judge`](crate::decide::records::judge) decided about `received` and counts
+/// it. The batch goes upstream as received when nothing is dropped (or it is malformed and the
+/// route forwards such bodies), rewritten and re-encoded when some records are dropped; when
+/// every record is dropped the guard answers itself; a malformed batch on a route that rejects
+/// them is refused.
+pub fn carry_out(
     policy: &RecordsPolicy,
     metrics: &RecordsMetrics,
-    headers: &HeaderMap,
-    key: Option<u64>,
+    judged: &Judged,
+    received: &Bytes,
     tighten: &Tighten,
-    body: Bytes,
-) -> Result<Filtered, GuardError> {
-    let Inspected {
-        encoding,
-        format,
-        decoded,
-        parsed,
-    } = inspect(policy, headers, key, tighten, &body)?;
-    metrics.decoded(encoding);
-    let (batch, tally) = match parsed {
-        Ok(parsed) => parsed,
-        Err(reason) => {
-            return match policy.on_malformed {
-                OnMalformed::Forward => {
-                    metrics.batch(BatchOutcome::MalformedForwarded);
-                    Ok(Filtered::Forward {
-                        body,
-                        summary: None,
-                    })
-                }
-                OnMalformed::Reject => {
-                    metrics.batch(BatchOutcome::MalformedRejected);
-                    Err(GuardError::MalformedBatch {
-                        format: format.as_str(),
-                        reason,
-                    })
-                }
-            };
-        }
-    };
-    metrics.record(&tally);
-    let summary = Summary::new(policy, &tally, tighten);
-
-    if tally.dropped() == 0 {
-        metrics.batch(BatchOutcome::Untouched);
+) -> Result<Filtered, Reject> {
+    metrics.decoded(judged.encoding);
+    metrics.batch(judged.outcome);
+    if let Some(refusal) = judged.refusal() {
+        return Err(refusal);
+    }
+    let Some(tally) = judged.tally() else {
+        // Malformed, and forwarded as received: there are no records to count.
         return Ok(Filtered::Forward {
+            body: received.clone(),
+            summary: None,
+        });
+    };
+    metrics.record(tally);
+    let summary = Summary::new(policy, tally, tighten);
+    match judged.forward(received)? {
+        Some(body) => Ok(Filtered::Forward {
             body,
             summary: Some(summary),
-        });
+        }),
+        None => Ok(Filtered::Answer(all_dropped(judged.format, tally, summary))),
     }
-    if tally.forwarded() == 0 {
-        metrics.batch(BatchOutcome::AllDropped);
-        return Ok(Filtered::Answer(all_dropped(format, &tally, summary)));
-    }
-    metrics.batch(BatchOutcome::Rewritten);
-    Ok(Filtered::Forward {
-        body: Bytes::from(rewrite(&batch, &decoded, encoding)?),
-        summary: Some(summary),
-    })
 }
 
-/// What enforce mode would have done with a batch a shadow route forwards as received.
-pub enum ShadowBatch {
-    /// It would have refused the request, for this reason (a rejection metric label).
-    Refused(&'static str),
-    /// It would have kept `kept` records and dropped `dropped`.
-    Read { kept: u64, dropped: u64 },
-    /// Not the format, and forwarded as received in either mode.
-    Unread,
-}
-
-/// A shadow route's batch: decided exactly as [`filter`] decides it (level budgets charged),
-/// counted as forwarded whole in the enforce families and as what enforce mode would have
-/// dropped in the shadow ones. Nothing is rewritten: the caller forwards `body` as received.
-pub fn shadow<C: Clock>(
-    policy: &RecordsPolicy<C>,
-    metrics: &RecordsMetrics,
-    shadow: &ShadowRecords,
-    headers: &HeaderMap,
-    key: Option<u64>,
-    tighten: &Tighten,
-    body: &Bytes,
-) -> ShadowBatch {
-    let inspected = match inspect(policy, headers, key, tighten, body) {
-        Ok(i) => i,
-        Err(e) => return ShadowBatch::Refused(e.label()),
-    };
-    metrics.decoded(inspected.encoding);
-    metrics.batch(match &inspected.parsed {
+/// Shadow mode: counts what enforce mode would have done with a batch that is forwarded as
+/// received. The enforce families count what happened (every record forwarded), the shadow ones
+/// what enforce mode would have dropped.
+pub fn count_shadow(metrics: &RecordsMetrics, shadow: Option<&ShadowRecords>, judged: &Judged) {
+    metrics.decoded(judged.encoding);
+    metrics.batch(match judged.parsed {
         Ok(_) => BatchOutcome::Untouched,
         Err(_) => BatchOutcome::MalformedForwarded,
     });
-    match inspected.parsed {
-        Ok((_, tally)) => {
-            metrics.record_forwarded_whole(&tally);
-            shadow.record(&tally);
-            let (kept, dropped) = (tally.forwarded(), tally.dropped());
-            if dropped > 0 {
-                shadow.batch(match kept {
-                    0 => BatchOutcome::AllDropped,
-                    _ => BatchOutcome::Rewritten,
-                });
-            }
-            ShadowBatch::Read { kept, dropped }
-        }
-        Err(reason) => match policy.on_malformed {
-            OnMalformed::Forward => ShadowBatch::Unread,
-            OnMalformed::Reject => {
-                shadow.batch(BatchOutcome::MalformedRejected);
-                let err = GuardError::MalformedBatch {
-                    format: inspected.format.as_str(),
-                    reason,
-                };
-                ShadowBatch::Refused(err.label())
-            }
-        },
+    if let Some(tally) = judged.tally() {
+        metrics.record_forwarded_whole(tally);
     }
-}
-
-/// The kept records of a batch, re-encoded like the request was.
-pub fn rewrite(batch: &Batch, decoded: &[u8], encoding: Encoding) -> Result<Vec<u8>, GuardError> {
-    let rewritten = batch.rewrite(decoded);
-    match encoding {
-        Encoding::Identity => Ok(rewritten),
-        enc => codec::encode(enc, &rewritten)
-            .map_err(|_| GuardError::Internal("cannot re-encode the batch")),
+    let Some(shadow) = shadow else {
+        return;
+    };
+    if let Some(tally) = judged.tally() {
+        shadow.record(tally);
     }
+    shadow.batch(judged.outcome);
 }
 
 /// The answer to a batch with nothing left to forward. OTLP senders get the success response

@@ -1,17 +1,16 @@
 //! The request body on its way upstream: streamed frame by frame, never buffered, with the
 //! checks that cannot be done from the headers alone.
 //!
-//! - `max_body` for chunked or lying bodies: the frame that crosses the limit is not forwarded
-//!   and the body fails with [`GuardError::BodyTooLarge`];
-//! - byte budgets for bodies without a Content-Length, charged per frame;
+//! - the body's [`BodyRules`]: `max_body` for chunked or lying bodies (the frame that crosses
+//!   the limit is not forwarded) and byte budgets for bodies without a Content-Length, charged
+//!   per frame; a refusal goes to the request's [`BodyJudge`];
 //! - an idle timeout between frames (hyper has no body read timeout);
 //! - the body byte counters.
 //!
-//! A failure here aborts the upstream request; the handler finds the `GuardError` in the client
+//! A failure here aborts the upstream request; the handler finds the [`Reject`] in the client
 //! error's source chain and answers the client with it.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -22,9 +21,8 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use crate::budget::decision::ByteCharge;
-use crate::error::GuardError;
-use crate::metrics::ShadowMetrics;
+use super::shadow::BodyJudge;
+use crate::decide::{BodyRules, Reject};
 use crate::record::Capture;
 
 pin_project! {
@@ -37,45 +35,16 @@ pin_project! {
         idle: Option<Pin<Box<Sleep>>>,
         idle_timeout: Duration,
         last_frame: Instant,
-        // Most bytes let through, or `None` when Content-Length already bounded the body.
-        limit: Option<u64>,
-        seen: u64,
-        charge: ByteCharge,
+        rules: BodyRules,
+        // What becomes of a refusal by `rules`: fail the body, or count it (shadow mode).
+        judge: BodyJudge,
         received: IntCounter,
         // `None` when the body is buffered: the bytes forwarded are counted when sent.
         forwarded: Option<IntCounter>,
         // Set once the body failed, so it is not polled again.
         failed: bool,
-        // A shadow route's body: decisions are counted here instead of failing the body.
-        // Boxed, like `tap`: rare, and the body is moved several times on its way upstream.
-        shadow: Option<Box<ShadowStream>>,
         // `serve --record`: a sampled request's capture sees the frames as they pass.
         tap: Option<Box<Capture>>,
-    }
-}
-
-/// A shadow route's body: what enforce mode would have refused mid-body (`max_body` crossed by
-/// a chunked or lying body, a byte budget run out) is counted once and the body goes on
-/// unchecked from there, as enforce mode would have stopped deciding at that point.
-pub struct ShadowStream {
-    metrics: Arc<ShadowMetrics>,
-    /// `max_body`, counted instead of enforced.
-    limit: Option<u64>,
-    refused: Option<&'static str>,
-}
-
-impl ShadowStream {
-    pub fn new(metrics: Arc<ShadowMetrics>, limit: Option<u64>) -> Self {
-        ShadowStream {
-            metrics,
-            limit,
-            refused: None,
-        }
-    }
-
-    fn refuse(&mut self, reason: &'static str) {
-        self.metrics.reject(reason);
-        self.refused = Some(reason);
     }
 }
 
@@ -83,8 +52,8 @@ impl GuardedBody {
     pub fn new(
         inner: Incoming,
         idle_timeout: Duration,
-        limit: Option<u64>,
-        charge: ByteCharge,
+        rules: BodyRules,
+        judge: BodyJudge,
         received: IntCounter,
         forwarded: Option<IntCounter>,
     ) -> Self {
@@ -93,13 +62,11 @@ impl GuardedBody {
             idle: None,
             idle_timeout,
             last_frame: Instant::now(),
-            limit,
-            seen: 0,
-            charge,
+            rules,
+            judge,
             received,
             forwarded,
             failed: false,
-            shadow: None,
             tap: None,
         }
     }
@@ -110,33 +77,27 @@ impl GuardedBody {
         self
     }
 
-    /// Counts instead of failing (a shadow route); see [`ShadowStream`].
-    pub fn shadow(mut self, shadow: ShadowStream) -> Self {
-        self.shadow = Some(Box::new(shadow));
-        self
-    }
-
-    /// Why enforce mode would have refused this shadow body, once it has (already counted).
-    pub fn shadow_refused(&self) -> Option<&'static str> {
-        self.shadow.as_ref().and_then(|s| s.refused)
+    /// The body's judge, with what it has counted so far.
+    pub fn judge(&self) -> &BodyJudge {
+        &self.judge
     }
 }
 
 impl Body for GuardedBody {
     type Data = Bytes;
-    type Error = GuardError;
+    type Error = Reject;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Reject>>> {
         let this = self.project();
         if *this.failed {
             return Poll::Ready(None);
         }
         let frame = match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(_))) => return fail(this.failed, GuardError::BodyIncomplete),
+            Poll::Ready(Some(Err(_))) => return fail(this.failed, Reject::BodyIncomplete),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {
                 // The timer is reset lazily: it fires at its old deadline and is pushed back
@@ -149,7 +110,7 @@ impl Body for GuardedBody {
                     ready!(idle.as_mut().poll(cx));
                     let deadline = *this.last_frame + *this.idle_timeout;
                     if deadline <= Instant::now() {
-                        return fail(this.failed, GuardError::BodyTimeout(*this.idle_timeout));
+                        return fail(this.failed, Reject::BodyTimeout(*this.idle_timeout));
                     }
                     idle.as_mut().reset(deadline);
                 }
@@ -164,27 +125,11 @@ impl Body for GuardedBody {
         if let Some(tap) = this.tap {
             tap.body(data);
         }
-        *this.seen += n;
-        if let Some(limit) = *this.limit
-            && *this.seen > limit
-        {
-            return fail(this.failed, GuardError::BodyTooLarge { limit });
-        }
-        if let Some(s) = this.shadow.as_mut().filter(|s| s.refused.is_none())
-            && s.limit.is_some_and(|limit| *this.seen > limit)
-        {
-            s.refuse(GuardError::BodyTooLarge { limit: 0 }.label());
-            *this.charge = ByteCharge::default();
-        }
-        if !this.charge.is_empty()
-            && let Err(e) = this.charge.charge(n)
-        {
-            match this.shadow {
-                Some(s) => {
-                    s.refuse(e.label());
-                    *this.charge = ByteCharge::default();
-                }
-                None => return fail(this.failed, e),
+        if let Err(refusal) = this.rules.data(n) {
+            match this.judge.verdict(refusal) {
+                Err(refusal) => return fail(this.failed, refusal),
+                // Counted only (shadow mode): enforce mode would have stopped deciding here.
+                Ok(()) => this.rules.disarm(),
             }
         }
         if let Some(forwarded) = this.forwarded {
@@ -202,7 +147,7 @@ impl Body for GuardedBody {
     }
 }
 
-fn fail(failed: &mut bool, err: GuardError) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+fn fail(failed: &mut bool, err: Reject) -> Poll<Option<Result<Frame<Bytes>, Reject>>> {
     *failed = true;
     Poll::Ready(Some(Err(err)))
 }
@@ -219,12 +164,12 @@ pub enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = GuardError;
+    type Error = Reject;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, GuardError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Reject>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Stream { body } => body.as_mut().poll_frame(cx),

@@ -2,9 +2,10 @@
 //! forwards what survives on this worker's upstream pool.
 //!
 //! `run` reads top to bottom as the request's life: normalize and route, identify, brownout and
-//! payload budgets, rewrite, records (telemetry batches), upstream slot, forward, respond. Each
-//! phase is a plain function over the request parts or a budget, and every phase can end the
-//! request with a [`GuardError`]. `record_outcome` counts the outcome in one place.
+//! payload budgets, rewrite, body (telemetry batches are read and judged), upstream slot,
+//! forward, respond. Each decision is made by the decision core ([`decide`]) and returns its
+//! verdict; the request's [`Judge`] carries it out (enforce mode) or counts it (shadow mode).
+//! `record_outcome` counts the outcome in one place.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,11 +13,10 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version, request};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -24,16 +24,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::batch::{self, Filtered, ShadowBatch};
-use super::body::{GuardedBody, ShadowStream, UpstreamBody};
+use super::batch::{self, Filtered, Summary};
+use super::body::{GuardedBody, UpstreamBody};
+use super::error::ProxyError;
 use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
-use super::shadow::{self, SHADOW, SHED_SLOT_BUSY, Shadow};
+use super::shadow::Judge;
+use super::state::{Shared, Snapshot};
 use super::upstream::{PooledBody, Upstream};
-use crate::decide;
-use crate::error::{Blame, ErrorStyle, GuardError};
-use crate::metrics::{Metrics, UNROUTED};
-use crate::policy::store::{PolicyStore, Snapshot};
-use crate::protect::Protection;
+use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::policy::Route;
+use crate::record::Capture;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -43,28 +44,6 @@ pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 pub enum Reply {
     Upstream(Response<PooledBody>),
     Guard(Response<Full<Bytes>>),
-}
-
-/// Where requests go: `host:port` of a plain-HTTP upstream.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub authority: Authority,
-}
-
-/// State shared by every connection.
-pub struct Shared {
-    pub policy: PolicyStore,
-    pub metrics: Arc<Metrics>,
-    pub target: Target,
-    /// Longest pause allowed between two frames of a request body.
-    pub body_idle_timeout: Duration,
-    /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
-    /// to collide.
-    pub key_hasher: std::hash::RandomState,
-    /// Upstream slots by priority and the brownout level; outlives policy reloads.
-    pub protection: Protection,
-    /// `serve --record`: samples requests into a traffic file.
-    pub recorder: Option<crate::record::Recorder>,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -136,220 +115,97 @@ struct RequestCtx {
 }
 
 impl ConnGuard {
+    /// The request's life, phase by phase; see the module docs.
     async fn run(
         &self,
         snap: &Snapshot,
         ctx: &mut RequestCtx,
         req: Request<Incoming>,
-    ) -> Result<Reply, GuardError> {
+    ) -> Result<Reply, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        let declared = body.size_hint().exact();
 
         // 1-2. Normalize the path, so no spelling of it can reach another route's budget, then
         //    route: first match wins; the table ends with a catch-all.
         let routed = decide::route(&snap.policy, &parts)?;
-        ctx.route = Some(routed.index);
-        ctx.style = routed.style;
-        let (route, normalized) = (routed.route, routed.normalized);
-        let rm = &snap.route_metrics[routed.index];
-        // A shadow route makes every decision below and counts what enforce mode would have
-        // done instead of doing it (see `shadow`). Enforce routes carry `None`: for them every
-        // `overrule` is the `?` it replaces.
-        let mut shadow = rm.shadow.as_ref().map(Shadow::new);
-        let declared = body.size_hint().exact();
-        if shadow.is_some() && route.records.is_some() {
-            // A records route buffers its body, in every mode: max_body bounds that buffer.
-            if let (Some(limit), Some(len)) = (route.payload.max_body, declared)
-                && len > limit
-            {
-                return Err(GuardError::BodyTooLarge { limit });
-            }
+        (ctx.route, ctx.style) = (Some(routed.index), routed.style);
+        let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
+        let mut judge = Judge::new(rm, route.records.is_some());
+        if judge.is_shadow() {
+            bound_buffer(route, declared)?;
         }
 
         // 3. Identify the client, only when a per-client budget needs the key.
         let identified = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher);
-        // `serve --record`: a sampled request is captured as the client sent it, before any
-        // rewrite, and written when it ends, however it ends (see `record`).
-        let capture = self.shared.recorder.as_ref().and_then(|r| {
-            let key = identified.as_ref().ok().copied().flatten();
-            r.sample(key, &parts, self.conn.peer, declared)
-        });
-        let key = match identified {
-            Ok(key) => key,
-            Err(e) => {
-                shadow::overrule(&mut shadow, route, e)?;
-                None
-            }
-        };
+        let capture = self.capture(&identified, &parts, declared);
+        let key = judge.verdict(identified, || None)?;
 
-        // 4-5. Brownout (bulk routes shed whole or their batches tightened while the upstream
-        //    is in distress), then the payload budgets: size first (no state), then the
-        //    client's budgets, then the route's, so one client's excess never spends the budget
-        //    the route shares.
-        let metrics = &self.shared.metrics;
-        let protection = &self.shared.protection;
-        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
-        let admitted = match deciding {
-            true => {
-                let cfg = &snap.policy.protect.brownout;
-                decide::admit(route, key, protection, cfg, declared, |kind| {
-                    metrics.record_untracked(&route.name, kind)
-                })
-            }
-            false => Ok(decide::Admitted::default()),
-        };
-        let decide::Admitted {
-            tighten,
-            charge: stream_charge,
-        } = match admitted {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                shadow::overrule(&mut shadow, route, e)?;
-                decide::Admitted::default()
-            }
-        };
-        let deciding = shadow.as_ref().is_none_or(Shadow::deciding);
+        // 4-5. Brownout, then the payload budgets.
+        let admitted = self.admit(&mut judge, snap, route, key, declared)?;
 
         // 6. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
-        //    requested verbosity above the route's clamp lowered (counted only, in shadow).
-        self.rewrite(&mut parts, normalized)?;
-        if let Some(clamp) = &route.clamp {
-            match &mut shadow {
-                None => {
-                    let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
-                    if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
-                        counter.inc_by(u64::from(lowered));
-                    }
-                }
-                Some(s) if deciding => s.clamped(clamp.count(&parts.headers, &parts.uri)),
-                Some(_) => {}
-            }
-        }
+        //    requested verbosity above the route's clamp lowered.
+        self.rewrite(&mut parts, routed.normalized)?;
+        clamp(&mut judge, route, rm, &mut parts);
 
-        // 7. Records: a telemetry route buffers its batch and filters it by level (in shadow,
-        //    decides and counts, and forwards it as received); the rest stream.
+        // 7. The body: a telemetry batch is read whole and judged record by record; any other
+        //    body streams through, checked frame by frame.
         let mut summary = None;
         let body = if body.is_end_stream() {
             UpstreamBody::Empty
-        } else if let (Some(records), Some(metrics), true) = (&route.records, &rm.records, deciding)
-        {
-            let max_body = route.payload.max_body.unwrap_or(u64::MAX);
-            let mut body = GuardedBody::new(
+        } else if route.records.is_some() && judge.deciding() {
+            let input = BatchInput {
                 body,
-                self.shared.body_idle_timeout,
-                Some(max_body),
-                stream_charge,
-                rm.request_bytes.clone(),
-                None,
-            )
-            .tap(capture);
-            if let Some(s) = &shadow {
-                body = body.shadow(ShadowStream::new(s.metrics().clone(), None));
-            }
-            let hint = declared.unwrap_or(64 << 10).min(max_body);
+                key,
+                admitted,
+                capture,
+                declared,
+            };
             // Boxed: only records routes wait here, and every request's state would otherwise
             // carry room for this future.
-            let capacity = usize::try_from(hint).unwrap_or(0);
-            let raw = Box::pin(batch::read_to_end(&mut body, capacity)).await?;
-            let forward = match &mut shadow {
-                None => {
-                    match batch::filter(records, metrics, &parts.headers, key, &tighten, raw)? {
-                        Filtered::Answer(response) => return Ok(Reply::Guard(response)),
-                        Filtered::Forward { body, summary: s } => {
-                            if let Some(s) = &s {
-                                s.write(&mut parts.headers, false);
-                            }
-                            summary = s;
-                            body
-                        }
-                    }
+            let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
+            match read.await? {
+                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
+                Filtered::Forward { body, summary: s } => {
+                    summary = s;
+                    self.buffered(&mut parts, rm, body)
                 }
-                Some(s) => {
-                    if let Some(reason) = body.shadow_refused() {
-                        // A byte budget ran out as the body arrived: enforce mode would have
-                        // refused it there, before reading the batch.
-                        s.refused_in_body(reason);
-                    } else if let Some(counted) = s.metrics().records.as_ref() {
-                        let headers = &parts.headers;
-                        match batch::shadow(records, metrics, counted, headers, key, &tighten, &raw)
-                        {
-                            ShadowBatch::Refused(reason) => s.reject(reason),
-                            ShadowBatch::Read { kept, dropped } => s.batch(kept, dropped),
-                            ShadowBatch::Unread => {}
-                        }
-                    }
-                    raw
-                }
-            };
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(forward.len()));
-            rm.forwarded_bytes.inc_by(forward.len() as u64);
-            UpstreamBody::Full {
-                data: Some(forward),
             }
         } else {
-            // Enforced: max_body for bodies without a Content-Length (a declared one was
-            // checked by the budgets). A shadow route enforces it only where its body would be
-            // buffered, a records route, and otherwise counts it while still deciding.
-            let counted_limit = (deciding && route.records.is_none())
-                .then_some(route.payload.max_body)
-                .flatten()
-                .filter(|_| declared.is_none());
-            let limit = match &shadow {
-                Some(_) if route.records.is_none() => None,
-                _ => route.payload.max_body.filter(|_| declared.is_none()),
-            };
-            let mut body = GuardedBody::new(
-                body,
-                self.shared.body_idle_timeout,
-                limit,
-                stream_charge,
-                rm.request_bytes.clone(),
-                Some(rm.forwarded_bytes.clone()),
-            )
-            .tap(capture);
-            if let Some(s) = shadow.as_ref().filter(|s| s.deciding()) {
-                body = body.shadow(ShadowStream::new(s.metrics().clone(), counted_limit));
-            }
-            UpstreamBody::Stream {
-                body: Box::pin(body),
-            }
+            self.stream(&judge, route, rm, body, admitted, capture, declared)
         };
 
         // 8. Take an upstream slot of the route's class: critical requests have a reserve that
         //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
         //    request takes a free slot or none, and never waits.
-        let slot = match &mut shadow {
-            // A free slot is taken without a future; only a wait for one is boxed.
-            None => match protection.try_slot(route.priority) {
-                Some(slot) => Some(slot),
-                None => Some(Box::pin(protection.slot(route.priority)).await?),
-            },
-            Some(s) => {
-                let slot = protection.try_slot(route.priority);
-                if slot.is_none() {
-                    s.reject(SHED_SLOT_BUSY);
-                }
-                slot
+        let protection = &self.shared.protection;
+        let slot = match (protection.try_slot(route.priority), judge.is_shadow()) {
+            (Some(slot), _) => Some(slot),
+            // Only a wait for a slot is boxed: a free one is taken without a future.
+            (None, false) => Some(
+                Box::pin(protection.slot(route.priority))
+                    .await
+                    .map_err(Reject::from)?,
+            ),
+            (None, true) => {
+                judge.would_refuse(Reason::ShedSlotBusy);
+                None
             }
         };
-        if let Some(s) = &shadow {
-            parts.headers.insert(SHADOW.clone(), s.header());
-        }
+        judge.mark(&mut parts.headers);
 
         // 9. Forward, bounded by the route's timeout for the response headers; the exchange
         //    feeds the brownout controller's view of the upstream's health.
         let started = Instant::now();
-        let request = Request::from_parts(parts, body);
         let sent = self
             .upstream
-            .send(request, started + route.timeout)
+            .send(Request::from_parts(parts, body), started + route.timeout)
             .await
-            .map_err(|e| GuardError::from_upstream(e, route.timeout));
+            .map_err(|e| ProxyError::from_upstream(e, route.timeout));
         let latency = started.elapsed();
         let failed = match &sent {
             Ok(r) => r.status().is_server_error(),
-            Err(e) => e.blame() == Blame::Upstream,
+            Err(e) => e.upstream_failure().is_some(),
         };
         protection.observe(route.priority, latency, failed);
         drop(slot);
@@ -358,19 +214,156 @@ impl ConnGuard {
 
         // 10. Respond: the upstream's answer, streamed, minus its hop-by-hop headers, plus what
         //    the records phase did to the batch.
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(s) = summary {
-            s.write(&mut parts.headers, true);
+        Ok(Reply::Upstream(respond(response, summary)))
+    }
+
+    /// `serve --record`: a sampled request is captured as the client sent it, before any
+    /// rewrite, and written when it ends, however it ends (see `record`).
+    fn capture(
+        &self,
+        identified: &Result<Option<u64>, Reject>,
+        parts: &request::Parts,
+        declared: Option<u64>,
+    ) -> Option<Box<Capture>> {
+        let recorder = self.shared.recorder.as_ref()?;
+        let key = identified.as_ref().ok().copied().flatten();
+        recorder.sample(key, parts, self.conn.peer, declared)
+    }
+
+    /// Brownout (bulk routes shed whole or their batches tightened while the upstream is in
+    /// distress), then the payload budgets: size first (no state), then the client's budgets,
+    /// then the route's, so one client's excess never spends the budget the route shares. A
+    /// shadow request past its first refusal decides nothing more.
+    fn admit(
+        &self,
+        judge: &mut Judge,
+        snap: &Snapshot,
+        route: &Route,
+        key: Option<u64>,
+        declared: Option<u64>,
+    ) -> Result<Admitted, Reject> {
+        if !judge.deciding() {
+            return Ok(Admitted::default());
         }
-        Ok(Reply::Upstream(Response::from_parts(parts, body)))
+        let level = self.shared.protection.level();
+        let cfg = &snap.policy.protect.brownout;
+        let metrics = &self.shared.metrics;
+        let admitted = decide::admit(route, key, level, cfg, declared, |kind| {
+            metrics.record_untracked(&route.name, kind)
+        });
+        judge.verdict(admitted, Admitted::default)
+    }
+
+    /// Reads a telemetry batch whole (up to `max_body`) and judges it: enforce mode carries the
+    /// judgment out (forward as received, rewrite, answer itself or refuse); shadow mode counts
+    /// it and forwards the batch as received.
+    async fn read_batch(
+        &self,
+        judge: &mut Judge,
+        route: &Route,
+        rm: &RouteMetrics,
+        parts: &mut request::Parts,
+        input: BatchInput,
+    ) -> Result<Filtered, ProxyError> {
+        let (Some(records), Some(metrics)) = (&route.records, &rm.records) else {
+            return Err(Reject::Internal("a records route without its records series").into());
+        };
+        let max_body = route.payload.max_body.unwrap_or(u64::MAX);
+        let rules = BodyRules::new(Some(max_body), input.admitted.charge);
+        let mut body = GuardedBody::new(
+            input.body,
+            self.shared.body_idle_timeout,
+            rules,
+            judge.body(),
+            rm.request_bytes.clone(),
+            None,
+        )
+        .tap(input.capture);
+        let capacity = usize::try_from(input.declared.unwrap_or(64 << 10).min(max_body));
+        let raw = batch::read_to_end(&mut body, capacity.unwrap_or(0)).await?;
+        // A byte budget that ran out as a shadow body arrived: enforce mode would have refused
+        // the request there, before reading the batch.
+        judge.body_judged(body.judge());
+        let forward_raw = |raw| Filtered::Forward {
+            body: raw,
+            summary: None,
+        };
+        if !judge.deciding() {
+            return Ok(forward_raw(raw));
+        }
+        let tighten = &input.admitted.tighten;
+        let judged = decide::records::judge(records, &parts.headers, input.key, tighten, &raw);
+        let Some(judged) = judge.verdict(judged.map(Some), || None)? else {
+            return Ok(forward_raw(raw));
+        };
+        if !judge.is_shadow() {
+            let filtered = batch::carry_out(records, metrics, &judged, &raw, tighten)?;
+            if let Filtered::Forward {
+                summary: Some(s), ..
+            } = &filtered
+            {
+                s.write(&mut parts.headers, false);
+            }
+            return Ok(filtered);
+        }
+        let shadow_records = rm.shadow.as_ref().and_then(|s| s.records.as_ref());
+        batch::count_shadow(metrics, shadow_records, &judged);
+        judge.verdict(judged.refusal().map_or(Ok(()), Err), || ())?;
+        if let Some(tally) = judged.tally() {
+            judge.batch(tally.forwarded(), tally.dropped());
+        }
+        Ok(forward_raw(raw))
+    }
+
+    /// A buffered body on its way upstream, with its length.
+    fn buffered(&self, parts: &mut request::Parts, rm: &RouteMetrics, body: Bytes) -> UpstreamBody {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        rm.forwarded_bytes.inc_by(body.len() as u64);
+        UpstreamBody::Full { data: Some(body) }
+    }
+
+    /// A body streamed upstream frame by frame. `max_body` holds for a body without a
+    /// Content-Length (a declared one was checked by the budgets), and byte budgets left to
+    /// charge are charged as it streams.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        judge: &Judge,
+        route: &Route,
+        rm: &RouteMetrics,
+        body: Incoming,
+        admitted: Admitted,
+        capture: Option<Box<Capture>>,
+        declared: Option<u64>,
+    ) -> UpstreamBody {
+        // A shadow request past its first refusal checks only what binds in every mode: the
+        // limit of a body it would buffer.
+        let checked = judge.deciding() || route.records.is_some();
+        let limit = route
+            .payload
+            .max_body
+            .filter(|_| checked && declared.is_none());
+        let body = GuardedBody::new(
+            body,
+            self.shared.body_idle_timeout,
+            BodyRules::new(limit, admitted.charge),
+            judge.body(),
+            rm.request_bytes.clone(),
+            Some(rm.forwarded_bytes.clone()),
+        )
+        .tap(capture);
+        UpstreamBody::Stream {
+            body: Box::pin(body),
+        }
     }
 
     fn rewrite(
         &self,
         parts: &mut request::Parts,
         normalized: Option<String>,
-    ) -> Result<(), GuardError> {
+    ) -> Result<(), Reject> {
         // HTTP/2 clients name the host in :authority, not Host; the upstream speaks HTTP/1.1.
         let host = match parts.headers.get(header::HOST) {
             Some(h) => Some(h.clone()),
@@ -411,7 +404,7 @@ impl ConnGuard {
                     target.push('?');
                     target.push_str(q);
                 }
-                Uri::from(PathAndQuery::try_from(target).map_err(|_| GuardError::BadTarget)?)
+                Uri::from(PathAndQuery::try_from(target).map_err(|_| Reject::BadTarget)?)
             }
         };
         parts.version = Version::HTTP_11;
@@ -419,12 +412,57 @@ impl ConnGuard {
     }
 }
 
+/// What the body phase of a telemetry route needs from the phases before it.
+struct BatchInput {
+    body: Incoming,
+    key: Option<u64>,
+    admitted: Admitted,
+    capture: Option<Box<Capture>>,
+    declared: Option<u64>,
+}
+
+/// A shadow route's decisions may stop before the budgets check `max_body` against the declared
+/// length, but a route that buffers its body must still bound that buffer before reading it.
+fn bound_buffer(route: &Route, declared: Option<u64>) -> Result<(), Reject> {
+    match (route.records.is_some(), route.payload.max_body, declared) {
+        (true, Some(limit), Some(len)) if len > limit => Err(Reject::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Lowers a requested verbosity above the route's clamp (enforce mode), or counts that it would
+/// have (shadow mode, while deciding).
+fn clamp(judge: &mut Judge, route: &Route, rm: &RouteMetrics, parts: &mut request::Parts) {
+    let Some(clamp) = &route.clamp else {
+        return;
+    };
+    if !judge.is_shadow() {
+        let lowered = clamp.apply(&mut parts.headers, &mut parts.uri);
+        if let (Some(counter), true) = (&rm.clamped, lowered > 0) {
+            counter.inc_by(u64::from(lowered));
+        }
+    } else if judge.deciding() {
+        judge.clamped(clamp.count(&parts.headers, &parts.uri));
+    }
+}
+
+/// The upstream's answer for the client: streamed, minus its hop-by-hop headers, plus what the
+/// records phase did to the batch.
+fn respond(response: Response<PooledBody>, summary: Option<Summary>) -> Response<PooledBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(s) = summary {
+        s.write(&mut parts.headers, true);
+    }
+    Response::from_parts(parts, body)
+}
+
 /// The one place a request's outcome is counted and an error becomes a response.
 fn record_outcome(
     metrics: &Metrics,
     snap: &Snapshot,
     ctx: RequestCtx,
-    result: Result<Reply, GuardError>,
+    result: Result<Reply, ProxyError>,
 ) -> Response<ResponseBody> {
     let route = ctx.route;
     let rm = route.map(|i| &snap.route_metrics[i]);
@@ -443,32 +481,38 @@ fn record_outcome(
             response.map(Either::Right)
         }
         Err(err) => {
-            if let GuardError::Shed { class, reason, .. } = &err {
-                metrics.protect.shed_series[class.index()][reason.index()].inc();
-            }
-            match (err.blame(), rm) {
-                (Blame::Client, Some(rm)) => {
-                    rm.rejected.inc();
-                    rm.rejections.inc(&err);
-                }
-                (Blame::Upstream, Some(rm)) => {
-                    rm.upstream_error.inc();
-                    rm.upstream_errors.inc(&err);
-                }
-                // Refused before routing (an invalid path): the rare case, counted by label.
-                (blame, None) => {
-                    metrics
-                        .requests
-                        .with_label_values(&[name, "rejected"])
-                        .inc();
-                    let family = match blame {
-                        Blame::Client => &metrics.rejections,
-                        Blame::Upstream => &metrics.upstream_errors,
-                    };
-                    family.with_label_values(&[name, err.label()]).inc();
-                }
-            }
+            count_error(metrics, rm, name, &err);
             err.to_response(name, ctx.style).map(Either::Right)
+        }
+    }
+}
+
+/// Counts a request the guard answered itself: a refusal under its reason, an upstream failure
+/// under its kind.
+fn count_error(metrics: &Metrics, rm: Option<&RouteMetrics>, name: &str, err: &ProxyError) {
+    if let ProxyError::Reject(Reject::Shed(shed)) = err {
+        metrics.protect.shed_series[shed.class.index()][shed.reason.index()].inc();
+    }
+    match (err, err.upstream_failure(), rm) {
+        (ProxyError::Reject(reject), _, Some(rm)) => {
+            rm.rejected.inc();
+            rm.rejections.inc(reject.reason());
+        }
+        (_, Some(kind), Some(rm)) => {
+            rm.upstream_error.inc();
+            rm.upstream_errors.inc(kind);
+        }
+        // Refused before routing (an invalid path): the rare case, counted by label.
+        (_, failure, _) => {
+            metrics
+                .requests
+                .with_label_values(&[name, "rejected"])
+                .inc();
+            let family = match failure {
+                None => &metrics.rejections,
+                Some(_) => &metrics.upstream_errors,
+            };
+            family.with_label_values(&[name, err.label()]).inc();
         }
     }
 }

@@ -10,10 +10,12 @@ pub mod batch;
 pub mod body;
 mod client_io;
 mod drain;
+mod error;
 pub mod guard;
 pub mod headers;
 pub mod shadow;
 mod stack;
+mod state;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -26,8 +28,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-pub use guard::{ConnInfo, Guard, Shared, Target};
+pub use error::{ProxyError, REFUSED};
+pub use guard::{ConnInfo, Guard};
 pub use stack::stack;
+pub use state::{PolicyStore, Shared, Snapshot, Target};
 pub use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 use crate::warn_limited;

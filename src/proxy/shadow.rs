@@ -1,12 +1,19 @@
-//! Shadow mode: a route with `mode: shadow` makes every decision enforce mode makes, counts
-//! what enforce mode would have done, and forwards the request as received.
+//! Enforce and shadow mode: how a route's verdicts are carried out, decided here and nowhere
+//! else.
+//!
+//! Every phase of the request (see `guard`) and every frame of its body returns its verdict;
+//! a [`Judge`] (for the request's phases) or a [`BodyJudge`] (for its body) decides what becomes
+//! of a refusal. Enforce mode (`mode: enforce`, the default) answers it. Shadow mode
+//! (`mode: shadow`) counts what enforce mode would have done, and forwards the request as
+//! received.
 //!
 //! Decisions are made in enforce mode's order and stop where enforce mode would have stopped:
 //! after the first refusal nothing more is decided or charged, exactly as a refused request
 //! spends no further budget. That is what makes a shadow route's counts equal those of the same
 //! route in enforce mode on the same traffic, and so worth comparing before switching.
 //!
-//! Some answers do not depend on the mode and are given in shadow mode too:
+//! Some answers do not depend on the mode and are given in shadow mode too
+//! ([`Reason::binds_in_shadow`]):
 //! - `invalid_path` and `bad_target` (400): the request cannot be routed, or forwarded safely;
 //! - `body_timeout` (408) and `body_incomplete` (400): the client's body never fully arrived;
 //! - on a route with `records`, `body_too_large` (413): the guard buffers these bodies to read
@@ -35,81 +42,139 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use governor::clock::Clock;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::GuardError;
-use crate::metrics::ShadowMetrics;
-use crate::policy::Route;
+use crate::decide::{Reason, Reject};
+use crate::metrics::{RouteMetrics, ShadowMetrics};
 
 pub static SHADOW: HeaderName = HeaderName::from_static("x-verbosity-guard-shadow");
 
-/// The reason a shadow request is counted under when no upstream slot was free at once.
-pub const SHED_SLOT_BUSY: &str = "shed_slot_busy";
+/// How one request's verdicts are carried out.
+pub struct Judge {
+    /// `None` in enforce mode.
+    shadow: Option<Shadow>,
+    /// The route buffers its body (it has `records`).
+    buffered: bool,
+}
 
 /// A shadow request's record of what enforce mode would have done.
-pub struct Shadow<'a> {
-    metrics: &'a Arc<ShadowMetrics>,
-    /// The reason enforce mode would have refused the request for; no decision is made after it.
-    rejected: Option<&'static str>,
+struct Shadow {
+    metrics: Arc<ShadowMetrics>,
+    /// Why enforce mode would have refused the request; no decision is made after it.
+    rejected: Option<Reason>,
     /// Records of the batch enforce mode would have (kept, dropped), when it was read.
     batch: Option<(u64, u64)>,
     clamped: u32,
 }
 
-impl<'a> Shadow<'a> {
-    pub fn new(metrics: &'a Arc<ShadowMetrics>) -> Self {
-        Shadow {
-            metrics,
+impl Judge {
+    /// The judge of a request on a route with these series (a shadow route has shadow series).
+    pub fn new(route: &RouteMetrics, buffered: bool) -> Judge {
+        let shadow = route.shadow.as_ref().map(|metrics| Shadow {
+            metrics: metrics.clone(),
             rejected: None,
             batch: None,
             clamped: 0,
+        });
+        Judge { shadow, buffered }
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// True while decisions are made: always in enforce mode (a refusal ends the request), in
+    /// shadow mode until enforce mode would have refused the request.
+    pub fn deciding(&self) -> bool {
+        self.shadow.as_ref().is_none_or(|s| s.rejected.is_none())
+    }
+
+    /// A phase's verdict. Enforce mode: a refusal ends the request. Shadow mode: a refusal
+    /// enforce mode would have made is counted, decisions stop, and the request goes on with
+    /// `otherwise()`; one that binds in every mode still ends it.
+    pub fn verdict<T>(
+        &mut self,
+        verdict: Result<T, Reject>,
+        otherwise: impl FnOnce() -> T,
+    ) -> Result<T, Reject> {
+        match (verdict, &mut self.shadow) {
+            (Ok(v), _) => Ok(v),
+            (Err(e), Some(s)) if !e.reason().binds_in_shadow(self.buffered) => {
+                s.reject(e.reason());
+                Ok(otherwise())
+            }
+            (Err(e), _) => Err(e),
         }
     }
 
-    pub fn metrics(&self) -> &'a Arc<ShadowMetrics> {
-        self.metrics
+    /// Shadow mode: enforce mode would have refused the request for `reason` (counted once;
+    /// later refusals are not, as enforce mode would not have got to them).
+    pub fn would_refuse(&mut self, reason: Reason) {
+        if let Some(s) = &mut self.shadow {
+            s.reject(reason);
+        }
     }
 
-    /// True until enforce mode would have refused the request: decisions go on until then.
-    pub fn deciding(&self) -> bool {
-        self.rejected.is_none()
+    /// Shadow mode: enforce mode would have kept `kept` of the batch's records and dropped
+    /// `dropped`.
+    pub fn batch(&mut self, kept: u64, dropped: u64) {
+        if let Some(s) = &mut self.shadow {
+            s.batch = Some((kept, dropped));
+        }
     }
 
-    /// Enforce mode would have refused the request for `reason` (a rejection metric label).
-    /// Counted once; later refusals are not, as enforce mode would not have got to them.
-    pub fn reject(&mut self, reason: &'static str) {
+    /// Shadow mode: enforce mode would have lowered `n` requested verbosities.
+    pub fn clamped(&mut self, n: u32) {
+        if let Some(s) = &mut self.shadow {
+            if n > 0
+                && let Some(c) = &s.metrics.clamped
+            {
+                c.inc_by(u64::from(n));
+            }
+            s.clamped = n;
+        }
+    }
+
+    /// The judge of this request's body, from where the request's decisions stand.
+    pub fn body(&self) -> BodyJudge {
+        BodyJudge(self.shadow.as_ref().map(|s| {
+            Box::new(ShadowBody {
+                metrics: s.metrics.clone(),
+                refused: s.rejected,
+                buffered: self.buffered,
+            })
+        }))
+    }
+
+    /// Takes in what the body's judge counted (a buffered body is read before the request is
+    /// forwarded, so its refusal can still be in the header).
+    pub fn body_judged(&mut self, body: &BodyJudge) {
+        if let (Some(s), Some(reason)) = (&mut self.shadow, body.0.as_ref().and_then(|b| b.refused))
+        {
+            s.rejected.get_or_insert(reason);
+        }
+    }
+
+    /// Marks a shadow request for the upstream with what enforce mode would have done.
+    pub fn mark(&self, headers: &mut HeaderMap) {
+        if let Some(s) = &self.shadow {
+            headers.insert(SHADOW.clone(), s.header());
+        }
+    }
+}
+
+impl Shadow {
+    fn reject(&mut self, reason: Reason) {
         if self.rejected.is_none() {
             self.metrics.reject(reason);
             self.rejected = Some(reason);
         }
     }
 
-    /// The body found that enforce mode would have refused the request for `reason`, and
-    /// counted it.
-    pub fn refused_in_body(&mut self, reason: &'static str) {
-        self.rejected.get_or_insert(reason);
-    }
-
-    /// Enforce mode would have kept `kept` of the batch's records and dropped `dropped`.
-    pub fn batch(&mut self, kept: u64, dropped: u64) {
-        self.batch = Some((kept, dropped));
-    }
-
-    /// Enforce mode would have lowered `n` requested verbosities.
-    pub fn clamped(&mut self, n: u32) {
-        if n > 0
-            && let Some(c) = &self.metrics.clamped
-        {
-            c.inc_by(u64::from(n));
-        }
-        self.clamped = n;
-    }
-
     /// The `x-verbosity-guard-shadow` value.
-    pub fn header(&self) -> HeaderValue {
+    fn header(&self) -> HeaderValue {
         let mut v = match (self.rejected, self.batch) {
-            (Some(reason), _) => format!("would-reject={reason}"),
+            (Some(reason), _) => format!("would-reject={}", reason.as_str()),
             (None, Some((kept, dropped))) if dropped > 0 => {
                 format!("would-drop={dropped}, would-keep={kept}")
             }
@@ -129,44 +194,34 @@ impl<'a> Shadow<'a> {
     }
 }
 
-/// What becomes of an error a phase returned. Enforce mode (`shadow` is `None`): it ends the
-/// request. Shadow mode: a decision enforce mode would have carried out is noted and the
-/// request goes on; an error that applies in every mode (see the module docs) still ends it.
-pub fn overrule<C: Clock>(
-    shadow: &mut Option<Shadow<'_>>,
-    route: &Route<C>,
-    err: GuardError,
-) -> Result<(), GuardError> {
-    match shadow {
-        Some(s) if only_counted(&err, route) => {
-            s.reject(err.label());
-            Ok(())
-        }
-        _ => Err(err),
-    }
+/// How a body's refusals are carried out, frame by frame: as [`Judge::verdict`] does for the
+/// request's phases. It travels with the body into the upstream exchange; in enforce mode it is
+/// empty (no allocation).
+pub struct BodyJudge(Option<Box<ShadowBody>>);
+
+/// A shadow body: the route's series, and the reason enforce mode would have refused the
+/// request for, once it has.
+struct ShadowBody {
+    metrics: Arc<ShadowMetrics>,
+    refused: Option<Reason>,
+    buffered: bool,
 }
 
-/// True for the errors shadow mode counts instead of answering.
-fn only_counted<C: Clock>(err: &GuardError, route: &Route<C>) -> bool {
-    match err {
-        GuardError::MissingClientKey
-        | GuardError::OverBudget { .. }
-        | GuardError::ExceedsBurst { .. }
-        | GuardError::UnsupportedEncoding(_)
-        | GuardError::DecodedTooLarge { .. }
-        | GuardError::CorruptBody(_)
-        | GuardError::MalformedBatch { .. }
-        | GuardError::Shed { .. } => true,
-        // A records route buffers its body: there, max_body bounds the guard's memory.
-        GuardError::BodyTooLarge { .. } => route.records.is_none(),
-        GuardError::InvalidPath(_)
-        | GuardError::BodyTimeout(_)
-        | GuardError::BodyIncomplete
-        | GuardError::BadTarget
-        | GuardError::UpstreamConnect(_)
-        | GuardError::UpstreamReset(_)
-        | GuardError::UpstreamTimeout(_)
-        | GuardError::Internal(_) => false,
+impl BodyJudge {
+    /// `Err` to fail the body with `refusal`; `Ok` when it was only counted (shadow mode) and
+    /// the body goes on unchecked.
+    pub fn verdict(&mut self, refusal: Reject) -> Result<(), Reject> {
+        let reason = refusal.reason();
+        match &mut self.0 {
+            Some(s) if !reason.binds_in_shadow(s.buffered) => {
+                if s.refused.is_none() {
+                    s.metrics.reject(reason);
+                    s.refused = Some(reason);
+                }
+                Ok(())
+            }
+            _ => Err(refusal),
+        }
     }
 }
 
@@ -175,7 +230,15 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
+    use crate::budget::BudgetKind;
     use crate::metrics::Metrics;
+
+    fn over(budget: BudgetKind) -> Result<(), Reject> {
+        Err(Reject::OverBudget {
+            budget,
+            retry_after: std::time::Duration::from_secs(1),
+        })
+    }
 
     #[test]
     fn the_header_names_the_first_refusal_or_the_batch_counts() {
@@ -183,24 +246,27 @@ mod tests {
         let policy = crate::policy::parse(text, "p.yaml").unwrap();
         let metrics = Metrics::register(&Registry::new()).unwrap();
         let rm = metrics.route(&policy.routes()[0]);
-        let m = rm
-            .shadow
-            .as_ref()
-            .expect("a shadow route has shadow metrics");
+        let header = |j: &Judge| {
+            let mut h = HeaderMap::new();
+            j.mark(&mut h);
+            h[&SHADOW].clone()
+        };
 
-        let s = Shadow::new(m);
-        assert_eq!(s.header(), "pass");
+        let j = Judge::new(&rm, false);
+        assert_eq!(header(&j), "pass");
 
-        let mut s = Shadow::new(m);
-        s.batch(88, 12);
-        s.clamped(1);
-        assert_eq!(s.header(), "would-drop=12, would-keep=88, would-clamp=1");
+        let mut j = Judge::new(&rm, false);
+        j.batch(88, 12);
+        j.clamped(1);
+        assert_eq!(header(&j), "would-drop=12, would-keep=88, would-clamp=1");
 
-        let mut s = Shadow::new(m);
-        s.reject("client_bytes");
-        s.reject("route_bytes");
-        assert!(!s.deciding());
-        assert_eq!(s.header(), "would-reject=client_bytes");
+        let mut j = Judge::new(&rm, false);
+        j.verdict(over(BudgetKind::ClientBytes), || ()).unwrap();
+        j.verdict(over(BudgetKind::RouteBytes), || ()).unwrap();
+        assert!(!j.deciding());
+        assert_eq!(header(&j), "would-reject=client_bytes");
+        // What holds in every mode still ends a shadow request.
+        assert!(j.verdict(Err::<(), _>(Reject::BadTarget), || ()).is_err());
         let count = |reason| {
             metrics
                 .shadow
@@ -209,5 +275,18 @@ mod tests {
                 .get()
         };
         assert_eq!((count("client_bytes"), count("route_bytes")), (1, 0));
+    }
+
+    #[test]
+    fn enforce_mode_ends_the_request_at_the_first_refusal() {
+        let text = "version: 1\nroutes:\n  - name: default\n    match: { path_prefix: / }\n";
+        let policy = crate::policy::parse(text, "p.yaml").unwrap();
+        let metrics = Metrics::register(&Registry::new()).unwrap();
+        let mut j = Judge::new(&metrics.route(&policy.routes()[0]), false);
+        assert!(!j.is_shadow());
+        assert!(j.verdict(over(BudgetKind::ClientBytes), || ()).is_err());
+        assert!(j.deciding());
+        let mut body = j.body();
+        assert!(body.verdict(Reject::BodyTooLarge { limit: 1 }).is_err());
     }
 }

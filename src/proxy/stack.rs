@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use hyper_util::service::TowerToHyperService;
 
-use super::guard::{ConnInfo, Guard, Shared};
+use super::guard::{ConnInfo, Guard};
+use super::state::Shared;
 use super::upstream::Upstream;
 
 pub fn stack(

@@ -25,7 +25,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::report::{LevelReport, Report, RouteReport};
-use crate::error::REJECTION_REASONS;
+use crate::decide::Reason;
 use crate::records::Level;
 use crate::records::filter::DropReason;
 
@@ -117,7 +117,7 @@ enum Problem {
     DropReason(String),
     #[error("requests have no level: select a route or *")]
     RequestLevel,
-    #[error("{0:?} is not a rejection reason (one of: {reasons})", reasons = REJECTION_REASONS.join(", "))]
+    #[error("{0:?} is not a rejection reason (one of: {reasons})", reasons = rejection_reasons())]
     RejectionReason(String),
     #[error("forwarded, forwarded_bytes, shed and all_dropped take no reason")]
     Reason,
@@ -268,7 +268,7 @@ impl FromStr for Condition {
                 return Err(err(Problem::Reason));
             }
             // A misspelt reason would count nothing, and the gate would never fire.
-            (Kind::Rejected, Some(r)) if !REJECTION_REASONS.contains(&r) => {
+            (Kind::Rejected, Some(r)) if rejection_reason(r).is_none() => {
                 return Err(err(Problem::RejectionReason(r.to_owned())));
             }
             _ => {}
@@ -337,6 +337,20 @@ impl clap::builder::ValueParserFactory for Condition {
     fn value_parser() -> Self::Parser {
         clap::builder::ValueParser::new(|s: &str| s.parse::<Condition>())
     }
+}
+
+/// A reason the replay can count: every rejection reason but the shadow-only one.
+fn rejection_reason(label: &str) -> Option<Reason> {
+    Reason::from_label(label).filter(|r| !r.is_shadow_only())
+}
+
+fn rejection_reasons() -> String {
+    let names: Vec<_> = Reason::ALL
+        .iter()
+        .filter(|r| !r.is_shadow_only())
+        .map(|r| r.as_str())
+        .collect();
+    names.join(", ")
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! time, so a day of traffic replays in seconds and budgets refill exactly as they would have
 //! between the requests. Each request then goes through the live guard's own decision core, in
 //! the live guard's order: [`decide::route`] (normalize, route), [`decide::identify`] (client
-//! key), [`decide::admit`] (brownout, payload budgets), and [`batch::inspect`] (decode, parse,
-//! level rules) — nothing is re-implemented here, only counted.
+//! key), [`decide::admit`] (brownout, payload budgets), and [`decide::records::judge`] (decode,
+//! parse, level rules) — nothing is re-implemented here, only counted.
 //!
 //! What cannot be replayed without an upstream is not: upstream slots and the brownout
 //! controller, which react to the upstream's latency. `--brownout LEVEL` fixes the level for
@@ -20,20 +20,13 @@ use std::hash::RandomState;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use governor::clock::{Clock, FakeRelativeClock};
-use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Uri};
 
-use crate::codec::{self, Encoding};
-use crate::decide::{self, BrownoutState};
-use crate::error::GuardError;
-use crate::metrics::{BatchOutcome, UNROUTED};
-use crate::policy::{self, Policy, PolicyError, Priority};
-use crate::protect::Brownout;
-use crate::proxy::batch;
-use crate::records::filter::Tighten;
-use crate::records::{Batch, Level, OnMalformed, RecordsPolicy};
+use crate::decide::records as batch;
+use crate::decide::{self, Reject, UNROUTED};
+use crate::policy::{self, Policy, PolicyError};
+use crate::protect::{Brownout, Priority};
 use crate::traffic::{self, Entry, Traffic, TrafficError};
 pub use fail_if::{Condition, ConditionError};
 pub use report::Report;
@@ -69,15 +62,6 @@ pub struct Verdict {
     /// `value` is a share in percent (else a count).
     pub percent: bool,
     pub breached: bool,
-}
-
-/// A brownout level that does not move: the controller is not simulated.
-struct Fixed(Brownout);
-
-impl BrownoutState for Fixed {
-    fn level(&self) -> Brownout {
-        self.0
-    }
 }
 
 /// Replays the traffic file against the policy file and judges the `--fail-if` conditions.
@@ -153,7 +137,8 @@ pub fn replay(
     report: &mut Report,
 ) -> Result<(), SimulateError> {
     let started = Instant::now();
-    let brownout = Fixed(report.brownout);
+    // The controller is not simulated: the level does not move.
+    let brownout = report.brownout;
     // The same per-process keying the live guard uses: keys only tell clients apart.
     let hasher = RandomState::new();
     let eviction = policy.limits.key_eviction_interval;
@@ -181,7 +166,7 @@ pub fn replay(
             next_eviction = now + eviction.as_nanos() as u64;
         }
         report.requests += 1;
-        replay_one(policy, &hasher, &brownout, now, entry, report);
+        replay_one(policy, &hasher, brownout, now, entry, report);
     }
     report.elapsed = started.elapsed();
     Ok(())
@@ -191,7 +176,7 @@ pub fn replay(
 fn replay_one<C: Clock>(
     policy: &Policy<C>,
     hasher: &RandomState,
-    brownout: &Fixed,
+    brownout: Brownout,
     at: u64,
     entry: Entry,
     report: &mut Report,
@@ -210,7 +195,7 @@ fn replay_one<C: Clock>(
             let r = &mut report.routes[unrouted];
             r.requests.offer(at, 1);
             r.body.offer(at, size);
-            *r.rejected.entry(e.label()).or_default() += 1;
+            r.reject(e.reason());
             return;
         }
     };
@@ -218,11 +203,11 @@ fn replay_one<C: Clock>(
     let r = &mut report.routes[routed.index];
     r.requests.offer(at, 1);
     r.body.offer(at, size);
-    let refuse = |r: &mut report::RouteReport, e: GuardError| {
-        *r.rejected.entry(e.label()).or_default() += 1;
+    let refuse = |r: &mut report::RouteReport, e: Reject| {
+        r.reject(e.reason());
         if let Some(records) = &route.records
             && !entry.is_partial()
-            && let Some(counts) = records_in(records, &parts.headers, &entry.body)
+            && let Some(counts) = batch::count_unjudged(records, &parts.headers, &entry.body)
         {
             r.refused_records(at, &counts);
         }
@@ -251,108 +236,29 @@ fn replay_one<C: Clock>(
             size
         }
         (Some(records), 1..) => {
-            match batch_outcome(records, &parts.headers, key, &admitted.tighten, &entry.body) {
-                Err(e @ GuardError::MalformedBatch { .. }) => {
-                    // Unreadable: there are no records to count, and no need to parse again.
-                    r.batch(BatchOutcome::MalformedRejected);
-                    *r.rejected.entry(e.label()).or_default() += 1;
-                    return;
-                }
+            let headers = &parts.headers;
+            let judged = match batch::judge(records, headers, key, &admitted.tighten, &entry.body) {
+                Ok(judged) => judged,
                 Err(e) => return refuse(r, e),
-                Ok(Inspection::Unread) => {
-                    r.batch(BatchOutcome::MalformedForwarded);
-                    size
-                }
-                Ok(Inspection::Read { tally, forwarded }) => {
-                    r.decided(at, &tally);
-                    let outcome = match (tally.dropped(), tally.forwarded()) {
-                        (0, _) => BatchOutcome::Untouched,
-                        (_, 0) => BatchOutcome::AllDropped,
-                        _ => BatchOutcome::Rewritten,
-                    };
-                    r.batch(outcome);
-                    if outcome == BatchOutcome::AllDropped {
-                        // The guard answers these itself: nothing reaches the upstream.
-                        return;
-                    }
-                    forwarded
-                }
+            };
+            r.batch(judged.outcome);
+            if let Some(refusal) = judged.refusal() {
+                // Unreadable: there are no records to count, and no need to parse again.
+                r.reject(refusal.reason());
+                return;
+            }
+            if let Some(tally) = judged.tally() {
+                r.decided(at, tally);
+            }
+            match judged.forward(&entry.body) {
+                Ok(Some(body)) => body.len() as u64,
+                // The guard answers these itself: nothing reaches the upstream.
+                Ok(None) => return,
+                Err(e) => return refuse(r, e),
             }
         }
         _ => size,
     };
     r.requests.forward(at, 1);
     r.body.forward(at, forwarded);
-}
-
-/// What the records phase made of a batch it could read.
-enum Inspection {
-    /// Not the format, and the route forwards such bodies as received.
-    Unread,
-    /// Decided; `forwarded` is the size of the body that would go upstream.
-    Read {
-        tally: Box<crate::records::filter::Tally>,
-        forwarded: u64,
-    },
-}
-
-/// The records phase of the live guard ([`batch::inspect`]), and the size of what it would
-/// forward: the body as received when nothing is dropped, else the rewritten, re-encoded batch.
-fn batch_outcome<C: Clock>(
-    records: &RecordsPolicy<C>,
-    headers: &http::HeaderMap,
-    key: Option<u64>,
-    tighten: &Tighten,
-    body: &Bytes,
-) -> Result<Inspection, GuardError> {
-    let inspected = batch::inspect(records, headers, key, tighten, body)?;
-    match inspected.parsed {
-        Err(reason) => match records.on_malformed {
-            OnMalformed::Forward => Ok(Inspection::Unread),
-            OnMalformed::Reject => Err(GuardError::MalformedBatch {
-                format: inspected.format.as_str(),
-                reason,
-            }),
-        },
-        Ok((batch, tally)) => {
-            let forwarded = match (tally.dropped(), tally.forwarded()) {
-                (0, _) => body.len() as u64,
-                (_, 0) => 0,
-                _ => batch::rewrite(&batch, &inspected.decoded, inspected.encoding)?.len() as u64,
-            };
-            Ok(Inspection::Read {
-                tally: Box::new(tally),
-                forwarded,
-            })
-        }
-    }
-}
-
-/// The records of a batch that is refused whole, per level (records, bytes): parsed without
-/// any budget charged, since the live guard never reads such a body. `None` when it cannot be
-/// read.
-fn records_in<C: Clock>(
-    records: &RecordsPolicy<C>,
-    headers: &http::HeaderMap,
-    body: &Bytes,
-) -> Option<[(u64, u64); Level::COUNT]> {
-    let decoded = match codec::request_encoding(headers).ok()? {
-        Encoding::Identity => body.clone(),
-        enc => {
-            let cap = records
-                .max_decoded
-                .min((body.len() as u64).saturating_mul(records.max_ratio));
-            Bytes::from(codec::decode(enc, body, cap).ok()?)
-        }
-    };
-    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let format = records.format.for_content_type(content_type);
-    let batch = Batch::parse_bytes_as(records, format, &decoded, &Tighten::NONE).ok()?;
-    let mut counts = [(0, 0); Level::COUNT];
-    for rec in &batch.records {
-        let c = &mut counts[rec.level.index()];
-        c.0 += 1;
-        c.1 += rec.bytes();
-    }
-    Some(counts)
 }

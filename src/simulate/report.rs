@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::metrics::BatchOutcome;
-use crate::policy::{Mode, Priority};
+use crate::decide::{BatchOutcome, Reason, UNROUTED};
+use crate::policy::Mode;
 use crate::protect::Brownout;
+use crate::protect::Priority;
 use crate::records::Level;
 use crate::records::filter::{DropReason, Tally};
 use crate::traffic;
@@ -163,6 +164,11 @@ impl RouteReport {
         *self.batches.entry(outcome.as_str()).or_default() += 1;
     }
 
+    /// Counts a request refused for `reason`.
+    pub fn reject(&mut self, reason: Reason) {
+        *self.rejected.entry(reason.as_str()).or_default() += 1;
+    }
+
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
@@ -311,7 +317,7 @@ impl Report {
         let routes: Vec<Value> = self
             .routes
             .iter()
-            .filter(|r| r.requests.offered > 0 || r.name != crate::metrics::UNROUTED)
+            .filter(|r| r.requests.offered > 0 || r.name != UNROUTED)
             .map(RouteReport::json)
             .collect();
         let conditions: Vec<Value> = fail_if
@@ -376,7 +382,7 @@ impl Report {
         let shown: Vec<&RouteReport> = self
             .routes
             .iter()
-            .filter(|r| r.requests.offered > 0 || r.name != crate::metrics::UNROUTED)
+            .filter(|r| r.requests.offered > 0 || r.name != UNROUTED)
             .collect();
         for r in &shown {
             let q = &r.requests;

@@ -18,15 +18,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Admin};
+mod admin;
+mod policy_watch;
+pub mod reload;
+mod tasks;
+
 use crate::metrics::Metrics;
 use crate::policy::PolicyError;
 pub use crate::policy::PolicySource;
-use crate::policy::reload::{ReloadError, ReloadOutcome, Reloader};
-use crate::policy::store::PolicyStore;
-use crate::policy::watch::PolicyWatch;
-use crate::protect::{self, Protection};
-use crate::proxy::{self, ServerLimits, Shared, Target, UpstreamSettings};
+use crate::protect::Protection;
+use crate::proxy::{self, PolicyStore, ServerLimits, Shared, Target, UpstreamSettings};
+use admin::Admin;
+use policy_watch::PolicyWatch;
+use reload::{ReloadError, ReloadOutcome, Reloader};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -165,7 +169,7 @@ impl App {
         for w in &policy.warnings {
             tracing::warn!("{}: {w}", policy.source);
         }
-        let protection = Protection::new(&policy.protect, &metrics);
+        let protection = Protection::new(&policy.protect, metrics.protect.gauges());
         let recorder = match &cfg.record {
             Some(r) => Some(
                 crate::record::Recorder::start(r, &metrics).map_err(|source| {
@@ -226,8 +230,8 @@ impl App {
                 rx,
             )),
             tokio::spawn(admin::serve(admin_listener, admin.clone())),
-            tokio::spawn(evict_idle_keys(shared.clone())),
-            tokio::spawn(protect::run_controller(shared.clone())),
+            tokio::spawn(tasks::evict_idle_keys(shared.clone())),
+            tokio::spawn(tasks::run_controller(shared.clone())),
         ];
         if let Some(watch) = watch {
             background.push(tokio::spawn(reload_on_change(
@@ -277,7 +281,7 @@ impl App {
     /// Runs one idle-key eviction pass now, as the background task does every
     /// `limits.key_eviction_interval`.
     pub fn evict_idle_keys(&self) {
-        evict_pass(&self.admin.shared);
+        tasks::evict_pass(&self.admin.shared);
     }
 
     /// Starts shutting down: `/readyz` answers 503 from now on and the proxy stops accepting.
@@ -346,26 +350,5 @@ async fn reload(
     match tokio::task::spawn_blocking(reload).await {
         Ok(result) => result,
         Err(e) => Err(reloader.interrupted(e, &shared.policy, &shared.metrics)),
-    }
-}
-
-/// Evicts idle client keys on the policy's interval. The pass walks every key, so it runs on
-/// the blocking pool, off the request workers. (The tracked-keys gauges are read at scrape time.)
-async fn evict_idle_keys(shared: Arc<Shared>) {
-    loop {
-        let interval = shared.policy.load().policy.limits.key_eviction_interval;
-        tokio::time::sleep(interval).await;
-        let shared = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || evict_pass(&shared)).await;
-    }
-}
-
-/// Forgets every client key whose budget is back to a fresh state.
-fn evict_pass(shared: &Shared) {
-    let snap = shared.policy.load();
-    for route in snap.policy.routes() {
-        for (_, budget) in route.keyed_budgets() {
-            budget.evict_idle();
-        }
     }
 }

@@ -33,7 +33,7 @@ pub struct Admin {
     pub ready: AtomicBool,
 }
 
-/// Serves until the task is aborted, which [`App::drained`](crate::app::App::drained) does
+/// Serves until the task is aborted, which [`App::drained`](super::App::drained) does
 /// after the proxy has drained, so probes see 503 from `/readyz` throughout the drain.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));

@@ -309,6 +309,11 @@ macro_rules! unit_serde {
 
 unit_serde!(ByteSize, Rate, ByteRate, HumanDuration, Fraction);
 
+/// Serializes a duration as seconds (`/policy`, `check`).
+pub fn serialize_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

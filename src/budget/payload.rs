@@ -1,14 +1,84 @@
-//! The admission decision for a request's payload budgets: pure, over numbers only, so the
-//! proxy, benchmarks and offline simulation share it. Generic over the budgets' clock: the live
-//! guard's is the real one, `simulate`'s a virtual one.
+//! A route's payload budgets and the admission decision over them: pure, over numbers only, so
+//! the proxy, benchmarks and offline simulation share it. Generic over the budgets' clock: the
+//! live guard's is the real one, `simulate`'s a virtual one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 
-use super::{Budget, BudgetKind, KeyedBudget, Verdict};
-use crate::error::GuardError;
-use crate::policy::Payload;
+use super::{Budget, BudgetKind, KeyedBudget, Quota, Verdict};
+
+/// A route's payload budgets. Budgets are shared (`Arc`) so that a policy reload can hand an
+/// unchanged budget, with its state, to the new policy.
+pub struct Payload<C: Clock = DefaultClock> {
+    pub max_body: Option<u64>,
+    pub route_requests: Option<Arc<Budget<C>>>,
+    pub route_bytes: Option<Arc<Budget<C>>>,
+    pub client_requests: Option<Arc<KeyedBudget<C>>>,
+    pub client_bytes: Option<Arc<KeyedBudget<C>>>,
+}
+
+impl<C: Clock> Default for Payload<C> {
+    fn default() -> Self {
+        Payload {
+            max_body: None,
+            route_requests: None,
+            route_bytes: None,
+            client_requests: None,
+            client_bytes: None,
+        }
+    }
+}
+
+impl<C: Clock> Payload<C> {
+    /// True when any per-client budget needs the request's client key.
+    pub fn needs_client_key(&self) -> bool {
+        self.client_requests.is_some() || self.client_bytes.is_some()
+    }
+
+    /// True when a byte budget must be charged as the body streams (no Content-Length).
+    pub fn has_byte_budget(&self) -> bool {
+        self.route_bytes.is_some() || self.client_bytes.is_some()
+    }
+
+    pub fn quota(&self, kind: BudgetKind) -> Option<Quota> {
+        match kind {
+            BudgetKind::RouteRequests => self.route_requests.as_ref().map(|b| b.quota()),
+            BudgetKind::RouteBytes => self.route_bytes.as_ref().map(|b| b.quota()),
+            BudgetKind::ClientRequests => self.client_requests.as_ref().map(|b| b.quota()),
+            BudgetKind::ClientBytes => self.client_bytes.as_ref().map(|b| b.quota()),
+        }
+    }
+
+    pub fn keyed(&self) -> impl Iterator<Item = (BudgetKind, &Arc<KeyedBudget<C>>)> {
+        [
+            (BudgetKind::ClientRequests, &self.client_requests),
+            (BudgetKind::ClientBytes, &self.client_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(k, b)| b.as_ref().map(|b| (k, b)))
+    }
+}
+
+/// Why a request does not fit its payload budgets. Each maps to one answer: 413, 429 with
+/// `Retry-After`, 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The declared (or streamed) body is larger than `max_body`.
+    TooLarge { limit: u64 },
+    /// Over `budget` now; `retry_after` later the same charge would fit.
+    Over {
+        budget: BudgetKind,
+        retry_after: Duration,
+    },
+    /// A charge of `size` is larger than the budget's `burst` and can never fit.
+    NeverFits {
+        budget: BudgetKind,
+        size: u64,
+        burst: u64,
+    },
+}
 
 /// Whether a charge applied the per-client budget or skipped it because the key cap was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +99,11 @@ pub fn admit<C: Clock>(
     key: Option<u64>,
     declared: Option<u64>,
     mut untracked: impl FnMut(BudgetKind),
-) -> Result<ByteCharge<C>, GuardError> {
+) -> Result<ByteCharge<C>, Refusal> {
     if let (Some(limit), Some(len)) = (p.max_body, declared)
         && len > limit
     {
-        return Err(GuardError::BodyTooLarge { limit });
+        return Err(Refusal::TooLarge { limit });
     }
     let bytes = declared.unwrap_or(0);
     if let (Some(b), Some(k)) = (&p.client_requests, key) {
@@ -89,7 +159,7 @@ impl<C: Clock> ByteCharge<C> {
         self.client.is_none() && self.route.is_none()
     }
 
-    pub fn charge(&self, n: u64) -> Result<Tracking, GuardError> {
+    pub fn charge(&self, n: u64) -> Result<Tracking, Refusal> {
         let mut tracking = Tracking::Tracked;
         if let Some((budget, key)) = &self.client {
             let burst = budget.quota().burst;
@@ -113,15 +183,15 @@ pub fn enforce(
     verdict: Verdict,
     n: u64,
     burst: u64,
-) -> Result<Tracking, GuardError> {
+) -> Result<Tracking, Refusal> {
     match verdict {
         Verdict::Allow => Ok(Tracking::Tracked),
         Verdict::Untracked => Ok(Tracking::Untracked),
-        Verdict::RetryAfter(retry_after) => Err(GuardError::OverBudget {
+        Verdict::RetryAfter(retry_after) => Err(Refusal::Over {
             budget: kind,
             retry_after,
         }),
-        Verdict::NeverFits => Err(GuardError::ExceedsBurst {
+        Verdict::NeverFits => Err(Refusal::NeverFits {
             budget: kind,
             size: n,
             burst,

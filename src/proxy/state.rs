@@ -1,16 +1,43 @@
-//! The active policy, published through one `ArcSwap`.
+//! What every connection shares: the active policy, published through one `ArcSwap`, the
+//! metrics, the upstream's address, protection and the recorder.
 //!
 //! A request loads the snapshot once and uses it to the end, so a policy swap never changes the
 //! rules under a request in flight. The snapshot also carries the per-route metric handles
 //! resolved for that policy.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use http::uri::Authority;
 
-use super::Policy;
+use crate::protect::Protection;
+use crate::record::Recorder;
+
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::policy::Policy;
+
+/// Where requests go: `host:port` of a plain-HTTP upstream.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub authority: Authority,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub policy: PolicyStore,
+    pub metrics: Arc<Metrics>,
+    pub target: Target,
+    /// Longest pause allowed between two frames of a request body.
+    pub body_idle_timeout: Duration,
+    /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
+    /// to collide.
+    pub key_hasher: std::hash::RandomState,
+    /// Upstream slots by priority and the brownout level; outlives policy reloads.
+    pub protection: Protection,
+    /// `serve --record`: samples requests into a traffic file.
+    pub recorder: Option<Recorder>,
+}
 
 pub struct Snapshot {
     pub policy: Policy,

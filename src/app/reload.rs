@@ -13,9 +13,9 @@
 
 use std::sync::Mutex;
 
-use super::store::PolicyStore;
-use super::{PolicyError, PolicySource, parse_replacing, version_hash};
 use crate::metrics::{Metrics, ReloadResult};
+use crate::policy::{PolicyError, PolicySource, parse_replacing, version_hash};
+use crate::proxy::PolicyStore;
 
 /// What a successful reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,22 @@
-//! The decisions about a request that are made from its head, before any body byte is read:
-//! normalize the path, route, identify the client, brownout, payload budgets. Plain functions
-//! over the request head and the compiled policy, with no hyper types: the live guard runs them
-//! in enforce and in shadow mode, and `simulate` runs the very same ones on a virtual clock.
+//! The decision core: what the policy says about a request, as typed verdicts.
+//!
+//! Each phase is a plain function over the request head (`http` types, no hyper), the compiled
+//! policy and the budgets' state, and returns a value or a [`Reject`]:
+//! - [`route`]: normalize the path and pick the route;
+//! - [`identify`]: the client's key, when a per-client budget needs it;
+//! - [`admit`]: brownout, then the payload budgets;
+//! - [`BodyRules`]: `max_body` and byte budgets for a body of undeclared length, frame by frame;
+//! - [`records::judge`]: a telemetry batch decoded, parsed and decided record by record.
+//!
+//! Nothing here acts on a verdict or counts it. The live guard (`proxy`) carries verdicts out in
+//! enforce mode and only counts them in shadow mode; `simulate` runs the very same phases on a
+//! virtual clock and reports them. Outcomes are values ([`Reason`], [`BatchOutcome`],
+//! [`Tally`](crate::records::filter::Tally)) that the layers above count.
+
+mod body;
+mod reason;
+pub mod records;
+mod reject;
 
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
@@ -11,14 +26,33 @@ use governor::clock::Clock;
 use http::header::{self, HeaderValue};
 use http::request;
 
-use crate::budget::BudgetKind;
-use crate::budget::decision::{self, ByteCharge};
-use crate::error::{ErrorStyle, GuardError, ShedReason};
-use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Policy, Priority, Route};
-use crate::protect::{self, Brownout, BrownoutConfig};
+pub use body::BodyRules;
+pub use reason::{Reason, UpstreamFailure};
+pub use records::BatchOutcome;
+pub use reject::Reject;
+
+use crate::budget::{self, BudgetKind, ByteCharge};
+use crate::policy::{ClientKeySpec, KeyFallback, KeySource, Policy, Route};
+use crate::protect::{self, Brownout, BrownoutConfig, Priority, Shed, ShedReason};
 use crate::records::Format;
 use crate::records::filter::Tighten;
 use crate::route::normalize_path;
+
+/// The route label of a request refused before it could be routed (its path was invalid).
+pub const UNROUTED: &str = "_invalid";
+
+/// How an answer the guard makes itself is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorStyle {
+    /// The guard's JSON body.
+    #[default]
+    Json,
+    /// OTLP/HTTP requires a `google.rpc.Status` body on every 4xx and 5xx, encoded like the
+    /// request: protobuf ...
+    OtlpProto,
+    /// ... or JSON.
+    OtlpJson,
+}
 
 /// A request matched to its route.
 pub struct Routed<'p, C: Clock> {
@@ -38,7 +72,7 @@ pub struct Routed<'p, C: Clock> {
 pub fn route<'p, C: Clock>(
     policy: &'p Policy<C>,
     parts: &request::Parts,
-) -> Result<Routed<'p, C>, GuardError> {
+) -> Result<Routed<'p, C>, Reject> {
     let normalized = match normalize_path(parts.uri.path())? {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
@@ -70,23 +104,15 @@ pub fn identify<C: Clock>(
     parts: &request::Parts,
     peer: IpAddr,
     hasher: &std::hash::RandomState,
-) -> Result<Option<u64>, GuardError> {
+) -> Result<Option<u64>, Reject> {
     match route.needs_client_key() {
         true => client_key(&route.client_key, parts, peer, hasher).map(Some),
         false => Ok(None),
     }
 }
 
-/// The brownout level now: the live guard's [`Protection`] (one atomic load), or a level held
-/// for a whole `simulate` run. What a level does comes from the policy's `protect.brownout`.
-///
-/// [`Protection`]: crate::protect::Protection
-pub trait BrownoutState {
-    fn level(&self) -> Brownout;
-}
-
 /// A request that passed the head's decisions.
-pub struct Admitted<C: Clock> {
+pub struct Admitted<C: Clock = governor::clock::DefaultClock> {
     /// How the brownout tightens this request's batch (none outside bulk routes).
     pub tighten: Tighten,
     /// Byte budgets still to charge as the body streams (bodies without a Content-Length).
@@ -105,36 +131,38 @@ impl<C: Clock> Default for Admitted<C> {
 
 /// Brownout, then the payload budgets.
 ///
-/// While the upstream is in distress, bulk routes are shed whole at the top level and their
-/// batches tightened below it, as `cfg` (the request's policy's `protect.brownout`) says;
+/// `brownout` is the level now: the live guard's (one atomic load) or one held for a whole
+/// `simulate` run. While the upstream is in distress, bulk routes are shed whole at the top
+/// level and their batches tightened below it, as `cfg` (the request's policy's
+/// `protect.brownout`) says;
 /// critical and normal routes never. Shedding comes before the budgets so a shed request spends
 /// none of them. Then the payload budgets: size first (no state), then the client's budgets,
 /// then the route's, so one client's excess never spends the budget the route shares (see
-/// [`decision::admit`]). `untracked` hears of every client budget skipped because its key
+/// [`budget::admit`]). `untracked` hears of every client budget skipped because its key
 /// store was full.
 pub fn admit<C: Clock>(
     route: &Route<C>,
     key: Option<u64>,
-    brownout: &impl BrownoutState,
+    brownout: Brownout,
     cfg: &BrownoutConfig,
     declared: Option<u64>,
     untracked: impl FnMut(BudgetKind),
-) -> Result<Admitted<C>, GuardError> {
+) -> Result<Admitted<C>, Reject> {
     let tighten = match route.priority {
-        Priority::Bulk => match brownout.level() {
+        Priority::Bulk => match brownout {
             Brownout::Off => Tighten::NONE,
             level if level >= Brownout::ShedBulk => {
-                return Err(GuardError::Shed {
+                return Err(Reject::Shed(Shed {
                     class: Priority::Bulk,
                     reason: ShedReason::Brownout,
                     retry_after: protect::retry_after(cfg),
-                });
+                }));
             }
             level => protect::tighten(level, cfg),
         },
         _ => Tighten::NONE,
     };
-    let charge = decision::admit(&route.payload, key, declared, untracked)?;
+    let charge = budget::admit(&route.payload, key, declared, untracked)?;
     Ok(Admitted { tighten, charge })
 }
 
@@ -145,7 +173,7 @@ pub fn client_key(
     parts: &request::Parts,
     peer: IpAddr,
     hasher: &std::hash::RandomState,
-) -> Result<u64, GuardError> {
+) -> Result<u64, Reject> {
     let mut h = hasher.build_hasher();
     let found = match &spec.source {
         KeySource::Header(name) => parts
@@ -168,7 +196,7 @@ pub fn client_key(
                 std::hash::Hash::hash(&peer, &mut h);
             }
             (_, KeyFallback::Shared) => h.write_u8(4),
-            (_, KeyFallback::Reject) => return Err(GuardError::MissingClientKey),
+            (_, KeyFallback::Reject) => return Err(Reject::MissingClientKey),
         }
     }
     Ok(h.finish())

@@ -1,0 +1,191 @@
+//! The records phase's decision about a buffered telemetry batch: decode it, parse it, run each
+//! record through its level's rule, and say what becomes of the batch.
+//!
+//! The live guard carries the decision out (forward as received, rewrite, answer itself, or
+//! refuse), a shadow route only counts it, and `simulate` reports it: all three start from
+//! [`judge`].
+
+use bytes::Bytes;
+use governor::clock::Clock;
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderValue};
+
+use super::Reject;
+use crate::codec::{self, Encoding};
+use crate::records::filter::{self, Tally, Tighten};
+use crate::records::{Batch, Format, NotFormat, OnMalformed, RecordsPolicy};
+
+/// What happens to a telemetry batch; the names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Every record kept: the body goes upstream as received.
+    Untouched,
+    /// Some records dropped: a rewritten batch goes upstream.
+    Rewritten,
+    /// Every record dropped: the guard answers and the upstream is not called.
+    AllDropped,
+    /// Not the route's format; forwarded as received.
+    MalformedForwarded,
+    /// Not the route's format; refused with 400.
+    MalformedRejected,
+}
+
+impl BatchOutcome {
+    pub const ALL: [BatchOutcome; 5] = [
+        BatchOutcome::Untouched,
+        BatchOutcome::Rewritten,
+        BatchOutcome::AllDropped,
+        BatchOutcome::MalformedForwarded,
+        BatchOutcome::MalformedRejected,
+    ];
+
+    /// Position in [`BatchOutcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchOutcome::Untouched => "untouched",
+            BatchOutcome::Rewritten => "rewritten",
+            BatchOutcome::AllDropped => "all_dropped",
+            BatchOutcome::MalformedForwarded => "malformed_forwarded",
+            BatchOutcome::MalformedRejected => "malformed_rejected",
+        }
+    }
+}
+
+/// A buffered batch judged under its route's rules, nothing done about it yet.
+pub struct Judged {
+    /// The request's Content-Encoding; `decoded` holds the body decoded from it.
+    pub encoding: Encoding,
+    /// The format the body was read as (an OTLP route tells JSON from protobuf by Content-Type).
+    pub format: Format,
+    pub decoded: Bytes,
+    pub outcome: BatchOutcome,
+    /// The records, each marked kept or dropped, with the batch's counts; or why the body is
+    /// not the format.
+    pub parsed: Result<(Batch, Tally), NotFormat>,
+}
+
+/// Decodes, parses and decides a buffered batch under the route's `records` rules, tightened by
+/// `tighten` while the upstream is browned out. The level budgets of `key` (the client) and of
+/// the route are charged. Fails only on the body's coding (unsupported, corrupt, too large once
+/// decoded); a body that is not the format is an outcome, not an error.
+pub fn judge<C: Clock>(
+    policy: &RecordsPolicy<C>,
+    headers: &HeaderMap,
+    key: Option<u64>,
+    tighten: &Tighten,
+    body: &Bytes,
+) -> Result<Judged, Reject> {
+    let (encoding, decoded) = decode(policy, headers, body)?;
+    let format = policy
+        .format
+        .for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten).map(|mut batch| {
+        let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
+        (batch, tally)
+    });
+    let outcome = match &parsed {
+        Ok((_, tally)) => match (tally.dropped(), tally.forwarded()) {
+            (0, _) => BatchOutcome::Untouched,
+            (_, 0) => BatchOutcome::AllDropped,
+            _ => BatchOutcome::Rewritten,
+        },
+        Err(_) => match policy.on_malformed {
+            OnMalformed::Forward => BatchOutcome::MalformedForwarded,
+            OnMalformed::Reject => BatchOutcome::MalformedRejected,
+        },
+    };
+    Ok(Judged {
+        encoding,
+        format,
+        decoded,
+        outcome,
+        parsed,
+    })
+}
+
+impl Judged {
+    /// The refusal of a malformed batch on a route that rejects them.
+    pub fn refusal(&self) -> Option<Reject> {
+        match (&self.parsed, self.outcome) {
+            (Err(reason), BatchOutcome::MalformedRejected) => Some(Reject::MalformedBatch {
+                format: self.format.as_str(),
+                reason: *reason,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The counts of a batch that was read.
+    pub fn tally(&self) -> Option<&Tally> {
+        self.parsed.as_ref().ok().map(|(_, tally)| tally)
+    }
+
+    /// The body that goes upstream: `received` itself when nothing was dropped or the batch is
+    /// forwarded unread, the kept records re-encoded like the request when some were dropped,
+    /// `None` when there is nothing to forward (every record dropped, or refused).
+    pub fn forward(&self, received: &Bytes) -> Result<Option<Bytes>, Reject> {
+        Ok(match (&self.parsed, self.outcome) {
+            (_, BatchOutcome::Untouched | BatchOutcome::MalformedForwarded) => {
+                Some(received.clone())
+            }
+            (Ok((batch, _)), BatchOutcome::Rewritten) => {
+                Some(Bytes::from(rewrite(batch, &self.decoded, self.encoding)?))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// The body decoded from its Content-Encoding, under the route's caps.
+fn decode<C: Clock>(
+    policy: &RecordsPolicy<C>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Encoding, Bytes), Reject> {
+    let encoding = codec::request_encoding(headers)?;
+    let decoded = match encoding {
+        Encoding::Identity => body.clone(),
+        enc => {
+            let cap = policy
+                .max_decoded
+                .min((body.len() as u64).saturating_mul(policy.max_ratio));
+            Bytes::from(codec::decode(enc, body, cap)?)
+        }
+    };
+    Ok((encoding, decoded))
+}
+
+/// The kept records of a batch, re-encoded like the request was.
+pub fn rewrite(batch: &Batch, decoded: &[u8], encoding: Encoding) -> Result<Vec<u8>, Reject> {
+    let rewritten = batch.rewrite(decoded);
+    match encoding {
+        Encoding::Identity => Ok(rewritten),
+        enc => codec::encode(enc, &rewritten)
+            .map_err(|_| Reject::Internal("cannot re-encode the batch")),
+    }
+}
+
+/// The records of a batch refused whole, per level (records, bytes): parsed without any budget
+/// charged, since the live guard never reads such a body. `None` when it cannot be read.
+pub fn count_unjudged<C: Clock>(
+    policy: &RecordsPolicy<C>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<[(u64, u64); crate::records::Level::COUNT]> {
+    let (_, decoded) = decode(policy, headers, body).ok()?;
+    let format = policy
+        .format
+        .for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    let batch = Batch::parse_bytes_as(policy, format, &decoded, &Tighten::NONE).ok()?;
+    let mut counts = [(0, 0); crate::records::Level::COUNT];
+    for rec in &batch.records {
+        let c = &mut counts[rec.level.index()];
+        c.0 += 1;
+        c.1 += rec.bytes();
+    }
+    Some(counts)
+}
