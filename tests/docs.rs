@@ -6,7 +6,8 @@
 //! rewrites the blocks in place instead. The prose around the blocks is written by hand.
 //!
 //! Links are checked too: every relative link in `README.md` and `docs/*.md` names a file that
-//! exists (and a heading in it, when it has an anchor).
+//! exists (and a heading in it, when it has an anchor), and every alert in
+//! `deploy/prometheus/alerts.yaml` names its runbook's heading.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -469,7 +470,7 @@ fn cli_reference_matches_clap() {
     check_generated("docs/cli.md", &blocks);
 }
 
-// ---- links
+// ---- links and runbooks
 
 /// GitHub's anchor for a heading: lowercase, spaces to `-`, other punctuation removed.
 fn anchor(heading: &str) -> String {
@@ -598,4 +599,42 @@ fn relative_links_name_existing_files_and_headings() {
         "broken links:\n{}",
         problems.join("\n")
     );
+}
+
+#[test]
+fn every_alert_links_its_own_runbook_heading() {
+    let path = "deploy/prometheus/alerts.yaml";
+    let rules: Value =
+        serde_saphyr::from_str(&read(&repo(path))).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut alerts = 0;
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let runbook = rule["annotations"]["runbook"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: {alert} has no runbook annotation"));
+            let (file, fragment) = runbook
+                .split_once('#')
+                .unwrap_or_else(|| panic!("{path}: {alert}: runbook {runbook:?} names no heading"));
+            // Relative to the repository's root, where the rules' readers start.
+            let page = repo(file);
+            assert!(
+                page.is_file(),
+                "{path}: {alert}: runbook {runbook:?}: no file {file}"
+            );
+            assert!(
+                anchors(&page).contains(fragment),
+                "{path}: {alert}: runbook {runbook:?}: no such heading in {file}"
+            );
+            assert_eq!(
+                fragment,
+                anchor(alert),
+                "{path}: {alert}: its runbook is another alert's"
+            );
+        }
+    }
+    assert!(alerts > 0, "{path}: no alerts found");
 }
