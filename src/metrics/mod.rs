@@ -7,8 +7,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use prometheus::core::Collector;
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -19,6 +20,10 @@ use crate::policy::Priority;
 use crate::policy::{Mode, Route};
 use crate::records::Level;
 use crate::records::filter::{DropReason, Tally};
+
+mod families;
+use families as f;
+pub use families::{FAMILIES, Family, Kind};
 
 /// Route label for requests refused before they could be routed (their path was invalid).
 pub const UNROUTED: &str = "_invalid";
@@ -42,7 +47,7 @@ pub struct Metrics {
     pub connections: IntCounter,
     pub connection_errors: IntCounterVec,
     pub policy_info: IntGaugeVec,
-    pub policy_loaded: prometheus::Gauge,
+    pub policy_loaded: Gauge,
     /// Reload attempts by result; see [`ReloadResult`].
     pub policy_reloads: IntCounterVec,
     /// 1 when the last reload attempt left the file's policy active, 0 while the file is broken.
@@ -96,325 +101,128 @@ pub struct ProtectMetrics {
     pub surges: IntCounterVec,
 }
 
-fn name(s: &str) -> String {
-    format!("verbosity_guard_{s}")
+/// Creates families from their [`Family`] entries on one registry.
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn add<T: Collector + Clone + 'static>(&self, c: T) -> Result<T, prometheus::Error> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn opts(f: &Family, kind: Kind) -> Opts {
+        debug_assert_eq!(f.kind, kind, "{} is a {}", f.name, f.kind.as_str());
+        Opts::new(f.name, f.help)
+    }
+
+    fn counters(&self, f: &Family) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(IntCounterVec::new(Self::opts(f, Kind::Counter), f.labels)?)
+    }
+
+    fn counter(&self, f: &Family) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::with_opts(Self::opts(f, Kind::Counter))?)
+    }
+
+    fn gauges(&self, f: &Family) -> Result<IntGaugeVec, prometheus::Error> {
+        self.add(IntGaugeVec::new(Self::opts(f, Kind::Gauge), f.labels)?)
+    }
+
+    fn gauge(&self, f: &Family) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::with_opts(Self::opts(f, Kind::Gauge))?)
+    }
+
+    fn float_gauges(&self, f: &Family) -> Result<GaugeVec, prometheus::Error> {
+        self.add(GaugeVec::new(Self::opts(f, Kind::Gauge), f.labels)?)
+    }
+
+    fn float_gauge(&self, f: &Family) -> Result<Gauge, prometheus::Error> {
+        self.add(Gauge::with_opts(Self::opts(f, Kind::Gauge))?)
+    }
+
+    fn histograms(&self, f: &Family, buckets: &[f64]) -> Result<HistogramVec, prometheus::Error> {
+        debug_assert_eq!(f.kind, Kind::Histogram, "{} is a histogram", f.name);
+        let opts = HistogramOpts::new(f.name, f.help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, f.labels)?)
+    }
 }
 
-impl Metrics {
-    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(
-            r: &Registry,
-            c: T,
-        ) -> Result<T, prometheus::Error> {
-            r.register(Box::new(c.clone()))?;
-            Ok(c)
-        }
-        let counter = |n: &str, help: &str, labels: &[&str]| {
-            reg(
-                registry,
-                IntCounterVec::new(Opts::new(name(n), help), labels)?,
-            )
-        };
-        let gauge = |n: &str, help: &str, labels: &[&str]| {
-            reg(
-                registry,
-                IntGaugeVec::new(Opts::new(name(n), help), labels)?,
-            )
-        };
-        let float_gauge = |n: &str, help: &str, labels: &[&str]| {
-            reg(registry, GaugeVec::new(Opts::new(name(n), help), labels)?)
-        };
-        let shed = counter(
-            "shed_total",
-            "Requests refused with 503 to protect the upstream, by priority class and reason \
-             (queue_full, queue_timeout, brownout).",
-            &["class", "reason"],
-        )?;
-        let protect = ProtectMetrics {
+impl ProtectMetrics {
+    fn register(r: &Registrar<'_>) -> Result<ProtectMetrics, prometheus::Error> {
+        let shed = r.counters(&f::SHED)?;
+        Ok(ProtectMetrics {
             shed_series: Priority::ALL.map(|class| {
                 ShedReason::ALL
                     .map(|reason| shed.with_label_values(&[class.as_str(), reason.as_str()]))
             }),
             shed,
-            exchanges: counter(
-                "upstream_exchanges_total",
-                "Upstream exchanges by priority class and result (ok, failed: a 5xx answer or a \
-                 refused, reset or timed-out exchange).",
-                &["class", "result"],
-            )?,
-            in_flight: gauge(
-                "upstream_in_flight",
-                "Requests holding an upstream slot, by priority class.",
-                &["class"],
-            )?,
-            queued: gauge(
-                "upstream_queued",
-                "Requests waiting for an upstream slot, by priority class.",
-                &["class"],
-            )?,
-            brownout_level: reg(
-                registry,
-                IntGauge::new(
-                    name("brownout_level"),
-                    "Brownout level: 0 off, 1 drop_verbose, 2 sample_info, 3 sample_warn, 4 shed_bulk.",
-                )?,
-            )?,
-            brownout_transitions: counter(
-                "brownout_transitions_total",
-                "Brownout level changes, by direction (raise, relax).",
-                &["direction"],
-            )?,
-            upstream_p90: float_gauge(
-                "upstream_p90_seconds",
-                "p90 upstream latency over the last controller interval, by priority class.",
-                &["class"],
-            )?,
-            upstream_baseline: float_gauge(
-                "upstream_baseline_seconds",
-                "The brownout controller's learned p90 latency baseline, by priority class.",
-                &["class"],
-            )?,
-            upstream_failure_ratio: float_gauge(
-                "upstream_failure_ratio",
-                "Share of upstream exchanges that failed (5xx, refused, reset, timeout) over the \
-                 last controller interval, by priority class.",
-                &["class"],
-            )?,
-            surge_active: gauge(
-                "surge_active",
-                "1 while a route's level is in a verbosity surge, by route and level.",
-                &["route", "level"],
-            )?,
-            surge_ratio: float_gauge(
-                "surge_ratio",
-                "Short-term rate over the learned baseline, by route, level and unit (records, \
-                 bytes); 0 while the baseline warms up.",
-                &["route", "level", "unit"],
-            )?,
-            surges: counter(
-                "surges_total",
-                "Verbosity surges detected, by route and level.",
-                &["route", "level"],
-            )?,
-        };
-        let shadow = ShadowFamilies {
-            rejections: counter(
-                "shadow_rejections_total",
-                "Requests a shadow route forwarded that enforce mode would have answered itself, \
-                 by route and reason (the reasons of rejections_total, plus shed_slot_busy).",
-                &["route", "reason"],
-            )?,
-            records_dropped: counter(
-                "shadow_records_dropped_total",
-                "Log records a shadow route forwarded that enforce mode would have dropped, by \
-                 route, level and reason.",
-                &["route", "level", "reason"],
-            )?,
-            record_bytes_dropped: counter(
-                "shadow_record_bytes_dropped_total",
-                "Bytes (decoded) of the log records a shadow route forwarded that enforce mode \
-                 would have dropped, by route, level and reason.",
-                &["route", "level", "reason"],
-            )?,
-            batches: counter(
-                "shadow_batches_total",
-                "Batches a shadow route forwarded as received that enforce mode would have \
-                 changed, by route and outcome (rewritten, all_dropped, malformed_rejected).",
-                &["route", "outcome"],
-            )?,
-            verbosity_clamped: counter(
-                "shadow_verbosity_clamped_total",
-                "Requested log levels a shadow route's verbosity clamp would have lowered.",
-                &["route"],
-            )?,
-        };
+            exchanges: r.counters(&f::UPSTREAM_EXCHANGES)?,
+            in_flight: r.gauges(&f::UPSTREAM_IN_FLIGHT)?,
+            queued: r.gauges(&f::UPSTREAM_QUEUED)?,
+            brownout_level: r.gauge(&f::BROWNOUT_LEVEL)?,
+            brownout_transitions: r.counters(&f::BROWNOUT_TRANSITIONS)?,
+            upstream_p90: r.float_gauges(&f::UPSTREAM_P90)?,
+            upstream_baseline: r.float_gauges(&f::UPSTREAM_BASELINE)?,
+            upstream_failure_ratio: r.float_gauges(&f::UPSTREAM_FAILURE_RATIO)?,
+            surge_active: r.gauges(&f::SURGE_ACTIVE)?,
+            surge_ratio: r.float_gauges(&f::SURGE_RATIO)?,
+            surges: r.counters(&f::SURGES)?,
+        })
+    }
+}
+
+impl Metrics {
+    /// Creates every family of [`FAMILIES`] on `registry`.
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let r = Registrar(registry);
         Ok(Metrics {
-            protect,
-            shadow,
-            route_mode: gauge(
-                "route_mode",
-                "Each route of the active policy with its mode (enforce, shadow); value 1.",
-                &["route", "mode"],
-            )?,
-            recorded: counter(
-                "recorded_requests_total",
-                "Requests sampled by serve --record, by outcome: written, queue_full (the writer \
-                 fell behind; dropped), file_full (--record-max-bytes reached; dropped), \
-                 write_error (the file cannot be written; dropped).",
-                &["outcome"],
-            )?,
-            record_file_bytes: reg(
-                registry,
-                IntGauge::new(
-                    name("record_file_bytes"),
-                    "Bytes serve --record has written to its file.",
-                )?,
-            )?,
-            requests: counter(
-                "requests_total",
-                "Requests by route and outcome (forwarded, rejected, upstream_error, all_dropped).",
-                &["route", "outcome"],
-            )?,
-            request_bytes: counter(
-                "request_body_bytes_total",
-                "Request body bytes received from clients.",
-                &["route"],
-            )?,
-            forwarded_bytes: counter(
-                "forwarded_body_bytes_total",
-                "Request body bytes sent to the upstream.",
-                &["route"],
-            )?,
-            rejections: counter(
-                "rejections_total",
-                "Requests the guard answered itself, by route and reason.",
-                &["route", "reason"],
-            )?,
-            upstream_errors: counter(
-                "upstream_errors_total",
-                "Failed upstream exchanges by route and kind (connect, timeout, reset).",
-                &["route", "kind"],
-            )?,
-            upstream_duration: reg(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        name("upstream_duration_seconds"),
-                        "Time from sending a request upstream to its response headers.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["route"],
-                )?,
-            )?,
-            tracked_keys: reg(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        name("tracked_keys"),
-                        "Client keys held by each client budget.",
-                    ),
-                    &["route", "budget"],
-                )?,
-            )?,
-            untracked_keys: counter(
-                "untracked_key_requests_total",
-                "Requests whose client key could not be tracked because the key cap was reached; \
-                 only route-wide budgets applied.",
-                &["route", "budget"],
-            )?,
-            in_flight: reg(
-                registry,
-                IntGauge::new(name("in_flight_requests"), "Requests being handled now.")?,
-            )?,
-            connections_open: reg(
-                registry,
-                IntGauge::new(name("connections_open"), "Client connections open now.")?,
-            )?,
-            connections: reg(
-                registry,
-                IntCounter::new(name("connections_total"), "Client connections accepted.")?,
-            )?,
-            connection_errors: counter(
-                "connection_errors_total",
-                "Client connections ended by an error, by kind (header_timeout, header_too_large, \
-                 malformed, incomplete, io).",
-                &["kind"],
-            )?,
-            policy_info: reg(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        name("policy_info"),
-                        "The active policy (value is always 1).",
-                    ),
-                    &["version_hash", "source"],
-                )?,
-            )?,
-            records_received: counter(
-                "records_received_total",
-                "Log records received in batches, by route and level.",
-                &["route", "level"],
-            )?,
-            records_forwarded: counter(
-                "records_forwarded_total",
-                "Log records forwarded upstream, by route and level.",
-                &["route", "level"],
-            )?,
-            records_dropped: counter(
-                "records_dropped_total",
-                "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed, \
-                 brownout).",
-                &["route", "level", "reason"],
-            )?,
-            record_bytes_received: counter(
-                "record_bytes_received_total",
-                "Bytes of log records received (decoded), by route and level.",
-                &["route", "level"],
-            )?,
-            record_bytes_forwarded: counter(
-                "record_bytes_forwarded_total",
-                "Bytes of log records forwarded (decoded), by route and level.",
-                &["route", "level"],
-            )?,
-            record_bytes_dropped: counter(
-                "record_bytes_dropped_total",
-                "Bytes of log records dropped (decoded), by route, level and reason.",
-                &["route", "level", "reason"],
-            )?,
-            records_malformed: counter(
-                "records_malformed_total",
-                "Log records whose level could not be read; they were given the route's unknown level.",
-                &["route"],
-            )?,
-            batches: counter(
-                "batches_total",
-                "Telemetry batches by route and outcome (untouched, rewritten, all_dropped, \
-                 malformed_forwarded, malformed_rejected).",
-                &["route", "outcome"],
-            )?,
-            decoded_bodies: counter(
-                "decoded_bodies_total",
-                "Compressed batches decoded, by route and encoding (gzip, zstd).",
-                &["route", "encoding"],
-            )?,
-            verbosity_clamped: counter(
-                "verbosity_clamped_total",
-                "Requested log levels lowered by a route's verbosity clamp.",
-                &["route"],
-            )?,
-            policy_loaded: reg(
-                registry,
-                prometheus::Gauge::new(
-                    name("policy_loaded_timestamp_seconds"),
-                    "Unix time the active policy was loaded.",
-                )?,
-            )?,
+            requests: r.counters(&f::REQUESTS)?,
+            request_bytes: r.counters(&f::REQUEST_BYTES)?,
+            forwarded_bytes: r.counters(&f::FORWARDED_BYTES)?,
+            rejections: r.counters(&f::REJECTIONS)?,
+            upstream_errors: r.counters(&f::UPSTREAM_ERRORS)?,
+            upstream_duration: r.histograms(&f::UPSTREAM_DURATION, LATENCY_BUCKETS)?,
+            tracked_keys: r.gauges(&f::TRACKED_KEYS)?,
+            untracked_keys: r.counters(&f::UNTRACKED_KEYS)?,
+            in_flight: r.gauge(&f::IN_FLIGHT)?,
+            connections_open: r.gauge(&f::CONNECTIONS_OPEN)?,
+            connections: r.counter(&f::CONNECTIONS)?,
+            connection_errors: r.counters(&f::CONNECTION_ERRORS)?,
+            policy_info: r.gauges(&f::POLICY_INFO)?,
+            policy_loaded: r.float_gauge(&f::POLICY_LOADED)?,
             policy_reloads: {
-                let family = counter(
-                    "policy_reloads_total",
-                    "Policy reload attempts (file change or SIGHUP) by result: success (a new \
-                     policy is active), unchanged (same text as the active one), failure (the \
-                     file could not be read or is invalid; the active policy stays).",
-                    &["result"],
-                )?;
+                let family = r.counters(&f::POLICY_RELOADS)?;
                 // Every series exists from the start, so a rate() or an alert sees the first one.
-                for r in ReloadResult::ALL {
-                    family.with_label_values(&[r.as_str()]);
+                for result in ReloadResult::ALL {
+                    family.with_label_values(&[result.as_str()]);
                 }
                 family
             },
             policy_last_reload_ok: {
-                let gauge = reg(
-                    registry,
-                    IntGauge::new(
-                        name("policy_last_reload_successful"),
-                        "1 if the last policy reload attempt succeeded (or none was made), 0 if \
-                         it failed and an older policy is still active.",
-                    )?,
-                )?;
+                let gauge = r.gauge(&f::POLICY_LAST_RELOAD_OK)?;
                 gauge.set(1);
                 gauge
             },
+            route_mode: r.gauges(&f::ROUTE_MODE)?,
+            records_received: r.counters(&f::RECORDS_RECEIVED)?,
+            records_forwarded: r.counters(&f::RECORDS_FORWARDED)?,
+            records_dropped: r.counters(&f::RECORDS_DROPPED)?,
+            record_bytes_received: r.counters(&f::RECORD_BYTES_RECEIVED)?,
+            record_bytes_forwarded: r.counters(&f::RECORD_BYTES_FORWARDED)?,
+            record_bytes_dropped: r.counters(&f::RECORD_BYTES_DROPPED)?,
+            records_malformed: r.counters(&f::RECORDS_MALFORMED)?,
+            batches: r.counters(&f::BATCHES)?,
+            decoded_bodies: r.counters(&f::DECODED_BODIES)?,
+            verbosity_clamped: r.counters(&f::VERBOSITY_CLAMPED)?,
+            protect: ProtectMetrics::register(&r)?,
+            shadow: ShadowFamilies {
+                rejections: r.counters(&f::SHADOW_REJECTIONS)?,
+                records_dropped: r.counters(&f::SHADOW_RECORDS_DROPPED)?,
+                record_bytes_dropped: r.counters(&f::SHADOW_RECORD_BYTES_DROPPED)?,
+                batches: r.counters(&f::SHADOW_BATCHES)?,
+                verbosity_clamped: r.counters(&f::SHADOW_VERBOSITY_CLAMPED)?,
+            },
+            recorded: r.counters(&f::RECORDED)?,
+            record_file_bytes: r.gauge(&f::RECORD_FILE_BYTES)?,
         })
     }
 
@@ -773,6 +581,26 @@ impl RecordsMetrics {
             Encoding::Gzip => self.decoded[0].inc(),
             Encoding::Zstd => self.decoded[1].inc(),
             Encoding::Identity => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_in_the_table_is_registered_once() {
+        let registry = Registry::new();
+        Metrics::register(&registry).unwrap();
+        let mut names: Vec<_> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "a family is listed twice");
+        for f in FAMILIES {
+            // A second family of the same name is refused: the first is registered.
+            let again = IntGauge::new(f.name, "probe").unwrap();
+            assert!(registry.register(Box::new(again)).is_err(), "{}", f.name);
         }
     }
 }
