@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde_json::Value;
 use verbosity_guard::cli::Cli;
+use verbosity_guard::metrics::FAMILIES;
 use verbosity_guard::policy::schema::policy_schema;
 
 const UPDATE_VAR: &str = "VERBOSITY_GUARD_UPDATE_DOCS";
@@ -468,6 +469,35 @@ fn cli_reference_matches_clap() {
         .map(|(n, b)| (n.as_str(), b.clone()))
         .collect();
     check_generated("docs/cli.md", &blocks);
+}
+
+// ---- docs/metrics.md: every metric family, from metrics::FAMILIES
+
+/// One row per family: name, type, labels, help.
+fn render_metrics() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for family in FAMILIES {
+        let labels: Vec<_> = family.labels.iter().map(|l| code(l)).collect();
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels.join(", ")
+        };
+        writeln!(
+            out,
+            "| {} | {} | {labels} | {} |",
+            code(family.name),
+            family.kind.as_str(),
+            cell(family.help)
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn metrics_reference_matches_the_families() {
+    check_generated("docs/metrics.md", &[("metrics", render_metrics())]);
 }
 
 // ---- links and runbooks
