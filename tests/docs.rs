@@ -180,6 +180,15 @@ fn object_refs<'a>(
     }
 }
 
+/// `parent.field`, or `field` at the top level.
+fn field_path(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
 /// An object of the policy, at the first path where it occurs.
 struct PolicyObject<'a> {
     path: String,
@@ -206,14 +215,7 @@ fn policy_objects<'a>(
         object_refs(field_schema, defs, "", &mut refs);
         for (name, suffix) in refs {
             let def = &defs[name];
-            let sub = format!(
-                "{}{field}{suffix}",
-                if path.is_empty() {
-                    String::new()
-                } else {
-                    format!("{path}.")
-                }
-            );
+            let sub = field_path(&path, field) + &suffix;
             match seen.get(name) {
                 Some(&i) => out[i].also_at.push(sub),
                 None => {
@@ -313,11 +315,7 @@ fn render_policy_fields() -> String {
             .into_iter()
             .flatten()
         {
-            let path = if object.path.is_empty() {
-                field.clone()
-            } else {
-                format!("{}.{field}", object.path)
-            };
+            let path = field_path(&object.path, field);
             let default = match field_schema.get("default") {
                 Some(value) => code(&value.to_string()),
                 None if required.contains(field.as_str()) => "required".to_owned(),
