@@ -7,14 +7,15 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use prost::Message;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use support::{TestGuard, TestUpstream, client, json, metric_value, policy_with_route};
+use support::{
+    TestGuard, TestUpstream, client, gunzip, gzip, header, json, metric_value, policy_with_route,
+};
 use verbosity_guard::records::otlp::proto::{
     AnyValue, ExportLogsServiceRequest, ExportLogsServiceResponse, InstrumentationScope, KeyValue,
     LogRecord, Resource, ResourceLogs, ScopeLogs, SeverityNumber, any_value,
@@ -50,13 +51,6 @@ async fn post(
 
 async fn post_proto(g: &TestGuard, path: &str, body: Vec<u8>) -> reqwest::Response {
     post(g, path, "application/x-protobuf", None, body).await
-}
-
-fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
-    h.get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
 }
 
 // ---- building OTLP requests with the proto types -------------------------------------------
@@ -541,19 +535,6 @@ async fn an_otlp_json_batch_keeps_its_records_byte_for_byte_and_answers_in_json_
 }
 
 // ---- compression -------------------------------------------------------------------------
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out)
-        .expect("a gzip body");
-    out
-}
 
 #[tokio::test]
 async fn a_compressed_otlp_proto_batch_is_filtered_and_re_encoded() {
