@@ -299,15 +299,24 @@ pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
 }
 
 /// [`eventually`], for something a scenario says may take up to `within`.
-pub async fn eventually_within(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+pub async fn eventually_within(within: Duration, what: &str, check: impl AsyncFnMut() -> bool) {
+    assert!(
+        poll_within(within, check).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// What [`eventually_within`] does, without failing: polls `check` every 20 ms until it holds
+/// (true) or `within` has passed (false). For a test that fails with what it saw on the way.
+pub async fn poll_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// Finds `name{labels...} value` in Prometheus text; labels may be given in any order and must
