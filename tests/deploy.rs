@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use serde_json::Value;
-use support::{PATIENCE, TestGuard, TestUpstream, raw_exchange};
-use tokio::io::AsyncReadExt;
+use support::{PATIENCE, TestGuard, TestUpstream, gzip, raw_exchange, read_to_close};
 use verbosity_guard::cli::Cli;
 use verbosity_guard::units::HumanDuration;
 
@@ -352,13 +351,6 @@ fn ndjson(levels: &[&str]) -> String {
         .collect()
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 /// The guard with the shipped policy, after traffic that creates every kind of labelled series
 /// the dashboard shows: forwarded and rejected requests, an upstream failure, a downsampled
 /// and a compressed telemetry batch, and a malformed connection.
@@ -397,11 +389,7 @@ async fn guard_after_traffic(up: &TestUpstream) -> TestGuard {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     // The guard counts a connection's error before closing it: once it is closed, the
     // counter is there to scrape.
-    let mut rest = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
-        .await
-        .expect("the guard closes a malformed connection")
-        .unwrap();
+    read_to_close(&mut stream).await;
     g
 }
 

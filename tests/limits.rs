@@ -6,21 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{PATIENCE, TestGuard, TestUpstream, policy_with_route, raw_exchange};
+use support::{TestGuard, TestUpstream, policy_with_route, raw_exchange, read_to_close};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ROUTE: &str = "  - name: api\n    match: { path_prefix: /api }\n";
-
-/// Reads until the server closes the connection; returns what it sent.
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf))
-        .await
-        .expect("server did not close the connection in time")
-        .ok();
-    String::from_utf8_lossy(&buf).into_owned()
-}
 
 #[tokio::test]
 async fn slow_headers_are_cut_off_and_counted() {

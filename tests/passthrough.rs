@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{TestGuard, TestUpstream, chunked, client, policy_with_route};
+use support::{TestGuard, TestUpstream, chunked, client, policy_with_route, read_head};
 
 const POLICY: &str = "  - name: api\n    match: { path_prefix: /api }\n    payload:\n      max_body: 16MiB\n      client_requests: { rate: 1000/s }\n      route_bytes: { rate: 100MiB/s, burst: 32MiB }\n";
 
@@ -223,24 +223,21 @@ async fn bodies_are_streamed_not_buffered() {
 
 #[tokio::test]
 async fn the_upstream_gets_an_origin_form_request_line() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // A bare TCP upstream, so the request line is seen exactly as written on the wire.
     let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", raw.local_addr().unwrap());
     let g = TestGuard::start(&policy_with_route(POLICY), &url).await;
     let request = tokio::spawn(client().get(format!("{}/api/x?q=1", g.url)).send());
     let (mut conn, _) = raw.accept().await.unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = conn.read(&mut buf).await.unwrap();
-        assert!(n > 0, "guard closed before sending a whole head");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let head = read_head(&mut conn).await;
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "guard closed before sending a whole head: {head:?}"
+    );
     conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
         .await
         .unwrap();
-    let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("GET /api/x?q=1 HTTP/1.1\r\n"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains(&format!(

@@ -8,7 +8,9 @@ mod support;
 
 use std::io::Write;
 
-use support::{TestGuard, TestUpstream, client, json, metric_value, policy_with_route};
+use support::{
+    TestGuard, TestUpstream, client, gunzip, gzip, header, json, metric_value, policy_with_route,
+};
 
 const TELEMETRY: &str = r#"  - name: telemetry
     match: { methods: [POST], path_prefix: /telemetry }
@@ -30,13 +32,6 @@ async fn post(g: &TestGuard, path: &str, body: impl Into<reqwest::Body>) -> reqw
         .body(body)
         .send()
         .await
-        .unwrap()
-}
-
-fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
-    h.get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
         .unwrap()
 }
 
@@ -225,18 +220,6 @@ async fn a_json_array_batch_is_rewritten_as_a_valid_array() {
         r#"[{"level":"error","a":[1,{"level":"debug"}]},{"level":"warn","msg":"]"}]"#
     );
     serde_json::from_slice::<serde_json::Value>(&seen.body).unwrap();
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out).unwrap();
-    out
 }
 
 #[tokio::test]

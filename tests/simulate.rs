@@ -5,12 +5,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use support::{TestGuard, TestUpstream, client, metric_value};
+use support::{TestGuard, TestUpstream, client, gzip, metric_value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verbosity-guard");
 
@@ -46,12 +45,6 @@ routes:
     match: { path_prefix: / }
     payload: { route_requests: { rate: 1/h, burst: 15 } }
 "#;
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
 
 fn batch(i: usize) -> String {
     const LEVELS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "info", "debug"];

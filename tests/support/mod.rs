@@ -299,15 +299,24 @@ pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
 }
 
 /// [`eventually`], for something a scenario says may take up to `within`.
-pub async fn eventually_within(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+pub async fn eventually_within(within: Duration, what: &str, check: impl AsyncFnMut() -> bool) {
+    assert!(
+        poll_within(within, check).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// What [`eventually_within`] does, without failing: polls `check` every 20 ms until it holds
+/// (true) or `within` has passed (false). For a test that fails with what it saw on the way.
+pub async fn poll_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// Finds `name{labels...} value` in Prometheus text; labels may be given in any order and must
@@ -344,9 +353,18 @@ pub fn client() -> reqwest::Client {
 /// Sends raw bytes on a new connection and returns the response head (status line and headers)
 /// as soon as it has arrived; the connection is left as the server leaves it.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (tokio::net::TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    let head = read_head(&mut stream).await;
+    (stream, head)
+}
+
+/// Reads an HTTP message head from `stream`, up to and including the blank line, and nothing
+/// after it (what follows stays in the stream). Stops early if the peer closes; fails the test
+/// if the head takes longer than [`PATIENCE`].
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     tokio::time::timeout(PATIENCE, async {
@@ -358,8 +376,45 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (tokio::net::TcpS
         }
     })
     .await
-    .expect("no response head in time");
-    (stream, String::from_utf8_lossy(&head).into_owned())
+    .expect("no message head in time");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads until the peer closes the connection (or it fails); returns what was read. Fails the
+/// test if the connection is still open after [`PATIENCE`].
+pub async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf))
+        .await
+        .expect("the connection was not closed in time")
+        .ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The value of the header `name`, which must be present and visible ASCII.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+/// `data` gzip-compressed, as a client sends a `Content-Encoding: gzip` body.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The gzip body `data` decompressed; fails the test if it is not gzip.
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out)
+        .expect("a gzip body");
+    out
 }
 
 /// Parses the JSON body of a guard response.

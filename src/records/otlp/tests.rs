@@ -726,47 +726,63 @@ fn fleet_batch_has_the_benchmark_shape() {
     assert!(sizes.iter().all(|&s| (200..=400).contains(&s)), "{sizes:?}");
 }
 
-/// `cargo test --release --lib records::otlp -- --ignored --nocapture`
+/// The fleet-sized batch through parse, a keep-info-and-up decision and rewrite, in both
+/// encodings: the same levels either way, and out comes the request with exactly the kept
+/// records, each byte for byte as sent, in order. (How fast this runs is for the criterion
+/// bench, `cargo bench --bench records`, not for a test.)
 #[test]
-#[ignore = "timing; run in release"]
-fn throughput() {
-    let body = Bytes::from(fleet_batch().encode_to_vec());
-    let p = proto_policy();
-    let rounds = 5_000;
-    let start = std::time::Instant::now();
-    let mut out_len = 0;
-    for _ in 0..rounds {
-        let mut batch = Batch::parse_bytes(&p, &body).unwrap();
-        keep_info_and_up(&mut batch.records);
-        out_len += batch.rewrite(&body).len();
+fn a_fleet_sized_batch_keeps_exactly_its_info_and_up_records_in_both_encodings() {
+    let req = fleet_batch();
+    let mut want = req.clone();
+    for sl in want
+        .resource_logs
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_logs)
+    {
+        sl.log_records
+            .retain(|r| r.severity_number >= SeverityNumber::Info as i32);
     }
-    let secs = start.elapsed().as_secs_f64();
-    let mb = (body.len() * rounds) as f64 / 1e6;
-    println!(
-        "otlp-proto: {} KB batch, parse+classify+rewrite {:.0} MB/s ({:.1} µs/batch, out {} B)",
-        body.len() / 1000,
-        mb / secs,
-        secs * 1e6 / rounds as f64,
-        out_len / rounds
-    );
+    // The severities cycle through four debug and four info-and-up: 62 whole cycles and a start
+    // of one keep 249 records, and every scope of 100 keeps some.
+    assert_eq!(all_records(&want).len(), 249);
 
-    let json = otlp_json_of(&fleet_batch());
-    let p = json_policy();
-    let rounds = 1_000;
-    let start = std::time::Instant::now();
-    for _ in 0..rounds {
-        let mut batch = Batch::parse(&p, &json).unwrap();
-        keep_info_and_up(&mut batch.records);
-        out_len += batch.rewrite(&json).len();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "otlp-json: {} KB batch, parse+classify+rewrite {:.0} MB/s ({:.1} µs/batch)",
-        json.len() / 1000,
-        (json.len() * rounds) as f64 / 1e6 / secs,
-        secs * 1e6 / rounds as f64
+    // otlp-proto
+    let body = Bytes::from(req.encode_to_vec());
+    let mut batch = Batch::parse_bytes(&proto_policy(), &body).unwrap();
+    assert_eq!(batch.records.len(), 500);
+    assert!(batch.records.iter().all(|r| !r.malformed));
+    let proto_levels: Vec<Level> = batch.records.iter().map(|r| r.level).collect();
+    keep_info_and_up(&mut batch.records);
+    let out = batch.rewrite(&body);
+    assert_eq!(
+        proto::ExportLogsServiceRequest::decode(out.as_slice()).unwrap(),
+        want
     );
-    assert!(out_len > 0);
+    // The kept records are the sender's bytes, so the output is the expectation's encoding.
+    assert_eq!(out, want.encode_to_vec());
+
+    // otlp-json: the same records, the same levels, the same decisions.
+    let json = otlp_json_of(&req);
+    let mut batch = Batch::parse(&json_policy(), &json).unwrap();
+    assert!(batch.records.iter().all(|r| !r.malformed));
+    let json_levels: Vec<Level> = batch.records.iter().map(|r| r.level).collect();
+    assert_eq!(json_levels, proto_levels);
+    keep_info_and_up(&mut batch.records);
+    let out = batch.rewrite(&json);
+    let doc: Json = serde_json::from_slice(&json).unwrap();
+    let mut flags = batch.records.iter().map(|r| r.keep);
+    let got: Json = serde_json::from_slice(&out).unwrap();
+    assert_eq!(got, filter_json(&doc, &mut || flags.next().unwrap()));
+    let kept_in: Vec<&[u8]> = batch
+        .records
+        .iter()
+        .filter(|r| r.keep)
+        .map(|r| &json[r.range()])
+        .collect();
+    let again = Batch::parse(&json_policy(), &out).unwrap();
+    let kept_out: Vec<&[u8]> = again.records.iter().map(|r| &out[r.range()]).collect();
+    assert_eq!(kept_out.len(), 249);
+    assert_eq!(kept_out, kept_in);
 }
 
 /// A rough OTLP JSON rendering of `req` (string bodies and attributes only), for timing.
