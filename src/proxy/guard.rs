@@ -34,10 +34,18 @@ use super::upstream::{PooledBody, Upstream};
 use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::Route;
+use crate::protect::{Priority, Slot};
 use crate::record::Capture;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+/// What the body phase leaves: a body to forward (with what the records phase did to it), or
+/// the guard's own answer.
+enum Prepared {
+    Forward(UpstreamBody, Option<Summary>),
+    Answer(Response<Full<Bytes>>),
+}
 
 /// A request that was not refused: answered by the upstream, or by the guard itself because
 /// every record of its batch was dropped.
@@ -150,56 +158,86 @@ impl ConnGuard {
 
         // 7. The body: a telemetry batch is read whole and judged record by record; any other
         //    body streams through, checked frame by frame.
-        let mut summary = None;
-        let body = if body.is_end_stream() {
-            UpstreamBody::Empty
-        } else if route.records.is_some() && judge.deciding() {
-            let input = BatchInput {
-                body,
-                key,
-                admitted,
-                capture,
-                declared,
-            };
-            // Boxed: only records routes wait here, and every request's state would otherwise
-            // carry room for this future.
-            let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
-            match read.await? {
-                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
-                Filtered::Forward { body, summary: s } => {
-                    summary = s;
-                    self.buffered(&mut parts, rm, body)
-                }
-            }
-        } else {
-            self.stream(&judge, route, rm, body, admitted, capture, declared)
+        let input = BodyInput {
+            body,
+            key,
+            admitted,
+            capture,
+            declared,
+        };
+        let (body, summary) = match self.body(&mut judge, route, rm, &mut parts, input).await? {
+            Prepared::Forward(body, summary) => (body, summary),
+            Prepared::Answer(response) => return Ok(Reply::Guard(response)),
         };
 
-        // 8. Take an upstream slot of the route's class: critical requests have a reserve that
-        //    bulk can never take; a class that finds none in its wait is shed (503). A shadow
-        //    request takes a free slot or none, and never waits.
-        let protection = &self.shared.protection;
-        let slot = match (protection.try_slot(route.priority), judge.is_shadow()) {
-            (Some(slot), _) => Some(slot),
-            // Only a wait for a slot is boxed: a free one is taken without a future.
-            (None, false) => Some(
-                Box::pin(protection.slot(route.priority))
-                    .await
-                    .map_err(Reject::from)?,
-            ),
-            (None, true) => {
-                judge.would_refuse(Reason::ShedSlotBusy);
-                None
-            }
-        };
+        // 8. Take an upstream slot of the route's class (see `slot`).
+        let slot = self.slot(&mut judge, route.priority).await?;
         judge.mark(&mut parts.headers);
 
-        // 9. Forward, bounded by the route's timeout for the response headers; the exchange
-        //    feeds the brownout controller's view of the upstream's health.
+        // 9-10. Forward, and respond with the upstream's answer.
+        let response = self.forward(route, rm, Request::from_parts(parts, body), slot);
+        Ok(Reply::Upstream(respond(response.await?, summary)))
+    }
+
+    /// The body phase. An empty body is forwarded as such. A telemetry batch (a records route,
+    /// while deciding) is read whole and judged; what the judgment leaves is forwarded, or the
+    /// guard answers itself. Any other body streams upstream, checked frame by frame.
+    async fn body(
+        &self,
+        judge: &mut Judge,
+        route: &Route,
+        rm: &RouteMetrics,
+        parts: &mut request::Parts,
+        input: BodyInput,
+    ) -> Result<Prepared, ProxyError> {
+        if input.body.is_end_stream() {
+            return Ok(Prepared::Forward(UpstreamBody::Empty, None));
+        }
+        if route.records.is_none() || !judge.deciding() {
+            let body = self.stream(judge, route, rm, input);
+            return Ok(Prepared::Forward(body, None));
+        }
+        // Boxed: only records routes wait here, and every request's state would otherwise
+        // carry room for this future.
+        let read = Box::pin(self.read_batch(judge, route, rm, parts, input));
+        Ok(match read.await? {
+            Filtered::Answer(response) => Prepared::Answer(response),
+            Filtered::Forward { body, summary } => {
+                Prepared::Forward(self.buffered(parts, rm, body), summary)
+            }
+        })
+    }
+
+    /// Critical requests have a reserve of upstream slots that bulk can never take; a class
+    /// that finds no slot in its wait is shed (503). A shadow request takes a free slot or
+    /// none, and never waits.
+    async fn slot(&self, judge: &mut Judge, class: Priority) -> Result<Option<Slot<'_>>, Reject> {
+        let protection = &self.shared.protection;
+        match (protection.try_slot(class), judge.is_shadow()) {
+            (Some(slot), _) => Ok(Some(slot)),
+            // Only a wait for a slot is boxed: a free one is taken without a future.
+            (None, false) => Ok(Some(Box::pin(protection.slot(class)).await?)),
+            (None, true) => {
+                judge.would_refuse(Reason::ShedSlotBusy);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends the request upstream, bounded by the route's timeout for the response headers.
+    /// The exchange feeds the brownout controller's view of the upstream's health; the slot is
+    /// given back as soon as the response headers (or the failure) are in.
+    async fn forward(
+        &self,
+        route: &Route,
+        rm: &RouteMetrics,
+        request: Request<UpstreamBody>,
+        slot: Option<Slot<'_>>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let started = Instant::now();
         let sent = self
             .upstream
-            .send(Request::from_parts(parts, body), started + route.timeout)
+            .send(request, started + route.timeout)
             .await
             .map_err(|e| ProxyError::from_upstream(e, route.timeout));
         let latency = started.elapsed();
@@ -207,14 +245,13 @@ impl ConnGuard {
             Ok(r) => r.status().is_server_error(),
             Err(e) => e.upstream_failure().is_some(),
         };
-        protection.observe(route.priority, latency, failed);
+        self.shared
+            .protection
+            .observe(route.priority, latency, failed);
         drop(slot);
         let response = sent?;
         rm.upstream_duration.observe(latency.as_secs_f64());
-
-        // 10. Respond: the upstream's answer, streamed, minus its hop-by-hop headers, plus what
-        //    the records phase did to the batch.
-        Ok(Reply::Upstream(respond(response, summary)))
+        Ok(response)
     }
 
     /// `serve --record`: a sampled request is captured as the client sent it, before any
@@ -263,7 +300,7 @@ impl ConnGuard {
         route: &Route,
         rm: &RouteMetrics,
         parts: &mut request::Parts,
-        input: BatchInput,
+        input: BodyInput,
     ) -> Result<Filtered, ProxyError> {
         let (Some(records), Some(metrics)) = (&route.records, &rm.records) else {
             return Err(Reject::Internal("a records route without its records series").into());
@@ -327,16 +364,12 @@ impl ConnGuard {
     /// A body streamed upstream frame by frame. `max_body` holds for a body without a
     /// Content-Length (a declared one was checked by the budgets), and byte budgets left to
     /// charge are charged as it streams.
-    #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
         judge: &Judge,
         route: &Route,
         rm: &RouteMetrics,
-        body: Incoming,
-        admitted: Admitted,
-        capture: Option<Box<Capture>>,
-        declared: Option<u64>,
+        input: BodyInput,
     ) -> UpstreamBody {
         // A shadow request past its first refusal checks only what binds in every mode: the
         // limit of a body it would buffer.
@@ -344,16 +377,16 @@ impl ConnGuard {
         let limit = route
             .payload
             .max_body
-            .filter(|_| checked && declared.is_none());
+            .filter(|_| checked && input.declared.is_none());
         let body = GuardedBody::new(
-            body,
+            input.body,
             self.shared.body_idle_timeout,
-            BodyRules::new(limit, admitted.charge),
+            BodyRules::new(limit, input.admitted.charge),
             judge.body(),
             rm.request_bytes.clone(),
             Some(rm.forwarded_bytes.clone()),
         )
-        .tap(capture);
+        .tap(input.capture);
         UpstreamBody::Stream {
             body: Box::pin(body),
         }
@@ -412,8 +445,8 @@ impl ConnGuard {
     }
 }
 
-/// What the body phase of a telemetry route needs from the phases before it.
-struct BatchInput {
+/// What the body phase needs from the phases before it.
+struct BodyInput {
     body: Incoming,
     key: Option<u64>,
     admitted: Admitted,
