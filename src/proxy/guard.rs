@@ -30,7 +30,7 @@ use super::error::ProxyError;
 use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
 use super::shadow::Judge;
 use super::state::{Shared, Snapshot};
-use super::upstream::{PooledBody, Upstream};
+use super::upstream::{PooledBody, Upstream, UpstreamError};
 use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::Route;
@@ -139,9 +139,7 @@ impl ConnGuard {
         (ctx.route, ctx.style) = (Some(routed.index), routed.style);
         let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
         let mut judge = Judge::new(rm, route.records.is_some());
-        if judge.is_shadow() {
-            bound_buffer(route, declared)?;
-        }
+        bound_buffer(&judge, route, declared)?;
 
         // 3. Identify the client, only when a per-client budget needs the key.
         let identified = decide::identify(route, &parts, self.conn.peer, &self.shared.key_hasher);
@@ -158,65 +156,61 @@ impl ConnGuard {
 
         // 7. The body: a telemetry batch is read whole and judged record by record; any other
         //    body streams through, checked frame by frame.
-        let input = BodyInput {
-            body,
-            key,
-            admitted,
-            capture,
-            declared,
-        };
-        let (body, summary) = match self.body(&mut judge, route, rm, &mut parts, input).await? {
-            Prepared::Forward(body, summary) => (body, summary),
-            Prepared::Answer(response) => return Ok(Reply::Guard(response)),
+        let input = BodyInput::new(body, key, admitted, capture, declared);
+        let (body, summary) = if reads_batch(&judge, route, &input.body) {
+            // Boxed: only records routes wait here, and every request's state would otherwise
+            // carry room for this future.
+            let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
+            match read.await? {
+                Prepared::Forward(body, summary) => (body, summary),
+                Prepared::Answer(response) => return Ok(Reply::Guard(response)),
+            }
+        } else {
+            (self.body(&judge, route, rm, input), None)
         };
 
-        // 8. Take an upstream slot of the route's class (see `slot`).
-        let slot = self.slot(&mut judge, route.priority).await?;
+        // 8. Take an upstream slot of the route's class (see `free_slot`); only a wait for one
+        //    is boxed.
+        let slot = match self.free_slot(&mut judge, route.priority) {
+            Ok(slot) => slot,
+            Err(class) => {
+                let wait = Box::pin(self.shared.protection.slot(class));
+                Some(wait.await.map_err(Reject::from)?)
+            }
+        };
         judge.mark(&mut parts.headers);
 
-        // 9-10. Forward, and respond with the upstream's answer.
-        let response = self.forward(route, rm, Request::from_parts(parts, body), slot);
-        Ok(Reply::Upstream(respond(response.await?, summary)))
+        // 9-10. Forward, bounded by the route's timeout for the response headers, and respond
+        //    with the upstream's answer.
+        let started = Instant::now();
+        let request = Request::from_parts(parts, body);
+        let sent = self.upstream.send(request, started + route.timeout).await;
+        let response = self.exchanged(route, rm, sent, started, slot)?;
+        Ok(Reply::Upstream(respond(response, summary)))
     }
 
-    /// The body phase. An empty body is forwarded as such. A telemetry batch (a records route,
-    /// while deciding) is read whole and judged; what the judgment leaves is forwarded, or the
-    /// guard answers itself. Any other body streams upstream, checked frame by frame.
-    async fn body(
+    /// The body phase for a body that is not read here (see [`reads_batch`]): an empty body
+    /// is forwarded as such, any other streams upstream, checked frame by frame.
+    fn body(
         &self,
-        judge: &mut Judge,
+        judge: &Judge,
         route: &Route,
         rm: &RouteMetrics,
-        parts: &mut request::Parts,
         input: BodyInput,
-    ) -> Result<Prepared, ProxyError> {
-        if input.body.is_end_stream() {
-            return Ok(Prepared::Forward(UpstreamBody::Empty, None));
+    ) -> UpstreamBody {
+        match input.body.is_end_stream() {
+            true => UpstreamBody::Empty,
+            false => self.stream(judge, route, rm, input),
         }
-        if route.records.is_none() || !judge.deciding() {
-            let body = self.stream(judge, route, rm, input);
-            return Ok(Prepared::Forward(body, None));
-        }
-        // Boxed: only records routes wait here, and every request's state would otherwise
-        // carry room for this future.
-        let read = Box::pin(self.read_batch(judge, route, rm, parts, input));
-        Ok(match read.await? {
-            Filtered::Answer(response) => Prepared::Answer(response),
-            Filtered::Forward { body, summary } => {
-                Prepared::Forward(self.buffered(parts, rm, body), summary)
-            }
-        })
     }
 
-    /// Critical requests have a reserve of upstream slots that bulk can never take; a class
-    /// that finds no slot in its wait is shed (503). A shadow request takes a free slot or
-    /// none, and never waits.
-    async fn slot(&self, judge: &mut Judge, class: Priority) -> Result<Option<Slot<'_>>, Reject> {
-        let protection = &self.shared.protection;
-        match (protection.try_slot(class), judge.is_shadow()) {
+    /// An upstream slot of `class` if one is free now. Critical requests have a reserve that
+    /// bulk can never take; a class that finds none waits for one (the `Err`) and is shed (503)
+    /// when its wait runs out. A shadow request takes a free slot or none, and never waits.
+    fn free_slot(&self, judge: &mut Judge, class: Priority) -> Result<Option<Slot<'_>>, Priority> {
+        match (self.shared.protection.try_slot(class), judge.is_shadow()) {
             (Some(slot), _) => Ok(Some(slot)),
-            // Only a wait for a slot is boxed: a free one is taken without a future.
-            (None, false) => Ok(Some(Box::pin(protection.slot(class)).await?)),
+            (None, false) => Err(class),
             (None, true) => {
                 judge.would_refuse(Reason::ShedSlotBusy);
                 Ok(None)
@@ -224,30 +218,25 @@ impl ConnGuard {
         }
     }
 
-    /// Sends the request upstream, bounded by the route's timeout for the response headers.
-    /// The exchange feeds the brownout controller's view of the upstream's health; the slot is
-    /// given back as soon as the response headers (or the failure) are in.
-    async fn forward(
+    /// An upstream exchange that ended, `started` ago. It feeds the brownout controller's view
+    /// of the upstream's health, and the slot is given back as soon as the response headers (or
+    /// the failure) are in.
+    fn exchanged(
         &self,
         route: &Route,
         rm: &RouteMetrics,
-        request: Request<UpstreamBody>,
+        sent: Result<Response<PooledBody>, UpstreamError>,
+        started: Instant,
         slot: Option<Slot<'_>>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let started = Instant::now();
-        let sent = self
-            .upstream
-            .send(request, started + route.timeout)
-            .await
-            .map_err(|e| ProxyError::from_upstream(e, route.timeout));
+        let sent = sent.map_err(|e| ProxyError::from_upstream(e, route.timeout));
         let latency = started.elapsed();
         let failed = match &sent {
             Ok(r) => r.status().is_server_error(),
             Err(e) => e.upstream_failure().is_some(),
         };
-        self.shared
-            .protection
-            .observe(route.priority, latency, failed);
+        let protection = &self.shared.protection;
+        protection.observe(route.priority, latency, failed);
         drop(slot);
         let response = sent?;
         rm.upstream_duration.observe(latency.as_secs_f64());
@@ -295,6 +284,25 @@ impl ConnGuard {
     /// judgment out (forward as received, rewrite, answer itself or refuse); shadow mode counts
     /// it and forwards the batch as received.
     async fn read_batch(
+        &self,
+        judge: &mut Judge,
+        route: &Route,
+        rm: &RouteMetrics,
+        parts: &mut request::Parts,
+        input: BodyInput,
+    ) -> Result<Prepared, ProxyError> {
+        Ok(
+            match self.judge_batch(judge, route, rm, parts, input).await? {
+                Filtered::Answer(response) => Prepared::Answer(response),
+                Filtered::Forward { body, summary } => {
+                    Prepared::Forward(self.buffered(parts, rm, body), summary)
+                }
+            },
+        )
+    }
+
+    /// Reads the batch and carries out (or, in shadow mode, counts) its judgment.
+    async fn judge_batch(
         &self,
         judge: &mut Judge,
         route: &Route,
@@ -454,11 +462,38 @@ struct BodyInput {
     declared: Option<u64>,
 }
 
+impl BodyInput {
+    fn new(
+        body: Incoming,
+        key: Option<u64>,
+        admitted: Admitted,
+        capture: Option<Box<Capture>>,
+        declared: Option<u64>,
+    ) -> BodyInput {
+        BodyInput {
+            body,
+            key,
+            admitted,
+            capture,
+            declared,
+        }
+    }
+}
+
+/// True when the body phase reads the body whole and judges it: a telemetry batch (a records
+/// route, while deciding).
+fn reads_batch(judge: &Judge, route: &Route, body: &Incoming) -> bool {
+    route.records.is_some() && judge.deciding() && !body.is_end_stream()
+}
+
 /// A shadow route's decisions may stop before the budgets check `max_body` against the declared
 /// length, but a route that buffers its body must still bound that buffer before reading it.
-fn bound_buffer(route: &Route, declared: Option<u64>) -> Result<(), Reject> {
+/// (Enforce mode checks it with the budgets, in their order.)
+fn bound_buffer(judge: &Judge, route: &Route, declared: Option<u64>) -> Result<(), Reject> {
     match (route.records.is_some(), route.payload.max_body, declared) {
-        (true, Some(limit), Some(len)) if len > limit => Err(Reject::BodyTooLarge { limit }),
+        (true, Some(limit), Some(len)) if len > limit && judge.is_shadow() => {
+            Err(Reject::BodyTooLarge { limit })
+        }
         _ => Ok(()),
     }
 }
