@@ -1,5 +1,6 @@
-//! Command line: every flag also reads a `VERBOSITY_GUARD_*` environment variable, since
-//! sidecars are configured through their environment.
+//! Command line: every flag of `serve` and `simulate` (and the global `--log-*` flags) also
+//! reads a `VERBOSITY_GUARD_*` environment variable, since sidecars are configured through
+//! their environment. The demo's flags are for a person at a terminal and have none.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

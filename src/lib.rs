@@ -1,5 +1,6 @@
 //! verbosity-guard: a sidecar reverse proxy that keeps telemetry surges from taking a
-//! vehicle-fleet API down. See the README for the design and the policy reference.
+//! vehicle-fleet API down. `ARCHITECTURE.md` shows the layers these modules form (each imports
+//! only the ones below it); `docs/` holds the reference.
 
 pub mod app;
 pub mod budget;

@@ -567,10 +567,6 @@ fn link_targets(line: &str) -> Vec<&str> {
     out
 }
 
-/// Files linked to before they exist: ARCHITECTURE.md is written on main by the lead.
-/// TODO(docs-split): remove once ARCHITECTURE.md is merged.
-const NOT_YET_MERGED: &[&str] = &["ARCHITECTURE.md"];
-
 /// Why `file#fragment` (relative to `base`) does not resolve, if it does not.
 fn broken(base: &Path, target: &str) -> Option<String> {
     let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
@@ -580,12 +576,7 @@ fn broken(base: &Path, target: &str) -> Option<String> {
         base.parent()?.join(file)
     };
     if !path.exists() {
-        let in_repo = path.canonicalize().ok().or_else(|| {
-            let parent = path.parent()?.canonicalize().ok()?;
-            Some(parent.join(path.file_name()?))
-        });
-        let pending = in_repo.is_some_and(|p| NOT_YET_MERGED.iter().any(|f| p == repo(f)));
-        return (!pending).then(|| format!("{} does not exist", relative(&path)));
+        return Some(format!("{} does not exist", relative(&path)));
     }
     if fragment.is_empty() || path.extension().is_none_or(|e| e != "md") {
         return None;
@@ -595,7 +586,7 @@ fn broken(base: &Path, target: &str) -> Option<String> {
 }
 
 fn markdown_pages() -> Vec<PathBuf> {
-    let mut pages = vec![repo("README.md")];
+    let mut pages = vec![repo("README.md"), repo("ARCHITECTURE.md")];
     let docs = std::fs::read_dir(repo("docs")).expect("docs/");
     let mut docs: Vec<_> = docs
         .map(|e| e.expect("docs/ entry").path())
@@ -665,4 +656,55 @@ fn every_alert_links_its_own_runbook_heading() {
         }
     }
     assert!(alerts > 0, "{path}: no alerts found");
+}
+
+/// The level table in docs/policy.md is a copy of `records::Level`'s mapping: every spelling it
+/// lists maps to its row's level, and it lists every number and OTLP severity the code maps.
+#[test]
+fn level_table_matches_the_code() {
+    use verbosity_guard::records::Level;
+    let page = std::fs::read_to_string(repo("docs/policy.md")).expect("docs/policy.md");
+    let rows: Vec<Vec<&str>> = page
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.matches('|').count() == 5)
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .filter(|cells: &Vec<&str>| {
+            Level::parse_name(cells[0].trim_matches('`')).is_some() && cells[3].contains('–')
+        })
+        .collect();
+    assert_eq!(
+        rows.len(),
+        Level::COUNT,
+        "one row per level in docs/policy.md"
+    );
+    let (mut numbers, mut severities) = (Vec::new(), Vec::new());
+    for cells in &rows {
+        let level = Level::parse_name(cells[0].trim_matches('`'));
+        for text in cells[1].split_whitespace() {
+            let text = text.trim_matches('`');
+            assert_eq!(Level::from_text(text.as_bytes()), level, "text {text:?}");
+        }
+        for n in cells[2]
+            .split(',')
+            .map(|n| n.trim().parse::<i64>().unwrap())
+        {
+            assert_eq!(Level::from_number(n), level, "number {n}");
+            numbers.push(n);
+        }
+        let (lo, hi) = cells[3].split_once('–').unwrap();
+        for n in lo.trim().parse::<i64>().unwrap()..=hi.trim().parse::<i64>().unwrap() {
+            assert_eq!(Level::from_otlp_severity(n), level, "severity {n}");
+            severities.push(n);
+        }
+    }
+    for n in -10..=100 {
+        let listed = numbers.contains(&n);
+        assert_eq!(Level::from_number(n).is_some(), listed, "number {n}");
+        let listed = severities.contains(&n);
+        assert_eq!(
+            Level::from_otlp_severity(n).is_some(),
+            listed,
+            "severity {n}"
+        );
+    }
 }

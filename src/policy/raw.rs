@@ -1,11 +1,11 @@
 //! The policy file as written: a serde mirror of the YAML with unknown fields rejected.
 //!
 //! Nothing here is validated beyond its type and unit syntax; `compile` turns it into the runtime
-//! [`Policy`](super::Policy). The doc comment on each field is the user manual for that field and
-//! the README's policy reference follows it. The same doc comments are the descriptions in the
-//! JSON Schema that `verbosity-guard schema` prints (derived here with `schemars`, so the schema
+//! [`Policy`](super::Policy). The doc comment on each field is the user manual for that field: the
+//! same doc comments are the descriptions in the JSON Schema that `verbosity-guard schema` prints (derived here with `schemars`, so the schema
 //! cannot drift from what the parser accepts). A `Spanned<T>` field (kept for error line numbers)
-//! is described as plain `T`.
+//! is described as plain `T`. `docs/policy.md`'s field reference is
+//! generated from that schema (`tests/docs.rs`).
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -250,8 +250,8 @@ pub struct RawRoute {
 pub struct RawRecords {
     /// `ndjson`, `json-array`, `otlp-json` or `otlp-proto`.
     pub format: Format,
-    /// Dotted path to the level inside a JSON record (default `level`). Not used by OTLP
-    /// formats, whose level is `severityNumber`, then `severityText`.
+    /// Dotted path to the level inside a JSON record (default `level`). Not allowed with the
+    /// OTLP formats, whose level is `severityNumber`, then `severityText`.
     #[schemars(with = "Option<String>")]
     pub level_field: Option<Spanned<String>>,
     /// The rule for each level; an absent level keeps all its records.

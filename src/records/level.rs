@@ -2,7 +2,8 @@
 //!
 //! Six levels, least to most severe: `trace < debug < info < warn < error < fatal`. Every
 //! spelling the guard understands is in [`Level::from_text`], [`Level::from_number`] and
-//! [`Level::from_otlp_severity`]; the README's level table is a copy of them.
+//! [`Level::from_otlp_severity`]; the level table in
+//! `docs/policy.md` is a copy of them (`tests/docs.rs` checks it).
 
 use std::fmt;
 
