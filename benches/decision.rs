@@ -1,5 +1,6 @@
 //! The per-request decision path without I/O: normalize the path, match the route, hash the
 //! client key, charge the payload budgets. `cargo bench --bench decision`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use std::hash::RandomState;
 use std::net::{IpAddr, Ipv4Addr};

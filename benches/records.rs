@@ -2,6 +2,7 @@
 //! budgets) and rewrite. NDJSON: 64 KiB batches over ~100 MB of 200–400 byte records at mixed
 //! levels. OTLP protobuf: ~50 MB of `ExportLogsServiceRequest`s of 500 such records.
 //! `cargo bench --bench records`; Criterion prints the throughput.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -7,6 +7,7 @@
 //!
 //! Bounded: every phase waits for a condition with a deadline; flooders pace themselves after a
 //! refusal (as clients honouring `Retry-After` do), and everything stops at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! several times what the mock API can ingest; guarded, the per-level budgets forward well
 //! under it (all errors, warn and info at a healthy rate, 1% of debug). The two runs are one
 //! test so they do not share the two cores with each other.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use std::time::Duration;
 

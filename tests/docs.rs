@@ -8,6 +8,7 @@
 //! Links are checked too: every relative link in `README.md` and `docs/*.md` names a file that
 //! exists (and a heading in it, when it has an anchor), and every alert in
 //! `deploy/prometheus/alerts.yaml` names its runbook's heading.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -1,6 +1,7 @@
 //! Listener bounds: header read timeout, header size and count, body idle timeout, and the
 //! connection cap. Each is configured small so the test is fast; the guard must close or answer
 //! and count what happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

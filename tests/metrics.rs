@@ -1,5 +1,6 @@
 //! After a known sequence of requests, every metric the issue names has the exact value it
 //! should, with labels only from bounded sets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

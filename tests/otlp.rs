@@ -4,6 +4,7 @@
 //! malformed batches, and the real OpenTelemetry Python SDK exporting through the guard.
 //!
 //! Rates are per minute, so nothing refills during a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

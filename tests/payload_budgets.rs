@@ -3,6 +3,7 @@
 //!
 //! Rates here are per minute with small bursts, so nothing refills during a test: every
 //! expected admission and rejection is exact, with no dependence on timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

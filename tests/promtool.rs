@@ -6,6 +6,7 @@
 //! `.ci/run` installs. The test is marked ignored so that a plain `cargo test` lists it as
 //! ignored, naming what it needs; `cargo test -- --include-ignored` (what `.ci/run` runs) runs
 //! it, and then a missing promtool is a failure that says how to install it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

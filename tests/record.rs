@@ -1,5 +1,6 @@
 //! `serve --record`: what reaches the file is what clients sent, sampled by client, bounded in
 //! body and file size, and replays with `simulate` to the live guard's counts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

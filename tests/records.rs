@@ -3,6 +3,7 @@
 //! verbosity clamp and the records metrics.
 //!
 //! Rates are per minute with small bursts, so nothing refills during a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! either forwarded or dropped, kept records come out in order and unchanged, the output is a
 //! valid document of the same format, and the same input under the same policy keeps the same
 //! records.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use proptest::prelude::*;
 use verbosity_guard::policy;

@@ -2,6 +2,7 @@
 //! keep the last good policy, SIGHUP to the real binary, and a Kubernetes ConfigMap symlink swap.
 //! Every wait polls `/policy` or a metric with a deadline; nothing sleeps to synchronize (the
 //! one sleep, in the slow writer, is the input under test: see there).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

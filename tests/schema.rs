@@ -1,5 +1,6 @@
 //! `verbosity-guard schema`: the printed JSON Schema accepts every shipped policy and refuses the
 //! broken policies whose fault is one of shape or spelling (the rest only `check` can see).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! Budgets here refill at one unit per hour (`1/h`, `1B/h`) with bursts sized to the traffic,
 //! so nothing refills while a test runs: the enforce run and the shadow run make the same
 //! decisions whatever their timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! `verbosity-guard simulate` through the real binary: the same traffic counted by a live guard
 //! and by a replay, a day of traffic on the virtual clock, a browser's HAR export, and the
 //! `--fail-if` exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

@@ -4,6 +4,7 @@
 //!
 //! The upstream here is a raw TCP server, so each test controls exactly when a connection
 //! closes and how much of a request it reads before answering.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
 

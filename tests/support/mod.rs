@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a real upstream HTTP server that records what reaches it,
 //! the guard started in-process on 127.0.0.1:0, and metric scraping.
 #![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
