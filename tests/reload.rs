@@ -1,7 +1,7 @@
 //! Policy hot reload through real sockets: a watched file replaced under load, broken files that
 //! keep the last good policy, SIGHUP to the real binary, and a Kubernetes ConfigMap symlink swap.
-//! Every wait polls `/policy` or a metric with a deadline; nothing sleeps to synchronize (the
-//! one sleep, in the slow writer, is the input under test: see there).
+//! Every wait polls `/policy` or a metric with a deadline; nothing sleeps. (The debounce's
+//! timing, a writer that pauses, is tested on a paused clock in `app::policy_watch`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 mod support;
@@ -400,20 +400,11 @@ async fn a_write_in_several_chunks_is_loaded_once() {
     let next = policy("    payload: { max_body: 1KiB }\n", "v1");
     let mut f = std::fs::File::create(&file.path).unwrap();
     for chunk in next.as_bytes().chunks(next.len() / 4 + 1) {
+        // Every chunk alone (or a prefix) is an invalid policy; each write and flush is an
+        // event the watcher sees. How pauses between chunks are absorbed is tested on a paused
+        // clock (`app::policy_watch`); here the file is written as fast as the kernel takes it.
         f.write_all(chunk).unwrap();
         f.flush().unwrap();
-        // A slow writer; every chunk alone (or a prefix) is an invalid policy.
-        //
-        // The pause is this test's input, not a wait for something to happen: the quiet period
-        // is a span of time on the guard's clock, and a writer that pauses for less than it is
-        // what the debounce must absorb. No event can replace it (the guard exposes no sign of
-        // having seen a write it has not reloaded yet), and a paused tokio clock cannot either:
-        // the watcher's events come from notify's own thread, and the clock would jump past the
-        // quiet period whenever the runtime idles waiting for them. It is an async sleep so that
-        // the guard's watcher, on this test's runtime, sees each chunk during the pause; a
-        // blocking sleep held it off until the whole file was written, and the test then also
-        // passed with a 1 ms quiet period, i.e. with no debounce at all.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(f);
     wait_for_hash(&guard, &next).await;

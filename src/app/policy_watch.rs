@@ -89,14 +89,20 @@ impl PolicyWatch {
 
     /// Waits for the next change to the file, debounced as described in the module docs.
     pub async fn changed(&self) {
-        self.events.notified().await;
-        let deadline = Instant::now() + self.quiet * MAX_DELAY_FACTOR;
-        loop {
-            let quiet_until = (Instant::now() + self.quiet).min(deadline);
-            let more = tokio::time::timeout_at(quiet_until, self.events.notified()).await;
-            if more.is_err() || Instant::now() >= deadline {
-                return;
-            }
+        debounced(&self.events, self.quiet).await;
+    }
+}
+
+/// Waits for an event on `events`, then until none has come for `quiet`, or at most
+/// [`MAX_DELAY_FACTOR`] × `quiet` after the first.
+async fn debounced(events: &Notify, quiet: Duration) {
+    events.notified().await;
+    let deadline = Instant::now() + quiet * MAX_DELAY_FACTOR;
+    loop {
+        let quiet_until = (Instant::now() + quiet).min(deadline);
+        let more = tokio::time::timeout_at(quiet_until, events.notified()).await;
+        if more.is_err() || Instant::now() >= deadline {
+            return;
         }
     }
 }
@@ -176,6 +182,42 @@ mod tests {
         std::os::unix::fs::symlink("..data/policy.yaml", &file).unwrap();
         assert!(counts(&event(renamed, &[&data]), &file, name));
         assert!(!counts(&event(renamed, &[&other]), &file, name));
+    }
+
+    /// Events at the given offsets (from the start, on a paused clock); when the debounced
+    /// change is reported, from the start.
+    async fn reported_after(events_at_ms: &[u64], quiet: Duration) -> Duration {
+        let events = Arc::new(Notify::new());
+        let feed = events.clone();
+        let offsets = events_at_ms.to_vec();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for at in offsets {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                feed.notify_one();
+            }
+        });
+        debounced(&events, quiet).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_reported_once_it_has_been_quiet() {
+        let quiet = Duration::from_millis(200);
+        // A writer pausing 20 ms between chunks: one change, 200 ms after the last chunk.
+        let chunks = reported_after(&[0, 20, 40, 60], quiet).await;
+        assert_eq!(chunks, Duration::from_millis(260));
+        // A pause as long as the quiet period ends the burst: the later event is not waited for.
+        let two = reported_after(&[0, 500], quiet).await;
+        assert_eq!(two, Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_never_pauses_is_reported_at_the_latest_delay() {
+        let quiet = Duration::from_millis(100);
+        let every_50ms: Vec<u64> = (0..100).map(|i| i * 50).collect();
+        let reported = reported_after(&every_50ms, quiet).await;
+        assert_eq!(reported, quiet * MAX_DELAY_FACTOR);
     }
 
     #[test]
