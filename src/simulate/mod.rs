@@ -24,8 +24,8 @@ use governor::clock::{Clock, FakeRelativeClock};
 use http::{Request, Uri};
 
 use crate::decide::records as batch;
-use crate::decide::{self, Reject, UNROUTED};
-use crate::policy::{self, Policy, PolicyError};
+use crate::decide::{self, Reason, Reject, UNROUTED};
+use crate::policy::{self, Policy, PolicyError, Route};
 use crate::protect::{Brownout, Priority};
 use crate::traffic::{self, Entry, Traffic, TrafficError};
 pub use fail_if::{Condition, ConditionError};
@@ -188,8 +188,8 @@ fn replay_one<C: Clock>(
     let (parts, ()) = request.into_parts();
     let size = entry.body_size;
 
-    let routed = match decide::route(policy, &parts) {
-        Ok(routed) => routed,
+    let (route, r) = match decide::route(policy, &parts) {
+        Ok(routed) => (routed.route, &mut report.routes[routed.index]),
         Err(e) => {
             let unrouted = report.routes.len() - 1;
             let r = &mut report.routes[unrouted];
@@ -199,66 +199,84 @@ fn replay_one<C: Clock>(
             return;
         }
     };
-    let route = routed.route;
-    let r = &mut report.routes[routed.index];
     r.requests.offer(at, 1);
     r.body.offer(at, size);
-    let refuse = |r: &mut report::RouteReport, e: Reject| {
-        r.reject(e.reason());
-        if let Some(records) = &route.records
-            && !entry.is_partial()
-            && let Some(counts) = batch::count_unjudged(records, &parts.headers, &entry.body)
-        {
-            r.refused_records(at, &counts);
+    let request = Replayed {
+        policy,
+        route,
+        parts: &parts,
+        entry: &entry,
+        at,
+    };
+    match request.decide(hasher, brownout, r) {
+        Ok(Some(forwarded)) => {
+            r.requests.forward(at, 1);
+            r.body.forward(at, forwarded);
         }
-    };
-
-    let key = match decide::identify(route, &parts, entry.peer, hasher) {
-        Ok(key) => key,
-        Err(e) => return refuse(r, e),
-    };
-    let mut untracked = false;
-    let cfg = &policy.protect.brownout;
-    let admitted = decide::admit(route, key, brownout, cfg, Some(size), |_| untracked = true);
-    r.untracked += u64::from(untracked);
-    let admitted = match admitted {
-        Ok(a) => a,
-        Err(e) => return refuse(r, e),
-    };
-    if let Some(clamp) = &route.clamp {
-        r.clamped += u64::from(clamp.count(&parts.headers, &parts.uri));
+        // Every record dropped: the guard answers these itself, nothing reaches the upstream.
+        Ok(None) => {}
+        Err(e) => {
+            r.reject(e.reason());
+            // The records of a batch refused whole, counted as such (a malformed one has none).
+            if let Some(records) = &route.records
+                && !entry.is_partial()
+                && e.reason() != Reason::MalformedBatch
+                && let Some(counts) = batch::count_unjudged(records, &parts.headers, &entry.body)
+            {
+                r.refused_records(at, &counts);
+            }
+        }
     }
+}
 
-    let forwarded = match (&route.records, size) {
-        (Some(_), 1..) if entry.is_partial() => {
-            // The recording did not keep the whole batch: its records cannot be counted.
-            r.partial += 1;
-            size
+/// A routed request of the traffic file.
+struct Replayed<'a, C: Clock> {
+    policy: &'a Policy<C>,
+    route: &'a Route<C>,
+    parts: &'a http::request::Parts,
+    entry: &'a Entry,
+    at: u64,
+}
+
+impl<C: Clock> Replayed<'_, C> {
+    /// The live guard's phases after routing, in its order: identify, admit (brownout and
+    /// payload budgets), the verbosity clamp, and the records phase. The size of what would go
+    /// upstream, `None` when the guard would answer itself, or the refusal.
+    fn decide(
+        &self,
+        hasher: &RandomState,
+        brownout: Brownout,
+        r: &mut report::RouteReport,
+    ) -> Result<Option<u64>, Reject> {
+        let (route, parts, size) = (self.route, self.parts, self.entry.body_size);
+        let key = decide::identify(route, parts, self.entry.peer, hasher)?;
+        let mut untracked = false;
+        let cfg = &self.policy.protect.brownout;
+        let admitted = decide::admit(route, key, brownout, cfg, Some(size), |_| untracked = true);
+        r.untracked += u64::from(untracked);
+        let admitted = admitted?;
+        if let Some(clamp) = &route.clamp {
+            r.clamped += u64::from(clamp.count(&parts.headers, &parts.uri));
         }
-        (Some(records), 1..) => {
-            let headers = &parts.headers;
-            let judged = match batch::judge(records, headers, key, &admitted.tighten, &entry.body) {
-                Ok(judged) => judged,
-                Err(e) => return refuse(r, e),
-            };
-            r.batch(judged.outcome);
-            if let Some(refusal) = judged.refusal() {
-                // Unreadable: there are no records to count, and no need to parse again.
-                r.reject(refusal.reason());
-                return;
+        match (&route.records, size) {
+            (Some(_), 1..) if self.entry.is_partial() => {
+                // The recording did not keep the whole batch: its records cannot be counted.
+                r.partial += 1;
+                Ok(Some(size))
             }
-            if let Some(tally) = judged.tally() {
-                r.decided(at, tally);
+            (Some(records), 1..) => {
+                let body = &self.entry.body;
+                let judged = batch::judge(records, &parts.headers, key, &admitted.tighten, body)?;
+                r.batch(judged.outcome);
+                if let Some(refusal) = judged.refusal() {
+                    return Err(refusal);
+                }
+                if let Some(tally) = judged.tally() {
+                    r.decided(self.at, tally);
+                }
+                Ok(judged.forward(body)?.map(|b| b.len() as u64))
             }
-            match judged.forward(&entry.body) {
-                Ok(Some(body)) => body.len() as u64,
-                // The guard answers these itself: nothing reaches the upstream.
-                Ok(None) => return,
-                Err(e) => return refuse(r, e),
-            }
+            _ => Ok(Some(size)),
         }
-        _ => size,
-    };
-    r.requests.forward(at, 1);
-    r.body.forward(at, forwarded);
+    }
 }
