@@ -24,10 +24,11 @@ pub mod reload;
 mod tasks;
 
 use crate::metrics::Metrics;
-use crate::policy::PolicyError;
 pub use crate::policy::PolicySource;
+use crate::policy::{Policy, PolicyError};
 use crate::protect::Protection;
 use crate::proxy::{self, PolicyStore, ServerLimits, Shared, Target, UpstreamSettings};
+use crate::record::Recorder;
 use admin::Admin;
 use policy_watch::PolicyWatch;
 use reload::{ReloadError, ReloadOutcome, Reloader};
@@ -163,50 +164,15 @@ impl App {
             w.inspect_err(|e| tracing::warn!("{e}; the policy reloads on SIGHUP only"))
                 .ok()
         });
-        let target = parse_upstream(&cfg.upstream)?;
-        let registry = Registry::new();
-        let metrics = Arc::new(Metrics::register(&registry)?);
         for w in &policy.warnings {
             tracing::warn!("{}: {w}", policy.source);
         }
-        let protection = Protection::new(&policy.protect, metrics.protect.gauges());
-        let recorder = match &cfg.record {
-            Some(r) => Some(
-                crate::record::Recorder::start(r, &metrics).map_err(|source| {
-                    StartError::Record {
-                        path: r.path.clone(),
-                        source,
-                    }
-                })?,
-            ),
-            None => None,
-        };
-        let shared = Arc::new(Shared {
-            protection,
-            recorder,
-            policy: PolicyStore::new(policy, &metrics),
-            metrics,
-            target,
-            body_idle_timeout: cfg.body_idle_timeout,
-            key_hasher: std::hash::RandomState::new(),
-        });
-
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let proxy_listener = bind(cfg.listen).await?;
-        let admin_listener = bind(cfg.admin).await?;
-        let local = |l: &TcpListener, addr| {
-            l.local_addr()
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let proxy_addr = local(&proxy_listener, cfg.listen)?;
-        let admin_addr = local(&admin_listener, cfg.admin)?;
-
+        let registry = Registry::new();
+        let shared = Arc::new(shared_state(&cfg, policy, &registry)?);
+        let proxy = Bound::bind(cfg.listen).await?;
+        let admin = Bound::bind(cfg.admin).await?;
         let (shutdown, rx) = watch::channel(false);
-        let admin = Arc::new(Admin {
+        let ready = Arc::new(Admin {
             registry,
             shared: shared.clone(),
             ready: false.into(),
@@ -221,37 +187,35 @@ impl App {
         .await
         .map_err(StartError::Workers)?;
         let reloader = Arc::new(Reloader::new(cfg.policy.clone()));
+        let max_connections = cfg.server.max_connections;
         let mut background = vec![
             tokio::spawn(proxy::accept(
-                proxy_listener,
+                proxy.listener,
                 queues,
                 shared.clone(),
-                cfg.server.max_connections,
+                max_connections,
                 rx,
             )),
-            tokio::spawn(admin::serve(admin_listener, admin.clone())),
+            tokio::spawn(admin::serve(admin.listener, ready.clone())),
             tokio::spawn(tasks::evict_idle_keys(shared.clone())),
             tokio::spawn(tasks::run_controller(shared.clone())),
         ];
         if let Some(watch) = watch {
-            background.push(tokio::spawn(reload_on_change(
-                watch,
-                reloader.clone(),
-                shared,
-            )));
+            let reload = reload_on_change(watch, reloader.clone(), shared);
+            background.push(tokio::spawn(reload));
         }
-        admin.ready.store(true, Ordering::Relaxed);
+        ready.ready.store(true, Ordering::Relaxed);
         tracing::info!(
-            %proxy_addr,
-            %admin_addr,
+            proxy_addr = %proxy.addr,
+            admin_addr = %admin.addr,
             upstream = %cfg.upstream,
             workers = cfg.workers,
             "verbosity-guard listening"
         );
         Ok(App {
-            proxy_addr,
-            admin_addr,
-            admin,
+            proxy_addr: proxy.addr,
+            admin_addr: admin.addr,
+            admin: ready,
             shutdown,
             workers: drained,
             background,
@@ -319,6 +283,47 @@ impl Drop for App {
         for task in &self.background {
             task.abort();
         }
+    }
+}
+
+/// What every connection shares, for `policy`: metrics registered on `registry`, protection,
+/// the recorder (`--record`), the upstream's address.
+fn shared_state(cfg: &Config, policy: Policy, registry: &Registry) -> Result<Shared, StartError> {
+    let target = parse_upstream(&cfg.upstream)?;
+    let metrics = Arc::new(Metrics::register(registry)?);
+    let protection = Protection::new(&policy.protect, metrics.protect.gauges());
+    let recorder = match &cfg.record {
+        Some(r) => Some(
+            Recorder::start(r, &metrics).map_err(|source| StartError::Record {
+                path: r.path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    Ok(Shared {
+        protection,
+        recorder,
+        policy: PolicyStore::new(policy, &metrics),
+        metrics,
+        target,
+        body_idle_timeout: cfg.body_idle_timeout,
+        key_hasher: std::hash::RandomState::new(),
+    })
+}
+
+/// A listener and the address it bound (port 0 resolved).
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    async fn bind(addr: SocketAddr) -> Result<Bound, StartError> {
+        let err = |source| StartError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        Ok(Bound { listener, addr })
     }
 }
 
