@@ -17,9 +17,10 @@ use serde_json::value::RawValue;
 use support::{
     TestGuard, TestUpstream, client, gunzip, gzip, header, json, metric_value, policy_with_route,
 };
+use verbosity_guard::records::otlp::fixtures::{record, resource, scope};
 use verbosity_guard::records::otlp::proto::{
-    AnyValue, ExportLogsServiceRequest, ExportLogsServiceResponse, InstrumentationScope, KeyValue,
-    LogRecord, Resource, ResourceLogs, ScopeLogs, SeverityNumber, any_value,
+    ExportLogsServiceRequest, ExportLogsServiceResponse, KeyValue, LogRecord, SeverityNumber,
+    any_value,
 };
 
 const OTLP_PROTO: &str = r#"  - name: otlp
@@ -56,75 +57,8 @@ async fn post_proto(g: &TestGuard, path: &str, body: Vec<u8>) -> reqwest::Respon
 
 // ---- building OTLP requests with the proto types -------------------------------------------
 
-const TRACE_ID: [u8; 16] = [
-    0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c,
-];
-
-/// A log record as an SDK writes one: timestamps, severity, a string body, attributes, trace
-/// context. `n` makes each record distinct.
-fn record(n: u64, severity: SeverityNumber, text: &str) -> LogRecord {
-    LogRecord {
-        time_unix_nano: 1_718_000_000_000_000_000 + n,
-        observed_time_unix_nano: 1_718_000_000_000_000_500 + n,
-        severity_number: severity as i32,
-        severity_text: text.to_owned(),
-        body: Some(AnyValue::string(format!("vehicle event {n}"))),
-        attributes: vec![
-            KeyValue::string("vin", "WVWZZZ1JZXW000001"),
-            KeyValue {
-                key: "speed_kmh".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::IntValue(80 + n as i64)),
-                }),
-            },
-        ],
-        dropped_attributes_count: u32::from(n == 4),
-        flags: 1,
-        trace_id: if n.is_multiple_of(2) {
-            TRACE_ID.to_vec()
-        } else {
-            Vec::new()
-        },
-        span_id: if n.is_multiple_of(2) {
-            vec![0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, (n & 0xff) as u8]
-        } else {
-            Vec::new()
-        },
-        event_name: if n == 1 {
-            "brake.fault".into()
-        } else {
-            String::new()
-        },
-    }
-}
-
-fn scope(name: &str, log_records: Vec<LogRecord>) -> ScopeLogs {
-    ScopeLogs {
-        scope: Some(InstrumentationScope {
-            name: name.into(),
-            version: "2.1.0".into(),
-            attributes: vec![KeyValue::string("lib", name)],
-            dropped_attributes_count: 1,
-        }),
-        log_records,
-        schema_url: format!("https://example.com/scope/{name}"),
-    }
-}
-
-fn resource(service: &str, scope_logs: Vec<ScopeLogs>) -> ResourceLogs {
-    ResourceLogs {
-        resource: Some(Resource {
-            attributes: vec![
-                KeyValue::string("service.name", service),
-                KeyValue::string("host.name", "tcu-7"),
-            ],
-            dropped_attributes_count: 2,
-            entity_refs: Vec::new(),
-        }),
-        scope_logs,
-        schema_url: "https://opentelemetry.io/schemas/1.24.0".into(),
-    }
-}
+// `record`, `scope` and `resource` are the library's `records::otlp::fixtures`, which its unit
+// tests build with too.
 
 /// Three resources at mixed severities, in the shape the tests below expect:
 /// - `telematics`: `can-bus` (error, debug, info, trace), `gps` (debug, trace: all dropped),

@@ -15,6 +15,8 @@
 //! the all-zero (invalid) one, hashes its own bytes.
 
 pub(super) mod binary;
+#[doc(hidden)]
+pub mod fixtures;
 pub(super) mod json;
 pub mod proto;
 

@@ -3,6 +3,7 @@ use prost::Message;
 use serde_json::Value as Json;
 
 use super::binary::{RawRequest, RawResourceLogs, RawScopeLogs};
+use super::fixtures::{TRACE_ID, record, resource, scope};
 use super::proto::{self, AnyValue, KeyValue, LogRecord, SeverityNumber, any_value};
 use super::{export_response_json, export_response_proto};
 use crate::records::{
@@ -40,67 +41,8 @@ fn by_trace() -> SampleBy {
     SampleBy::Field(vec![b"trace_id".as_slice().into()])
 }
 
-const TRACE: [u8; 16] = [
-    0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c,
-];
-const TRACE_HEX: &str = "5b8efff798038103d269b633813fc60c";
-
-fn record(n: u64, severity: SeverityNumber, text: &str) -> LogRecord {
-    LogRecord {
-        time_unix_nano: 1_718_000_000_000_000_000 + n,
-        observed_time_unix_nano: 1_718_000_000_000_000_500 + n,
-        severity_number: severity as i32,
-        severity_text: text.to_owned(),
-        body: Some(AnyValue::string(format!("vehicle event {n}"))),
-        attributes: vec![
-            KeyValue::string("vin", "WVWZZZ1JZXW000001"),
-            KeyValue {
-                key: "speed_kmh".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::IntValue(87)),
-                }),
-            },
-        ],
-        dropped_attributes_count: 0,
-        flags: 1,
-        trace_id: if n.is_multiple_of(2) {
-            TRACE.to_vec()
-        } else {
-            Vec::new()
-        },
-        span_id: vec![0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, 0x74],
-        event_name: if n == 3 {
-            "door.opened".into()
-        } else {
-            String::new()
-        },
-    }
-}
-
-fn scope(name: &str, log_records: Vec<LogRecord>) -> proto::ScopeLogs {
-    proto::ScopeLogs {
-        scope: Some(proto::InstrumentationScope {
-            name: name.into(),
-            version: "2.1.0".into(),
-            attributes: vec![KeyValue::string("lib", name)],
-            dropped_attributes_count: 0,
-        }),
-        log_records,
-        schema_url: format!("https://example.com/scope/{name}"),
-    }
-}
-
-fn resource(service: &str, scope_logs: Vec<proto::ScopeLogs>) -> proto::ResourceLogs {
-    proto::ResourceLogs {
-        resource: Some(proto::Resource {
-            attributes: vec![KeyValue::string("service.name", service)],
-            dropped_attributes_count: 2,
-            entity_refs: Vec::new(),
-        }),
-        scope_logs,
-        schema_url: "https://opentelemetry.io/schemas/1.24.0".into(),
-    }
-}
+/// [`TRACE_ID`] as OTLP JSON writes it.
+const TRACE_ID_HEX: &str = "5b8efff798038103d269b633813fc60c";
 
 /// Three resources: one keeps some records (and an already-empty scope, and a scope whose
 /// records are all debug), one holds only debug records, one a fatal record with a map body.
@@ -262,9 +204,9 @@ fn proto_sampling_hashes_the_trace_id_or_the_record() {
     let body = Bytes::from(request().encode_to_vec());
     let batch = Batch::parse_bytes(&policy(Format::OtlpProto, by_trace()), &body).unwrap();
     for (i, r) in batch.records.iter().enumerate() {
-        // Records with an even sequence number carry TRACE; the fatal one is number 9.
+        // Records with an even sequence number carry TRACE_ID; the fatal one is number 9.
         let want = if i.is_multiple_of(2) {
-            sample::hash(&TRACE)
+            sample::hash(&TRACE_ID)
         } else {
             sample::hash(&body[r.range()])
         };
@@ -573,7 +515,7 @@ fn json_keeps_every_other_field_as_written_and_in_order() {
 fn json_snake_case_keys_and_enum_names() {
     let body = format!(
         r#"{{"resource_logs":[{{"scope_logs":[{{"log_records":[
-            {{"severity_number":"SEVERITY_NUMBER_WARN2","trace_id":"{TRACE_HEX}"}},
+            {{"severity_number":"SEVERITY_NUMBER_WARN2","trace_id":"{TRACE_ID_HEX}"}},
             {{"severity_number":"SEVERITY_NUMBER_UNSPECIFIED","severity_text":"error"}},
             {{"severityNumber":"17"}},
             {{"severityNumber":"SEVERITY_NUMBER_FATAL4"}},
@@ -592,7 +534,7 @@ fn json_snake_case_keys_and_enum_names() {
         [Warn, Error, Error, Fatal, Trace, Warn, Debug, Info]
     );
     // A hex trace id hashes as its bytes: the same trace samples alike in both encodings.
-    assert_eq!(batch.records[0].hash, sample::hash(&TRACE));
+    assert_eq!(batch.records[0].hash, sample::hash(&TRACE_ID));
     assert_eq!(
         batch.records[1].hash,
         sample::hash(&body[batch.records[1].range()])
@@ -703,7 +645,8 @@ fn fleet_batch() -> proto::ExportLogsServiceRequest {
     let records: Vec<LogRecord> = (0..500u64)
         .map(|i| {
             let mut r = record(i, severities[i as usize % severities.len()], "");
-            r.body = Some(AnyValue::string("x".repeat(100 + (i as usize * 37) % 140)));
+            // 110–249 bytes of body: 208–376 bytes a record, the odd ones without trace context.
+            r.body = Some(AnyValue::string("x".repeat(110 + (i as usize * 37) % 140)));
             r.attributes
                 .push(KeyValue::string("component", format!("ecu-{}", i % 17)));
             r
