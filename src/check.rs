@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::budget::BudgetKind;
-use crate::policy::{self, Mode, Policy};
-use crate::protect::Priority;
+use crate::budget::{BudgetKind, Quota};
+use crate::policy::{self, Mode, Policy, Route};
+use crate::protect::{BrownoutConfig, Priority, ProtectConfig, SurgeConfig};
 use crate::records::{Level, LevelRule, Per};
 use crate::units::{ByteRate, ByteSize, Fraction, HumanDuration, Rate};
 
@@ -34,6 +34,7 @@ pub fn run(files: &[PathBuf]) -> CheckReport {
     report
 }
 
+/// Writes a valid policy's summary: its heading, one row per route, protection, warnings.
 fn summarize(p: &Policy, out: &mut String) {
     let _ = writeln!(
         out,
@@ -48,72 +49,88 @@ fn summarize(p: &Policy, out: &mut String) {
         "route", "priority", "methods", "path", "max_body"
     );
     for r in p.routes() {
-        let budgets: Vec<String> = BudgetKind::ALL
+        write_route(r, out);
+    }
+    write_protect(&p.protect, out);
+    for w in &p.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+}
+
+/// Writes one route's row of the table, then its shadow, records and clamp lines under it.
+fn write_route(r: &Route, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "  {:<16} {:<9} {:<12} {:<42} {:<9} {}",
+        r.name,
+        r.priority.as_str(),
+        r.methods.names().join(","),
+        // `PathMatcher`'s `Display` ignores the width: pad its string instead.
+        r.path.to_string(),
+        r.payload
+            .max_body
+            .map_or("-".into(), |b| ByteSize(b).to_string()),
+        budgets(r),
+    );
+    if r.mode == Mode::Shadow {
+        let _ = writeln!(
+            out,
+            "  {:<16} shadow: decisions counted, requests forwarded as received",
+            ""
+        );
+    }
+    if let Some(rec) = &r.records {
+        let levels: Vec<String> = Level::ALL
             .iter()
-            .filter_map(|&k| r.payload.quota(k).map(|q| (k, q)))
-            .map(|(k, q)| {
-                let (rate, burst) = if k.is_bytes() {
-                    let rate = ByteRate {
-                        bytes: q.amount,
-                        per: q.per,
-                    }
-                    .to_string();
-                    (rate, ByteSize(q.burst).to_string())
-                } else {
-                    (
-                        Rate {
-                            amount: q.amount,
-                            per: q.per,
-                        }
-                        .to_string(),
-                        q.burst.to_string(),
-                    )
-                };
-                format!("{} {rate} burst {burst}", k.as_str())
-            })
+            .rev()
+            .map(|&l| format!("{l} {}", level_rule(rec.rule(l))))
             .collect();
         let _ = writeln!(
             out,
-            "  {:<16} {:<9} {:<12} {:<42} {:<9} {}",
-            r.name,
-            r.priority.as_str(),
-            r.methods.names().join(","),
-            r.path.to_string(),
-            r.payload
-                .max_body
-                .map_or("-".into(), |b| ByteSize(b).to_string()),
-            if budgets.is_empty() {
-                "-".into()
-            } else {
-                budgets.join("; ")
-            },
+            "  {:<16} records {}: {}",
+            "",
+            rec.format.as_str(),
+            levels.join("; ")
         );
-        if r.mode == Mode::Shadow {
-            let _ = writeln!(
-                out,
-                "  {:<16} shadow: decisions counted, requests forwarded as received",
-                ""
-            );
-        }
-        if let Some(rec) = &r.records {
-            let levels: Vec<String> = Level::ALL
-                .iter()
-                .rev()
-                .map(|&l| format!("{l} {}", level_rule(rec.rule(l))))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {:<16} records {}: {}",
-                "",
-                rec.format.as_str(),
-                levels.join("; ")
-            );
-        }
-        if let Some(c) = &r.clamp {
-            let _ = writeln!(out, "  {:<16} verbosity clamped to {}", "", c.max);
-        }
     }
-    let pr = &p.protect;
+    if let Some(c) = &r.clamp {
+        let _ = writeln!(out, "  {:<16} verbosity clamped to {}", "", c.max);
+    }
+}
+
+/// The `budgets` column of a route's row: each payload budget it sets, or `-` for none.
+fn budgets(r: &Route) -> String {
+    let budgets: Vec<String> = BudgetKind::ALL
+        .iter()
+        .filter_map(|&k| r.payload.quota(k).map(|q| budget(k, q)))
+        .collect();
+    if budgets.is_empty() {
+        "-".into()
+    } else {
+        budgets.join("; ")
+    }
+}
+
+/// One entry of the `budgets` column: `client_bytes 1MiB/s burst 1MiB`, in the budget's unit.
+fn budget(k: BudgetKind, q: Quota) -> String {
+    let (rate, burst) = if k.is_bytes() {
+        let rate = ByteRate {
+            bytes: q.amount,
+            per: q.per,
+        };
+        (rate.to_string(), ByteSize(q.burst).to_string())
+    } else {
+        let rate = Rate {
+            amount: q.amount,
+            per: q.per,
+        };
+        (rate.to_string(), q.burst.to_string())
+    };
+    format!("{} {rate} burst {burst}", k.as_str())
+}
+
+/// Writes the `protect:` line (upstream slots and waits) and the `brownout:` line.
+fn write_protect(pr: &ProtectConfig, out: &mut String) {
     let s = &pr.slots;
     let wait = |c: Priority| HumanDuration(s.queue_timeout[c.index()]).to_string();
     let _ = writeln!(
@@ -126,33 +143,37 @@ fn summarize(p: &Policy, out: &mut String) {
         wait(Priority::Normal),
         wait(Priority::Bulk),
     );
-    let b = &pr.brownout;
     let _ = writeln!(
         out,
         "  brownout: {}; surge detection: {}",
-        if b.enabled {
-            format!(
-                "up to {}, judged every {}",
-                b.max_level.as_str(),
-                HumanDuration(b.interval)
-            )
-        } else {
-            "off".into()
-        },
-        if pr.surge.enabled {
-            format!(
-                "x{} for {} after {} warmup",
-                pr.surge.factor,
-                HumanDuration(pr.surge.hold),
-                HumanDuration(pr.surge.warmup)
-            )
-        } else {
-            "off".into()
-        },
+        brownout(&pr.brownout),
+        surge(&pr.surge),
     );
-    for w in &p.warnings {
-        let _ = writeln!(out, "  warning: {w}");
+}
+
+/// The `brownout:` part of the brownout line: its highest level and interval, or `off`.
+fn brownout(b: &BrownoutConfig) -> String {
+    if !b.enabled {
+        return "off".into();
     }
+    format!(
+        "up to {}, judged every {}",
+        b.max_level.as_str(),
+        HumanDuration(b.interval)
+    )
+}
+
+/// The `surge detection:` part of the brownout line: factor, hold and warmup, or `off`.
+fn surge(s: &SurgeConfig) -> String {
+    if !s.enabled {
+        return "off".into();
+    }
+    format!(
+        "x{} for {} after {} warmup",
+        s.factor,
+        HumanDuration(s.hold),
+        HumanDuration(s.warmup)
+    )
 }
 
 fn level_rule(rule: &LevelRule) -> String {

@@ -256,67 +256,15 @@ impl FromStr for Condition {
         let (inside, rest) = rest.split_once(')').ok_or_else(|| err(Problem::Shape))?;
         let kind = kind.trim();
         let kind = Kind::parse(kind).ok_or_else(|| err(Problem::Kind(kind.to_owned())))?;
-        let (selection, reason) = match inside.split_once(',') {
-            Some((s, r)) => (s.trim(), Some(r.trim().to_owned())),
-            None => (inside.trim(), None),
-        };
-        if selection.is_empty() || reason.as_deref() == Some("") {
-            return Err(err(Problem::Shape));
-        }
-        match (kind, reason.as_deref()) {
-            (Kind::Forwarded | Kind::ForwardedBytes | Kind::Shed | Kind::AllDropped, Some(_)) => {
-                return Err(err(Problem::Reason));
-            }
-            // A misspelt reason would count nothing, and the gate would never fire.
-            (Kind::Rejected, Some(r)) if rejection_reason(r).is_none() => {
-                return Err(err(Problem::RejectionReason(r.to_owned())));
-            }
-            _ => {}
-        }
-        let (mut route, mut lvl, mut name) = (None, None, None);
-        match selection.split_once(':') {
-            Some((r, l)) => {
-                let (r, l) = (r.trim(), l.trim());
-                if r != "*" {
-                    route = Some(r.to_owned());
-                }
-                if l != "*" {
-                    lvl = Some(level(l).ok_or_else(|| err(Problem::Level(l.to_owned())))?);
-                }
-            }
-            None if selection == "*" => {}
-            None => name = Some(selection.to_owned()),
-        }
-        if !kind.of_records() && (lvl.is_some() || name.as_deref().and_then(level).is_some()) {
-            return Err(err(Problem::RequestLevel));
-        }
-        let rest = rest.trim();
-        let (comparison, rest) = if let Some(r) = rest.strip_prefix(">=") {
-            (Comparison::AtLeast, r)
-        } else if let Some(r) = rest.strip_prefix("<=") {
-            (Comparison::AtMost, r)
-        } else if let Some(r) = rest.strip_prefix('>') {
-            (Comparison::Above, r)
-        } else if let Some(r) = rest.strip_prefix('<') {
-            (Comparison::Below, r)
-        } else {
-            return Err(err(Problem::Comparison));
-        };
-        let rest = rest.trim();
-        let (number, percent) = match rest.strip_suffix('%') {
-            Some(n) => (n.trim(), true),
-            None => (rest, false),
-        };
-        let threshold: f64 = number
-            .parse()
-            .ok()
-            .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-            .ok_or_else(|| err(Problem::Number(number.to_owned())))?;
+        let (selection, reason) = parse_inside(kind, inside).map_err(err)?;
+        let (route, level, name) = parse_selection(kind, selection).map_err(err)?;
+        let (comparison, rest) = parse_comparison(rest).map_err(err)?;
+        let (threshold, percent) = parse_threshold(rest).map_err(err)?;
         Ok(Condition {
             text: text.trim().to_owned(),
             kind,
             route,
-            level: lvl,
+            level,
             name,
             reason,
             comparison,
@@ -324,6 +272,87 @@ impl FromStr for Condition {
             percent,
         })
     }
+}
+
+/// Splits what is inside the parentheses into the selection and the reason, and checks that
+/// `kind` takes that reason.
+fn parse_inside(kind: Kind, inside: &str) -> Result<(&str, Option<String>), Problem> {
+    let (selection, reason) = match inside.split_once(',') {
+        Some((s, r)) => (s.trim(), Some(r.trim().to_owned())),
+        None => (inside.trim(), None),
+    };
+    if selection.is_empty() || reason.as_deref() == Some("") {
+        return Err(Problem::Shape);
+    }
+    match (kind, reason.as_deref()) {
+        (Kind::Forwarded | Kind::ForwardedBytes | Kind::Shed | Kind::AllDropped, Some(_)) => {
+            return Err(Problem::Reason);
+        }
+        // A misspelt reason would count nothing, and the gate would never fire.
+        (Kind::Rejected, Some(r)) if rejection_reason(r).is_none() => {
+            return Err(Problem::RejectionReason(r.to_owned()));
+        }
+        _ => {}
+    }
+    Ok((selection, reason))
+}
+
+/// The route, the level and the bare name (level or route, resolved later) a selection names;
+/// `None` for `*` or for what it leaves out.
+type Selection = (Option<String>, Option<Level>, Option<String>);
+
+/// Reads a selection (`*`, `NAME`, `ROUTE:LEVEL`), refusing a level for a request kind.
+fn parse_selection(kind: Kind, selection: &str) -> Result<Selection, Problem> {
+    let (mut route, mut lvl, mut name) = (None, None, None);
+    match selection.split_once(':') {
+        Some((r, l)) => {
+            let (r, l) = (r.trim(), l.trim());
+            if r != "*" {
+                route = Some(r.to_owned());
+            }
+            if l != "*" {
+                lvl = Some(level(l).ok_or_else(|| Problem::Level(l.to_owned()))?);
+            }
+        }
+        None if selection == "*" => {}
+        None => name = Some(selection.to_owned()),
+    }
+    if !kind.of_records() && (lvl.is_some() || name.as_deref().and_then(level).is_some()) {
+        return Err(Problem::RequestLevel);
+    }
+    Ok((route, lvl, name))
+}
+
+/// The comparison after the closing parenthesis, and what follows it.
+fn parse_comparison(rest: &str) -> Result<(Comparison, &str), Problem> {
+    let rest = rest.trim();
+    // Two-character operators first: `>=` also starts with `>`.
+    if let Some(r) = rest.strip_prefix(">=") {
+        Ok((Comparison::AtLeast, r))
+    } else if let Some(r) = rest.strip_prefix("<=") {
+        Ok((Comparison::AtMost, r))
+    } else if let Some(r) = rest.strip_prefix('>') {
+        Ok((Comparison::Above, r))
+    } else if let Some(r) = rest.strip_prefix('<') {
+        Ok((Comparison::Below, r))
+    } else {
+        Err(Problem::Comparison)
+    }
+}
+
+/// The threshold after the comparison, and whether it is a share (`%`).
+fn parse_threshold(rest: &str) -> Result<(f64, bool), Problem> {
+    let rest = rest.trim();
+    let (number, percent) = match rest.strip_suffix('%') {
+        Some(n) => (n.trim(), true),
+        None => (rest, false),
+    };
+    let threshold: f64 = number
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| Problem::Number(number.to_owned()))?;
+    Ok((threshold, percent))
 }
 
 impl fmt::Display for Condition {

@@ -212,49 +212,13 @@ impl RouteReport {
         }
     }
 
+    /// The route's object in the JSON report: its requests, body bytes, batches and levels.
     fn json(&self) -> Value {
         let levels: Vec<Value> = Level::ALL
             .iter()
             .zip(&self.levels)
             .filter(|(_, l)| l.records.offered > 0)
-            .map(|(level, l)| {
-                let by_reason = |counts: &[u64; DropReason::COUNT], refused: u64| {
-                    let mut m = serde_json::Map::new();
-                    for (i, r) in DropReason::ALL.iter().enumerate() {
-                        if counts[i] > 0 {
-                            m.insert(r.as_str().into(), counts[i].into());
-                        }
-                    }
-                    if refused > 0 {
-                        m.insert("refused".into(), refused.into());
-                    }
-                    Value::Object(m)
-                };
-                json!({
-                    "level": level.as_str(),
-                    "records": {
-                        "offered": l.records.offered,
-                        "received": l.received,
-                        "forwarded": l.records.forwarded,
-                        "dropped": by_reason(&l.dropped, l.refused),
-                        "malformed": l.malformed,
-                        "peak_per_s": {
-                            "offered": l.records.peak_offered.get(),
-                            "forwarded": l.records.peak_forwarded.get(),
-                        },
-                    },
-                    "bytes": {
-                        "offered": l.bytes.offered,
-                        "received": l.received_bytes,
-                        "forwarded": l.bytes.forwarded,
-                        "dropped": by_reason(&l.dropped_bytes, l.refused_bytes),
-                        "peak_per_s": {
-                            "offered": l.bytes.peak_offered.get(),
-                            "forwarded": l.bytes.peak_forwarded.get(),
-                        },
-                    },
-                })
-            })
+            .map(|(&level, l)| l.json(level))
             .collect();
         json!({
             "route": self.name,
@@ -278,6 +242,144 @@ impl RouteReport {
             "levels": levels,
         })
     }
+
+    /// Writes the route's row of the requests table, then its rejection reasons and notes.
+    fn write_requests_row(&self, out: &mut String) {
+        let q = &self.requests;
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
+            self.name,
+            self.mode.as_str(),
+            q.offered,
+            q.forwarded,
+            self.all_dropped(),
+            self.rejected_total(),
+            q.peak_offered.get(),
+            q.peak_forwarded.get(),
+            bytes(self.body.offered),
+            bytes(self.body.forwarded),
+            format!("{}/s", bytes(self.body.peak_forwarded.get())),
+        );
+        if !self.rejected.is_empty() {
+            let reasons: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(out, "{:<16}   rejected: {}", "", reasons.join(", "));
+        }
+        let notes = self.notes();
+        if !notes.is_empty() {
+            let _ = writeln!(out, "{:<16}   {}", "", notes.join(", "));
+        }
+    }
+
+    /// The line under the route's requests row: what the guard did besides admit and refuse.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.untracked > 0 {
+            notes.push(format!("{} untracked keys", self.untracked));
+        }
+        if self.clamped > 0 {
+            notes.push(format!("{} verbosities clamped", self.clamped));
+        }
+        if self.partial > 0 {
+            notes.push(format!(
+                "{} partial bodies (records not counted)",
+                self.partial
+            ));
+        }
+        if let Some(n) = self.batches.get(BatchOutcome::MalformedForwarded.as_str()) {
+            notes.push(format!("{n} malformed batches forwarded"));
+        }
+        notes
+    }
+
+    /// Writes the route's rows of the records table, most severe level first; levels that saw
+    /// no records have none.
+    fn write_level_rows(&self, out: &mut String) {
+        for level in Level::ALL.into_iter().rev() {
+            let l = &self.levels[level.index()];
+            if l.records.offered == 0 {
+                continue;
+            }
+            let row = format!(
+                "{:<16} {:<6} {:>9} {:>16} {:>16} {:>9} {:>10} {:>10} {:>10}  {}",
+                self.name,
+                level.as_str(),
+                l.records.offered,
+                share(l.records.forwarded, l.records.offered),
+                share(l.dropped_total(), l.records.offered),
+                l.records.peak_offered.get(),
+                l.records.peak_forwarded.get(),
+                bytes(l.bytes.offered),
+                bytes(l.bytes.forwarded),
+                l.drop_reasons(),
+            );
+            // A level nothing dropped ends in an empty last column: no trailing blanks.
+            let _ = writeln!(out, "{}", row.trim_end());
+        }
+    }
+}
+
+impl LevelReport {
+    /// The level's object in a route's `levels` in the JSON report.
+    fn json(&self, level: Level) -> Value {
+        json!({
+            "level": level.as_str(),
+            "records": {
+                "offered": self.records.offered,
+                "received": self.received,
+                "forwarded": self.records.forwarded,
+                "dropped": dropped_json(&self.dropped, self.refused),
+                "malformed": self.malformed,
+                "peak_per_s": {
+                    "offered": self.records.peak_offered.get(),
+                    "forwarded": self.records.peak_forwarded.get(),
+                },
+            },
+            "bytes": {
+                "offered": self.bytes.offered,
+                "received": self.received_bytes,
+                "forwarded": self.bytes.forwarded,
+                "dropped": dropped_json(&self.dropped_bytes, self.refused_bytes),
+                "peak_per_s": {
+                    "offered": self.bytes.peak_offered.get(),
+                    "forwarded": self.bytes.peak_forwarded.get(),
+                },
+            },
+        })
+    }
+
+    /// The `dropped by reason` column of the records table: `rate 46, refused 92`.
+    fn drop_reasons(&self) -> String {
+        let mut reasons: Vec<String> = DropReason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.dropped[*i] > 0)
+            .map(|(i, d)| format!("{} {}", d.as_str(), self.dropped[i]))
+            .collect();
+        if self.refused > 0 {
+            reasons.push(format!("refused {}", self.refused));
+        }
+        reasons.join(", ")
+    }
+}
+
+/// A level's `dropped` object in the JSON report: the count of each reason that dropped any,
+/// then `refused`; reasons that dropped nothing are left out.
+fn dropped_json(counts: &[u64; DropReason::COUNT], refused: u64) -> Value {
+    let mut m = serde_json::Map::new();
+    for (i, r) in DropReason::ALL.iter().enumerate() {
+        if counts[i] > 0 {
+            m.insert(r.as_str().into(), counts[i].into());
+        }
+    }
+    if refused > 0 {
+        m.insert("refused".into(), refused.into());
+    }
+    Value::Object(m)
 }
 
 /// A whole replay.
@@ -313,13 +415,15 @@ impl Report {
         self.routes.iter().find(|r| r.name == name)
     }
 
-    pub fn to_json(&self, fail_if: &[super::Verdict]) -> Value {
-        let routes: Vec<Value> = self
-            .routes
+    /// The routes the reports show: every route, and `_invalid` when some request went there.
+    fn shown(&self) -> impl Iterator<Item = &RouteReport> {
+        self.routes
             .iter()
             .filter(|r| r.requests.offered > 0 || r.name != UNROUTED)
-            .map(RouteReport::json)
-            .collect();
+    }
+
+    pub fn to_json(&self, fail_if: &[super::Verdict]) -> Value {
+        let routes: Vec<Value> = self.shown().map(RouteReport::json).collect();
         let conditions: Vec<Value> = fail_if
             .iter()
             .map(|v| {
@@ -351,6 +455,17 @@ impl Report {
     /// The table `simulate` prints: requests per route, then records per route and level.
     pub fn to_table(&self, fail_if: &[super::Verdict]) -> String {
         let mut out = String::new();
+        let shown: Vec<&RouteReport> = self.shown().collect();
+        self.write_heading(&mut out);
+        write_requests_table(&shown, &mut out);
+        write_records_table(&shown, &mut out);
+        self.write_notes(&shown, &mut out);
+        write_fail_if(fail_if, &mut out);
+        out
+    }
+
+    /// Writes the table's first line: policy, traffic, span, replay time and brownout level.
+    fn write_heading(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{} (version {}) against {} ({}): {} requests over {} of traffic, replayed in {}; brownout {}",
@@ -363,122 +478,10 @@ impl Report {
             duration(self.elapsed),
             self.brownout.as_str(),
         );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<16} {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
-            "route",
-            "mode",
-            "requests",
-            "forwarded",
-            "all-drop",
-            "rejected",
-            "peak/s",
-            "fwd peak/s",
-            "body",
-            "body fwd",
-            "fwd peak/s"
-        );
-        let shown: Vec<&RouteReport> = self
-            .routes
-            .iter()
-            .filter(|r| r.requests.offered > 0 || r.name != UNROUTED)
-            .collect();
-        for r in &shown {
-            let q = &r.requests;
-            let _ = writeln!(
-                out,
-                "{:<16} {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
-                r.name,
-                r.mode.as_str(),
-                q.offered,
-                q.forwarded,
-                r.all_dropped(),
-                r.rejected_total(),
-                q.peak_offered.get(),
-                q.peak_forwarded.get(),
-                bytes(r.body.offered),
-                bytes(r.body.forwarded),
-                format!("{}/s", bytes(r.body.peak_forwarded.get())),
-            );
-            if !r.rejected.is_empty() {
-                let reasons: Vec<String> =
-                    r.rejected.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                let _ = writeln!(out, "{:<16}   rejected: {}", "", reasons.join(", "));
-            }
-            let mut notes = Vec::new();
-            if r.untracked > 0 {
-                notes.push(format!("{} untracked keys", r.untracked));
-            }
-            if r.clamped > 0 {
-                notes.push(format!("{} verbosities clamped", r.clamped));
-            }
-            if r.partial > 0 {
-                notes.push(format!(
-                    "{} partial bodies (records not counted)",
-                    r.partial
-                ));
-            }
-            if let Some(n) = r.batches.get(BatchOutcome::MalformedForwarded.as_str()) {
-                notes.push(format!("{n} malformed batches forwarded"));
-            }
-            if !notes.is_empty() {
-                let _ = writeln!(out, "{:<16}   {}", "", notes.join(", "));
-            }
-        }
+    }
 
-        let with_records: Vec<&&RouteReport> = shown
-            .iter()
-            .filter(|r| r.levels.iter().any(|l| l.records.offered > 0))
-            .collect();
-        if !with_records.is_empty() {
-            let _ = writeln!(out);
-            let _ = writeln!(
-                out,
-                "{:<16} {:<6} {:>9} {:>16} {:>16} {:>9} {:>10} {:>10} {:>10}  dropped by reason",
-                "route",
-                "level",
-                "records",
-                "forwarded",
-                "dropped",
-                "peak/s",
-                "fwd peak/s",
-                "bytes",
-                "bytes fwd",
-            );
-            for r in with_records {
-                for level in Level::ALL.into_iter().rev() {
-                    let l = &r.levels[level.index()];
-                    if l.records.offered == 0 {
-                        continue;
-                    }
-                    let mut reasons: Vec<String> = DropReason::ALL
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| l.dropped[*i] > 0)
-                        .map(|(i, d)| format!("{} {}", d.as_str(), l.dropped[i]))
-                        .collect();
-                    if l.refused > 0 {
-                        reasons.push(format!("refused {}", l.refused));
-                    }
-                    let row = format!(
-                        "{:<16} {:<6} {:>9} {:>16} {:>16} {:>9} {:>10} {:>10} {:>10}  {}",
-                        r.name,
-                        level.as_str(),
-                        l.records.offered,
-                        share(l.records.forwarded, l.records.offered),
-                        share(l.dropped_total(), l.records.offered),
-                        l.records.peak_offered.get(),
-                        l.records.peak_forwarded.get(),
-                        bytes(l.bytes.offered),
-                        bytes(l.bytes.forwarded),
-                        reasons.join(", "),
-                    );
-                    let _ = writeln!(out, "{}", row.trim_end());
-                }
-            }
-        }
-
+    /// Writes the `note:` lines after the tables, after a blank line.
+    fn write_notes(&self, shown: &[&RouteReport], out: &mut String) {
         let mut notes = Vec::new();
         if self.out_of_order > 0 {
             notes.push(format!(
@@ -498,23 +501,81 @@ impl Report {
         for n in notes {
             let _ = writeln!(out, "note: {n}");
         }
-        if !fail_if.is_empty() {
-            let _ = writeln!(out);
-            let width = fail_if.iter().map(|v| v.condition.len()).max().unwrap_or(0);
-            for v in fail_if {
-                let verdict = if v.breached { "BREACHED" } else { "ok" };
-                let value = match v.percent {
-                    true => format!("{:.3}%", v.value),
-                    false => format!("{}", v.value),
-                };
-                let _ = writeln!(
-                    out,
-                    "fail-if {:<width$}  {value:>12}  {verdict}",
-                    v.condition
-                );
-            }
-        }
-        out
+    }
+}
+
+/// Writes the requests table, after a blank line: its header, then each shown route's rows.
+fn write_requests_table(shown: &[&RouteReport], out: &mut String) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
+        "route",
+        "mode",
+        "requests",
+        "forwarded",
+        "all-drop",
+        "rejected",
+        "peak/s",
+        "fwd peak/s",
+        "body",
+        "body fwd",
+        "fwd peak/s"
+    );
+    for r in shown {
+        r.write_requests_row(out);
+    }
+}
+
+/// Writes the records table, after a blank line: its header, then the rows of each route that
+/// was offered records. Nothing when none was.
+fn write_records_table(shown: &[&RouteReport], out: &mut String) {
+    let with_records: Vec<&RouteReport> = shown
+        .iter()
+        .copied()
+        .filter(|r| r.levels.iter().any(|l| l.records.offered > 0))
+        .collect();
+    if with_records.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<6} {:>9} {:>16} {:>16} {:>9} {:>10} {:>10} {:>10}  dropped by reason",
+        "route",
+        "level",
+        "records",
+        "forwarded",
+        "dropped",
+        "peak/s",
+        "fwd peak/s",
+        "bytes",
+        "bytes fwd",
+    );
+    for r in with_records {
+        r.write_level_rows(out);
+    }
+}
+
+/// Writes one `fail-if` line per condition, after a blank line: its value and verdict, the
+/// values aligned. Nothing without conditions.
+fn write_fail_if(fail_if: &[super::Verdict], out: &mut String) {
+    if fail_if.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let width = fail_if.iter().map(|v| v.condition.len()).max().unwrap_or(0);
+    for v in fail_if {
+        let verdict = if v.breached { "BREACHED" } else { "ok" };
+        let value = match v.percent {
+            true => format!("{:.3}%", v.value),
+            false => format!("{}", v.value),
+        };
+        let _ = writeln!(
+            out,
+            "fail-if {:<width$}  {value:>12}  {verdict}",
+            v.condition
+        );
     }
 }
 
