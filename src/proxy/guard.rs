@@ -463,6 +463,7 @@ struct BodyInput {
 }
 
 impl BodyInput {
+    #[inline]
     fn new(
         body: Incoming,
         key: Option<u64>,
@@ -489,11 +490,13 @@ fn reads_batch(judge: &Judge, route: &Route, body: &Incoming) -> bool {
 /// A shadow route's decisions may stop before the budgets check `max_body` against the declared
 /// length, but a route that buffers its body must still bound that buffer before reading it.
 /// (Enforce mode checks it with the budgets, in their order.)
+#[inline]
 fn bound_buffer(judge: &Judge, route: &Route, declared: Option<u64>) -> Result<(), Reject> {
+    if !judge.is_shadow() {
+        return Ok(());
+    }
     match (route.records.is_some(), route.payload.max_body, declared) {
-        (true, Some(limit), Some(len)) if len > limit && judge.is_shadow() => {
-            Err(Reject::BodyTooLarge { limit })
-        }
+        (true, Some(limit), Some(len)) if len > limit => Err(Reject::BodyTooLarge { limit }),
         _ => Ok(()),
     }
 }
