@@ -59,20 +59,48 @@ pub struct Judge {
 
 /// A shadow request's record of what enforce mode would have done.
 struct Shadow {
-    metrics: Arc<ShadowMetrics>,
-    /// Why enforce mode would have refused the request; no decision is made after it.
-    rejected: Option<Reason>,
+    refusal: Refusal,
     /// Records of the batch enforce mode would have (kept, dropped), when it was read.
     batch: Option<(u64, u64)>,
     clamped: u32,
+}
+
+/// The first refusal enforce mode would have made, counted once: shared by a shadow request and
+/// its body, so both judge a refusal the same way.
+struct Refusal {
+    metrics: Arc<ShadowMetrics>,
+    /// Why enforce mode would have refused the request; no decision is made after it.
+    first: Option<Reason>,
+}
+
+impl Refusal {
+    /// `Ok` when `refusal` is only counted (once: enforce mode would not have got to a second
+    /// one) and the request goes on; `Err` when it binds in every mode.
+    fn judge(&mut self, refusal: Reject, buffered: bool) -> Result<(), Reject> {
+        let reason = refusal.reason();
+        if reason.binds_in_shadow(buffered) {
+            return Err(refusal);
+        }
+        self.note(reason);
+        Ok(())
+    }
+
+    fn note(&mut self, reason: Reason) {
+        if self.first.is_none() {
+            self.metrics.reject(reason);
+            self.first = Some(reason);
+        }
+    }
 }
 
 impl Judge {
     /// The judge of a request on a route with these series (a shadow route has shadow series).
     pub fn new(route: &RouteMetrics, buffered: bool) -> Judge {
         let shadow = route.shadow.as_ref().map(|metrics| Shadow {
-            metrics: metrics.clone(),
-            rejected: None,
+            refusal: Refusal {
+                metrics: metrics.clone(),
+                first: None,
+            },
             batch: None,
             clamped: 0,
         });
@@ -86,7 +114,9 @@ impl Judge {
     /// True while decisions are made: always in enforce mode (a refusal ends the request), in
     /// shadow mode until enforce mode would have refused the request.
     pub fn deciding(&self) -> bool {
-        self.shadow.as_ref().is_none_or(|s| s.rejected.is_none())
+        self.shadow
+            .as_ref()
+            .is_none_or(|s| s.refusal.first.is_none())
     }
 
     /// A phase's verdict. Enforce mode: a refusal ends the request. Shadow mode: a refusal
@@ -99,11 +129,8 @@ impl Judge {
     ) -> Result<T, Reject> {
         match (verdict, &mut self.shadow) {
             (Ok(v), _) => Ok(v),
-            (Err(e), Some(s)) if !e.reason().binds_in_shadow(self.buffered) => {
-                s.reject(e.reason());
-                Ok(otherwise())
-            }
-            (Err(e), _) => Err(e),
+            (Err(e), Some(s)) => s.refusal.judge(e, self.buffered).map(|()| otherwise()),
+            (Err(e), None) => Err(e),
         }
     }
 
@@ -111,7 +138,7 @@ impl Judge {
     /// later refusals are not, as enforce mode would not have got to them).
     pub fn would_refuse(&mut self, reason: Reason) {
         if let Some(s) = &mut self.shadow {
-            s.reject(reason);
+            s.refusal.note(reason);
         }
     }
 
@@ -127,7 +154,7 @@ impl Judge {
     pub fn clamped(&mut self, n: u32) {
         if let Some(s) = &mut self.shadow {
             if n > 0
-                && let Some(c) = &s.metrics.clamped
+                && let Some(c) = &s.refusal.metrics.clamped
             {
                 c.inc_by(u64::from(n));
             }
@@ -139,8 +166,10 @@ impl Judge {
     pub fn body(&self) -> BodyJudge {
         BodyJudge(self.shadow.as_ref().map(|s| {
             Box::new(ShadowBody {
-                metrics: s.metrics.clone(),
-                refused: s.rejected,
+                refusal: Refusal {
+                    metrics: s.refusal.metrics.clone(),
+                    first: s.refusal.first,
+                },
                 buffered: self.buffered,
             })
         }))
@@ -149,9 +178,9 @@ impl Judge {
     /// Takes in what the body's judge counted (a buffered body is read before the request is
     /// forwarded, so its refusal can still be in the header).
     pub fn body_judged(&mut self, body: &BodyJudge) {
-        if let (Some(s), Some(reason)) = (&mut self.shadow, body.0.as_ref().and_then(|b| b.refused))
-        {
-            s.rejected.get_or_insert(reason);
+        // Already counted by the body's judge: only the header is to learn of it.
+        if let (Some(s), Some(body)) = (&mut self.shadow, &body.0) {
+            s.refusal.first = s.refusal.first.or(body.refusal.first);
         }
     }
 
@@ -164,16 +193,9 @@ impl Judge {
 }
 
 impl Shadow {
-    fn reject(&mut self, reason: Reason) {
-        if self.rejected.is_none() {
-            self.metrics.reject(reason);
-            self.rejected = Some(reason);
-        }
-    }
-
     /// The `x-verbosity-guard-shadow` value.
     fn header(&self) -> HeaderValue {
-        let mut v = match (self.rejected, self.batch) {
+        let mut v = match (self.refusal.first, self.batch) {
             (Some(reason), _) => format!("would-reject={}", reason.as_str()),
             (None, Some((kept, dropped))) if dropped > 0 => {
                 format!("would-drop={dropped}, would-keep={kept}")
@@ -199,11 +221,9 @@ impl Shadow {
 /// empty (no allocation).
 pub struct BodyJudge(Option<Box<ShadowBody>>);
 
-/// A shadow body: the route's series, and the reason enforce mode would have refused the
-/// request for, once it has.
+/// A shadow body: its request's refusal so far, carried on as the body streams.
 struct ShadowBody {
-    metrics: Arc<ShadowMetrics>,
-    refused: Option<Reason>,
+    refusal: Refusal,
     buffered: bool,
 }
 
@@ -211,16 +231,9 @@ impl BodyJudge {
     /// `Err` to fail the body with `refusal`; `Ok` when it was only counted (shadow mode) and
     /// the body goes on unchecked.
     pub fn verdict(&mut self, refusal: Reject) -> Result<(), Reject> {
-        let reason = refusal.reason();
         match &mut self.0 {
-            Some(s) if !reason.binds_in_shadow(s.buffered) => {
-                if s.refused.is_none() {
-                    s.metrics.reject(reason);
-                    s.refused = Some(reason);
-                }
-                Ok(())
-            }
-            _ => Err(refusal),
+            Some(s) => s.refusal.judge(refusal, s.buffered),
+            None => Err(refusal),
         }
     }
 }
