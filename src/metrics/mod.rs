@@ -21,7 +21,7 @@ use crate::decide::{BatchOutcome, Reason, UpstreamFailure};
 use crate::policy::{Mode, Route};
 use crate::protect::{self, Priority, ShedReason};
 use crate::records::Level;
-use crate::records::filter::{DropReason, Tally};
+use crate::records::filter::{DropReason, LevelTally, Tally};
 
 mod families;
 use families as f;
@@ -292,17 +292,11 @@ impl Metrics {
 
     fn shadow_route<C: governor::clock::Clock>(&self, r: &Route<C>) -> ShadowMetrics {
         let route = r.name.as_str();
-        let per_reason = |family: &IntCounterVec| {
-            Level::ALL.map(|l| {
-                DropReason::ALL.map(|d| family.with_label_values(&[route, l.as_str(), d.as_str()]))
-            })
-        };
         let f = &self.shadow;
         ShadowMetrics {
             rejections: RouteSeries::new(&f.rejections, route),
             records: r.records.as_ref().map(|_| ShadowRecords {
-                dropped: per_reason(&f.records_dropped),
-                bytes_dropped: per_reason(&f.record_bytes_dropped),
+                dropped: Drops::new(&f.records_dropped, &f.record_bytes_dropped, route),
                 batches: [
                     BatchOutcome::Rewritten,
                     BatchOutcome::AllDropped,
@@ -324,20 +318,9 @@ impl Metrics {
         RecordsMetrics {
             received: per_level(&self.records_received),
             forwarded: per_level(&self.records_forwarded),
-            dropped: Level::ALL.map(|l| {
-                DropReason::ALL.map(|r| {
-                    self.records_dropped
-                        .with_label_values(&[route, l.as_str(), r.as_str()])
-                })
-            }),
+            dropped: Drops::new(&self.records_dropped, &self.record_bytes_dropped, route),
             bytes_received: per_level(&self.record_bytes_received),
             bytes_forwarded: per_level(&self.record_bytes_forwarded),
-            bytes_dropped: Level::ALL.map(|l| {
-                DropReason::ALL.map(|r| {
-                    self.record_bytes_dropped
-                        .with_label_values(&[route, l.as_str(), r.as_str()])
-                })
-            }),
             malformed: self.records_malformed.with_label_values(&[route]),
             untracked: self.untracked_keys.with_label_values(&[route, "level"]),
             batches: BatchOutcome::ALL
@@ -450,8 +433,7 @@ pub struct ShadowMetrics {
 }
 
 pub struct ShadowRecords {
-    pub dropped: [[IntCounter; DropReason::COUNT]; Level::COUNT],
-    pub bytes_dropped: [[IntCounter; DropReason::COUNT]; Level::COUNT],
+    dropped: Drops,
     /// rewritten, all_dropped, malformed_rejected.
     batches: [IntCounter; 3],
 }
@@ -467,14 +449,7 @@ impl ShadowRecords {
     /// Counts the records (and their bytes) enforce mode would have dropped from a batch.
     pub fn record(&self, tally: &Tally) {
         for level in Level::ALL {
-            let (t, i) = (tally.level(level), level.index());
-            for (j, reason) in DropReason::ALL.into_iter().enumerate() {
-                let n = t.dropped_by(reason);
-                if n > 0 {
-                    self.dropped[i][j].inc_by(n);
-                    self.bytes_dropped[i][j].inc_by(t.dropped_bytes_by(reason));
-                }
-            }
+            self.dropped.count(level, tally.level(level));
         }
     }
 
@@ -514,15 +489,47 @@ impl ReloadResult {
     }
 }
 
+/// Dropped records and their bytes, by level and drop reason (a records route's, or what a
+/// shadow route's enforce mode would have dropped).
+#[derive(Clone)]
+struct Drops {
+    records: [[IntCounter; DropReason::COUNT]; Level::COUNT],
+    bytes: [[IntCounter; DropReason::COUNT]; Level::COUNT],
+}
+
+impl Drops {
+    fn new(records: &IntCounterVec, bytes: &IntCounterVec, route: &str) -> Drops {
+        let per_reason = |family: &IntCounterVec| {
+            Level::ALL.map(|l| {
+                DropReason::ALL.map(|d| family.with_label_values(&[route, l.as_str(), d.as_str()]))
+            })
+        };
+        Drops {
+            records: per_reason(records),
+            bytes: per_reason(bytes),
+        }
+    }
+
+    fn count(&self, level: Level, t: &LevelTally) {
+        let i = level.index();
+        for (j, reason) in DropReason::ALL.into_iter().enumerate() {
+            let n = t.dropped_by(reason);
+            if n > 0 {
+                self.records[i][j].inc_by(n);
+                self.bytes[i][j].inc_by(t.dropped_bytes_by(reason));
+            }
+        }
+    }
+}
+
 /// A records route's series, indexed by level, reason, outcome.
 #[derive(Clone)]
 pub struct RecordsMetrics {
     pub received: [IntCounter; Level::COUNT],
     pub forwarded: [IntCounter; Level::COUNT],
-    pub dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
+    dropped: Drops,
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
-    pub bytes_dropped: [[IntCounter; DropReason::ALL.len()]; Level::COUNT],
     pub malformed: IntCounter,
     /// Batches whose client key could not be tracked by a per-client level budget.
     pub untracked: IntCounter,
@@ -535,41 +542,29 @@ impl RecordsMetrics {
     /// Counts a batch a shadow route forwarded as received: every record it holds went
     /// upstream, whatever the rules decided (that goes to [`ShadowRecords::record`]).
     pub fn record_forwarded_whole(&self, tally: &Tally) {
-        for level in Level::ALL {
-            let (t, i) = (tally.level(level), level.index());
-            if t.received == 0 {
-                continue;
-            }
-            self.received[i].inc_by(t.received);
-            self.forwarded[i].inc_by(t.received);
-            self.bytes_received[i].inc_by(t.received_bytes);
-            self.bytes_forwarded[i].inc_by(t.received_bytes);
-        }
-        if tally.untracked {
-            self.untracked.inc();
-        }
-        let malformed = tally.malformed();
-        if malformed > 0 {
-            self.malformed.inc_by(malformed);
-        }
+        self.count(tally, true);
     }
 
+    /// Counts a batch the rules were carried out on.
     pub fn record(&self, tally: &Tally) {
+        self.count(tally, false);
+    }
+
+    fn count(&self, tally: &Tally, whole: bool) {
         for level in Level::ALL {
             let (t, i) = (tally.level(level), level.index());
             if t.received == 0 {
                 continue;
             }
             self.received[i].inc_by(t.received);
-            self.forwarded[i].inc_by(t.forwarded);
             self.bytes_received[i].inc_by(t.received_bytes);
-            self.bytes_forwarded[i].inc_by(t.forwarded_bytes);
-            for (j, reason) in DropReason::ALL.into_iter().enumerate() {
-                let n = t.dropped_by(reason);
-                if n > 0 {
-                    self.dropped[i][j].inc_by(n);
-                    self.bytes_dropped[i][j].inc_by(t.dropped_bytes_by(reason));
-                }
+            if whole {
+                self.forwarded[i].inc_by(t.received);
+                self.bytes_forwarded[i].inc_by(t.received_bytes);
+            } else {
+                self.forwarded[i].inc_by(t.forwarded);
+                self.bytes_forwarded[i].inc_by(t.forwarded_bytes);
+                self.dropped.count(level, t);
             }
         }
         if tally.untracked {
