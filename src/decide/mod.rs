@@ -23,7 +23,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use governor::clock::Clock;
-use http::header::{self, HeaderValue};
 use http::request;
 
 pub use body::BodyRules;
@@ -80,12 +79,8 @@ pub fn route<'p, C: Clock>(
     let path = normalized.as_deref().unwrap_or(parts.uri.path());
     let (index, route) = policy.route(&parts.method, path);
     let mut style = ErrorStyle::Json;
-    if let Some(records) = route.records.as_ref().filter(|r| r.format.is_otlp()) {
-        let content_type = parts.headers.get(header::CONTENT_TYPE);
-        style = match records
-            .format
-            .for_content_type(content_type.map(HeaderValue::as_bytes))
-        {
+    if let Some(rules) = route.records.as_ref().filter(|r| r.format.is_otlp()) {
+        style = match records::format_of(rules.format, &parts.headers) {
             Format::OtlpJson => ErrorStyle::OtlpJson,
             _ => ErrorStyle::OtlpProto,
         };
@@ -134,12 +129,11 @@ impl<C: Clock> Default for Admitted<C> {
 /// `brownout` is the level now: the live guard's (one atomic load) or one held for a whole
 /// `simulate` run. While the upstream is in distress, bulk routes are shed whole at the top
 /// level and their batches tightened below it, as `cfg` (the request's policy's
-/// `protect.brownout`) says;
-/// critical and normal routes never. Shedding comes before the budgets so a shed request spends
-/// none of them. Then the payload budgets: size first (no state), then the client's budgets,
-/// then the route's, so one client's excess never spends the budget the route shares (see
-/// [`budget::admit`]). `untracked` hears of every client budget skipped because its key
-/// store was full.
+/// `protect.brownout`) says; critical and normal routes never. Shedding comes before the
+/// budgets so a shed request spends none of them. Then the payload budgets: size first (no
+/// state), then the client's budgets, then the route's, so one client's excess never spends the
+/// budget the route shares (see [`budget::admit`]). `untracked` hears of every client budget
+/// skipped because its key store was full.
 pub fn admit<C: Clock>(
     route: &Route<C>,
     key: Option<u64>,

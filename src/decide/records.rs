@@ -13,7 +13,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use super::Reject;
 use crate::codec::{self, Encoding};
 use crate::records::filter::{self, Tally, Tighten};
-use crate::records::{Batch, Format, NotFormat, OnMalformed, RecordsPolicy};
+use crate::records::{Batch, Format, Level, NotFormat, OnMalformed, RecordsPolicy};
 
 /// What happens to a telemetry batch; the names are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +80,7 @@ pub fn judge<C: Clock>(
     body: &Bytes,
 ) -> Result<Judged, Reject> {
     let (encoding, decoded) = decode(policy, headers, body)?;
-    let format = policy
-        .format
-        .for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    let format = format_of(policy.format, headers);
     let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten).map(|mut batch| {
         let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
         (batch, tally)
@@ -127,17 +125,21 @@ impl Judged {
     /// The body that goes upstream: `received` itself when nothing was dropped or the batch is
     /// forwarded unread, the kept records re-encoded like the request when some were dropped,
     /// `None` when there is nothing to forward (every record dropped, or refused).
-    pub fn forward(&self, received: &Bytes) -> Result<Option<Bytes>, Reject> {
+    pub fn forward(&self, received: Bytes) -> Result<Option<Bytes>, Reject> {
         Ok(match (&self.parsed, self.outcome) {
-            (_, BatchOutcome::Untouched | BatchOutcome::MalformedForwarded) => {
-                Some(received.clone())
-            }
+            (_, BatchOutcome::Untouched | BatchOutcome::MalformedForwarded) => Some(received),
             (Ok((batch, _)), BatchOutcome::Rewritten) => {
                 Some(Bytes::from(rewrite(batch, &self.decoded, self.encoding)?))
             }
             _ => None,
         })
     }
+}
+
+/// The format a request on a route of `format` is read as: an OTLP route tells JSON from
+/// protobuf by the request's Content-Type.
+pub fn format_of(format: Format, headers: &HeaderMap) -> Format {
+    format.for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))
 }
 
 /// The body decoded from its Content-Encoding, under the route's caps.
@@ -175,13 +177,11 @@ pub fn count_unjudged<C: Clock>(
     policy: &RecordsPolicy<C>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Option<[(u64, u64); crate::records::Level::COUNT]> {
+) -> Option<[(u64, u64); Level::COUNT]> {
     let (_, decoded) = decode(policy, headers, body).ok()?;
-    let format = policy
-        .format
-        .for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    let format = format_of(policy.format, headers);
     let batch = Batch::parse_bytes_as(policy, format, &decoded, &Tighten::NONE).ok()?;
-    let mut counts = [(0, 0); crate::records::Level::COUNT];
+    let mut counts = [(0, 0); Level::COUNT];
     for rec in &batch.records {
         let c = &mut counts[rec.level.index()];
         c.0 += 1;

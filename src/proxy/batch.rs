@@ -42,6 +42,16 @@ pub enum Filtered {
     Answer(Response<Full<Bytes>>),
 }
 
+impl Filtered {
+    /// The batch as received, not read as records (shadow mode, or not the format).
+    pub fn unread(body: Bytes) -> Filtered {
+        Filtered::Forward {
+            body,
+            summary: None,
+        }
+    }
+}
+
 /// Counts the guard reports in headers, to the upstream and back to the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
@@ -92,8 +102,8 @@ pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Byte
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Enforce mode: carries out what [`judge`](crate::decide::records::judge) decided about `received` and counts
-/// it. The batch goes upstream as received when nothing is dropped (or it is malformed and the
+/// Enforce mode: carries out what [`judge`](crate::decide::records::judge) decided about
+/// `received` and counts it. The batch goes upstream as received when nothing is dropped (or it is malformed and the
 /// route forwards such bodies), rewritten and re-encoded when some records are dropped; when
 /// every record is dropped the guard answers itself; a malformed batch on a route that rejects
 /// them is refused.
@@ -101,7 +111,7 @@ pub fn carry_out(
     policy: &RecordsPolicy,
     metrics: &RecordsMetrics,
     judged: &Judged,
-    received: &Bytes,
+    received: Bytes,
     tighten: &Tighten,
 ) -> Result<Filtered, Reject> {
     metrics.decoded(judged.encoding);
@@ -111,10 +121,7 @@ pub fn carry_out(
     }
     let Some(tally) = judged.tally() else {
         // Malformed, and forwarded as received: there are no records to count.
-        return Ok(Filtered::Forward {
-            body: received.clone(),
-            summary: None,
-        });
+        return Ok(Filtered::unread(received));
     };
     metrics.record(tally);
     let summary = Summary::new(policy, tally, tighten);

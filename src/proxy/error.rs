@@ -56,14 +56,21 @@ struct ErrorBody<'a> {
     detail: Option<&'a str>,
 }
 
+/// Whom an error is counted against: the request (`rejections_total{reason}`) or the upstream
+/// (`upstream_errors_total{kind}`).
+#[derive(Debug, Clone, Copy)]
+pub enum Cause<'a> {
+    Refused(&'a Reject),
+    Upstream(UpstreamFailure),
+}
+
 impl ProxyError {
-    /// The upstream's failure, or `None` when the guard refused the request.
-    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+    pub fn cause(&self) -> Cause<'_> {
         match self {
-            ProxyError::Reject(_) => None,
-            ProxyError::UpstreamConnect(_) => Some(UpstreamFailure::Connect),
-            ProxyError::UpstreamReset(_) => Some(UpstreamFailure::Reset),
-            ProxyError::UpstreamTimeout(_) => Some(UpstreamFailure::Timeout),
+            ProxyError::Reject(r) => Cause::Refused(r),
+            ProxyError::UpstreamConnect(_) => Cause::Upstream(UpstreamFailure::Connect),
+            ProxyError::UpstreamReset(_) => Cause::Upstream(UpstreamFailure::Reset),
+            ProxyError::UpstreamTimeout(_) => Cause::Upstream(UpstreamFailure::Timeout),
         }
     }
 
@@ -95,10 +102,9 @@ impl ProxyError {
 
     /// The metric label: the `reason` of a refusal, the `kind` of an upstream failure.
     pub fn label(&self) -> &'static str {
-        match (self, self.upstream_failure()) {
-            (ProxyError::Reject(r), _) => r.reason().as_str(),
-            (_, Some(kind)) => kind.as_str(),
-            (_, None) => "internal",
+        match self.cause() {
+            Cause::Refused(r) => r.reason().as_str(),
+            Cause::Upstream(kind) => kind.as_str(),
         }
     }
 
@@ -278,13 +284,13 @@ mod tests {
         };
         let e = ProxyError::from_upstream(refused, Duration::from_secs(5));
         assert_eq!(
-            (e.status(), e.label(), e.upstream_failure()),
-            (
-                StatusCode::BAD_GATEWAY,
-                "connect",
-                Some(UpstreamFailure::Connect)
-            )
+            (e.status(), e.label()),
+            (StatusCode::BAD_GATEWAY, "connect")
         );
+        assert!(matches!(
+            e.cause(),
+            Cause::Upstream(UpstreamFailure::Connect)
+        ));
         let e = ProxyError::from_upstream(UpstreamError::Timeout, Duration::from_secs(5));
         assert_eq!(
             (e.status(), e.label()),

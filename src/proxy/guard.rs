@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version, request};
+use http::{HeaderMap, Request, Response, Uri, Version, request};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -26,26 +26,21 @@ use tower::Service;
 
 use super::batch::{self, Filtered, Summary};
 use super::body::{GuardedBody, UpstreamBody};
-use super::error::ProxyError;
+use super::error::{Cause, ProxyError};
 use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
 use super::shadow::Judge;
 use super::state::{Shared, Snapshot};
 use super::upstream::{PooledBody, Upstream, UpstreamError};
 use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RecordsMetrics, RouteMetrics, ShadowRecords};
 use crate::policy::Route;
 use crate::protect::{Priority, Slot};
 use crate::record::Capture;
+use crate::records::RecordsPolicy;
+use crate::records::filter::Tighten;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
-
-/// What the body phase leaves: a body to forward (with what the records phase did to it), or
-/// the guard's own answer.
-enum Prepared {
-    Forward(UpstreamBody, Option<Summary>),
-    Answer(Response<Full<Bytes>>),
-}
 
 /// A request that was not refused: answered by the upstream, or by the guard itself because
 /// every record of its batch was dropped.
@@ -162,15 +157,16 @@ impl ConnGuard {
             // carry room for this future.
             let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
             match read.await? {
-                Prepared::Forward(body, summary) => (body, summary),
-                Prepared::Answer(response) => return Ok(Reply::Guard(response)),
+                Filtered::Forward { body, summary } => {
+                    (self.buffered(&mut parts, rm, body), summary)
+                }
+                Filtered::Answer(response) => return Ok(Reply::Guard(response)),
             }
         } else {
             (self.body(&judge, route, rm, input), None)
         };
 
-        // 8. Take an upstream slot of the route's class (see `free_slot`); only a wait for one
-        //    is boxed.
+        // 8. An upstream slot of the route's class (see `free_slot`); only a wait is boxed.
         let slot = match self.free_slot(&mut judge, route.priority) {
             Ok(slot) => slot,
             Err(class) => {
@@ -233,7 +229,7 @@ impl ConnGuard {
         let latency = started.elapsed();
         let failed = match &sent {
             Ok(r) => r.status().is_server_error(),
-            Err(e) => e.upstream_failure().is_some(),
+            Err(e) => matches!(e.cause(), Cause::Upstream(_)),
         };
         let protection = &self.shared.protection;
         protection.observe(route.priority, latency, failed);
@@ -280,29 +276,10 @@ impl ConnGuard {
         judge.verdict(admitted, Admitted::default)
     }
 
-    /// Reads a telemetry batch whole (up to `max_body`) and judges it: enforce mode carries the
-    /// judgment out (forward as received, rewrite, answer itself or refuse); shadow mode counts
-    /// it and forwards the batch as received.
+    /// Reads a telemetry batch whole (up to `max_body`), then has it judged (see
+    /// [`judge_batch`]) unless a shadow body already ran out of a byte budget as it arrived
+    /// (enforce mode would have refused the request there, before reading the batch).
     async fn read_batch(
-        &self,
-        judge: &mut Judge,
-        route: &Route,
-        rm: &RouteMetrics,
-        parts: &mut request::Parts,
-        input: BodyInput,
-    ) -> Result<Prepared, ProxyError> {
-        Ok(
-            match self.judge_batch(judge, route, rm, parts, input).await? {
-                Filtered::Answer(response) => Prepared::Answer(response),
-                Filtered::Forward { body, summary } => {
-                    Prepared::Forward(self.buffered(parts, rm, body), summary)
-                }
-            },
-        )
-    }
-
-    /// Reads the batch and carries out (or, in shadow mode, counts) its judgment.
-    async fn judge_batch(
         &self,
         judge: &mut Judge,
         route: &Route,
@@ -326,38 +303,18 @@ impl ConnGuard {
         .tap(input.capture);
         let capacity = usize::try_from(input.declared.unwrap_or(64 << 10).min(max_body));
         let raw = batch::read_to_end(&mut body, capacity.unwrap_or(0)).await?;
-        // A byte budget that ran out as a shadow body arrived: enforce mode would have refused
-        // the request there, before reading the batch.
         judge.body_judged(body.judge());
-        let forward_raw = |raw| Filtered::Forward {
-            body: raw,
-            summary: None,
-        };
         if !judge.deciding() {
-            return Ok(forward_raw(raw));
+            return Ok(Filtered::unread(raw));
         }
-        let tighten = &input.admitted.tighten;
-        let judged = decide::records::judge(records, &parts.headers, input.key, tighten, &raw);
-        let Some(judged) = judge.verdict(judged.map(Some), || None)? else {
-            return Ok(forward_raw(raw));
+        let rules = BatchRules {
+            records,
+            metrics,
+            shadow: rm.shadow.as_ref().and_then(|s| s.records.as_ref()),
+            key: input.key,
+            tighten: &input.admitted.tighten,
         };
-        if !judge.is_shadow() {
-            let filtered = batch::carry_out(records, metrics, &judged, &raw, tighten)?;
-            if let Filtered::Forward {
-                summary: Some(s), ..
-            } = &filtered
-            {
-                s.write(&mut parts.headers, false);
-            }
-            return Ok(filtered);
-        }
-        let shadow_records = rm.shadow.as_ref().and_then(|s| s.records.as_ref());
-        batch::count_shadow(metrics, shadow_records, &judged);
-        judge.verdict(judged.refusal().map_or(Ok(()), Err), || ())?;
-        if let Some(tally) = judged.tally() {
-            judge.batch(tally.forwarded(), tally.dropped());
-        }
-        Ok(forward_raw(raw))
+        Ok(judge_batch(judge, &rules, &mut parts.headers, raw)?)
     }
 
     /// A buffered body on its way upstream, with its length.
@@ -481,6 +438,47 @@ impl BodyInput {
     }
 }
 
+/// What judging a batch needs of its route and of the phases before it.
+struct BatchRules<'a> {
+    records: &'a RecordsPolicy,
+    metrics: &'a RecordsMetrics,
+    /// A shadow route's records series.
+    shadow: Option<&'a ShadowRecords>,
+    key: Option<u64>,
+    tighten: &'a Tighten,
+}
+
+/// Judges a batch read whole: enforce mode carries the judgment out (forward as received,
+/// rewrite, answer itself or refuse) and tells the upstream what it did in `headers`; shadow
+/// mode counts it and forwards the batch as received.
+fn judge_batch(
+    judge: &mut Judge,
+    rules: &BatchRules<'_>,
+    headers: &mut HeaderMap,
+    raw: Bytes,
+) -> Result<Filtered, Reject> {
+    let judged = decide::records::judge(rules.records, headers, rules.key, rules.tighten, &raw);
+    let Some(judged) = judge.verdict(judged.map(Some), || None)? else {
+        return Ok(Filtered::unread(raw));
+    };
+    if !judge.is_shadow() {
+        let filtered = batch::carry_out(rules.records, rules.metrics, &judged, raw, rules.tighten)?;
+        if let Filtered::Forward {
+            summary: Some(s), ..
+        } = &filtered
+        {
+            s.write(headers, false);
+        }
+        return Ok(filtered);
+    }
+    batch::count_shadow(rules.metrics, rules.shadow, &judged);
+    judge.verdict(judged.refusal().map_or(Ok(()), Err), || ())?;
+    if let Some(tally) = judged.tally() {
+        judge.batch(tally.forwarded(), tally.dropped());
+    }
+    Ok(Filtered::unread(raw))
+}
+
 /// True when the body phase reads the body whole and judges it: a telemetry batch (a records
 /// route, while deciding).
 fn reads_batch(judge: &Judge, route: &Route, body: &Incoming) -> bool {
@@ -564,24 +562,24 @@ fn count_error(metrics: &Metrics, rm: Option<&RouteMetrics>, name: &str, err: &P
     if let ProxyError::Reject(Reject::Shed(shed)) = err {
         metrics.protect.shed_series[shed.class.index()][shed.reason.index()].inc();
     }
-    match (err, err.upstream_failure(), rm) {
-        (ProxyError::Reject(reject), _, Some(rm)) => {
+    match (err.cause(), rm) {
+        (Cause::Refused(reject), Some(rm)) => {
             rm.rejected.inc();
             rm.rejections.inc(reject.reason());
         }
-        (_, Some(kind), Some(rm)) => {
+        (Cause::Upstream(kind), Some(rm)) => {
             rm.upstream_error.inc();
             rm.upstream_errors.inc(kind);
         }
         // Refused before routing (an invalid path): the rare case, counted by label.
-        (_, failure, _) => {
+        (cause, None) => {
             metrics
                 .requests
                 .with_label_values(&[name, "rejected"])
                 .inc();
-            let family = match failure {
-                None => &metrics.rejections,
-                Some(_) => &metrics.upstream_errors,
+            let family = match cause {
+                Cause::Refused(_) => &metrics.rejections,
+                Cause::Upstream(_) => &metrics.upstream_errors,
             };
             family.with_label_values(&[name, err.label()]).inc();
         }

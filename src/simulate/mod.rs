@@ -274,7 +274,7 @@ impl<C: Clock> Replayed<'_, C> {
                 if let Some(tally) = judged.tally() {
                     r.decided(self.at, tally);
                 }
-                Ok(judged.forward(body)?.map(|b| b.len() as u64))
+                Ok(judged.forward(body.clone())?.map(|b| b.len() as u64))
             }
             _ => Ok(Some(size)),
         }
