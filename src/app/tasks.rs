@@ -14,7 +14,7 @@ use crate::records::Level;
 /// The surge detectors of every route and level with records, keyed by route name so that a
 /// policy reload keeps what they learned.
 #[derive(Default)]
-pub struct Surges {
+struct Surges {
     routes: HashMap<String, RouteSurge>,
 }
 
@@ -32,7 +32,7 @@ const MIN_RATE_BYTES_PER_RECORD: f64 = 256.0;
 impl Surges {
     /// Feeds every route's per-level counters since the last tick, `dt` ago, to its detectors
     /// and updates the surge gauges.
-    pub fn tick(&mut self, snap: &Snapshot, metrics: &Metrics, cfg: &SurgeConfig, dt: Duration) {
+    fn tick(&mut self, snap: &Snapshot, metrics: &Metrics, cfg: &SurgeConfig, dt: Duration) {
         let policy = &snap.policy;
         self.routes
             .retain(|name, _| policy.routes().iter().any(|r| &r.name == name));
@@ -139,12 +139,7 @@ pub async fn evict_idle_keys(shared: Arc<Shared>) {
     }
 }
 
-/// Forgets every client key whose budget is back to a fresh state.
+/// Forgets every client key of the active policy whose budget is back to a fresh state.
 pub fn evict_pass(shared: &Shared) {
-    let snap = shared.policy.load();
-    for route in snap.policy.routes() {
-        for (_, budget) in route.keyed_budgets() {
-            budget.evict_idle();
-        }
-    }
+    shared.policy.load().policy.evict_idle_keys();
 }

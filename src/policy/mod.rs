@@ -180,6 +180,16 @@ impl<C: Clock> Policy<C> {
         &self.routes
     }
 
+    /// Forgets every client key whose budget is back to a fresh state (see
+    /// [`KeyedBudget::evict_idle`]); run on `limits.key_eviction_interval`.
+    pub fn evict_idle_keys(&self) {
+        for route in &self.routes {
+            for (_, budget) in route.keyed_budgets() {
+                budget.evict_idle();
+            }
+        }
+    }
+
     /// How many of this policy's budgets it shares with `other` (carried over by a reload), and
     /// how many it has. A per-client level budget counts once with its overflow budget.
     pub fn budgets_shared_with(&self, other: &Policy<C>) -> (usize, usize) {

@@ -158,11 +158,7 @@ pub fn replay(
         // Idle keys are forgotten on the policy's interval, as the live guard does; it only
         // matters once a key store is full.
         if now >= next_eviction {
-            for route in policy.routes() {
-                for (_, budget) in route.keyed_budgets() {
-                    budget.evict_idle();
-                }
-            }
+            policy.evict_idle_keys();
             next_eviction = now + eviction.as_nanos() as u64;
         }
         report.requests += 1;
