@@ -41,9 +41,8 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
         if name == "lib" || name == "main" {
             continue;
         }
-        let mut files = Vec::new();
-        collect(&path, &mut files);
-        out.insert(name, files);
+        // `x.rs` and `x/` are one module: their files go together.
+        collect(&path, out.entry(name).or_default());
     }
     out
 }
@@ -61,7 +60,8 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) {
 /// The module names a source file reaches with `crate::name` (in code or doc links), unit
 /// tests cut off.
 fn imports(text: &str) -> Vec<String> {
-    let code = match text.find("#[cfg(test)]\nmod tests") {
+    // An inline unit-test module; `mod tests;` (a tests.rs file, skipped) is not one.
+    let code = match text.find("#[cfg(test)]\nmod tests {") {
         Some(i) => &text[..i],
         None => text,
     };
@@ -70,10 +70,21 @@ fn imports(text: &str) -> Vec<String> {
     while let Some(i) = rest.find("crate::") {
         rest = &rest[i + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a, b::c}`: each top-level name in the group.
-            let inner = group.split('}').next().unwrap_or("");
-            for item in inner.split(',') {
-                out.push(ident(item.trim()));
+            // `use crate::{a, b::{c, d}}`: the first name of each item at the top level.
+            let mut depth = 0;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        out.push(ident(&group[i..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
             }
         } else {
             out.push(ident(rest));
@@ -133,7 +144,10 @@ fn every_module_imports_only_the_layers_below_it() {
 #[test]
 fn the_checker_sees_grouped_and_nested_paths() {
     let found = imports(
-        "use crate::{policy, metrics::Metrics};\n/// [`x`](crate::proxy::Shared)\nfn f() { crate::warn_limited!(\"x\"); }\n#[cfg(test)]\nmod tests { use crate::app; }\n",
+        "#[cfg(test)]\nmod tests;\nuse crate::{policy, metrics::{Metrics, Kind}, route};\n/// [`x`](crate::proxy::Shared)\nfn f() { crate::warn_limited!(\"x\"); }\n#[cfg(test)]\nmod tests { use crate::app; }\n",
     );
-    assert_eq!(found, ["policy", "metrics", "proxy", "warn_limited"]);
+    assert_eq!(
+        found,
+        ["policy", "metrics", "route", "proxy", "warn_limited"]
+    );
 }
