@@ -5,10 +5,12 @@
 //! page's blocks and fails on any difference; with `VERBOSITY_GUARD_UPDATE_DOCS=1` set it
 //! rewrites the blocks in place instead. The prose around the blocks is written by hand.
 //!
-//! Links are checked too: every relative link in `README.md` and `docs/*.md` names a file that
-//! exists (and a heading in it, when it has an anchor), and every alert in
+//! Links are checked too: every relative link in `README.md`, `ARCHITECTURE.md` and `docs/*.md`
+//! names a file that exists (and a heading in it, when it has an anchor), and every alert in
 //! `deploy/prometheus/alerts.yaml` names its runbook's heading.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -16,15 +18,12 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use serde_json::Value;
+use support::{files, repo};
 use verbosity_guard::cli::Cli;
 use verbosity_guard::metrics::FAMILIES;
 use verbosity_guard::policy::schema::policy_schema;
 
 const UPDATE_VAR: &str = "VERBOSITY_GUARD_UPDATE_DOCS";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// A path as the repository names it, for messages.
 fn relative(path: &Path) -> String {
@@ -65,73 +64,86 @@ fn block_range(page: &str, text: &str, name: &str) -> std::ops::Range<usize> {
 }
 
 /// Checks (or, with `VERBOSITY_GUARD_UPDATE_DOCS=1`, rewrites) the generated blocks of one page.
+/// The page must hold exactly the blocks named, each once.
 fn check_generated(page: &str, blocks: &[(&str, String)]) {
     let path = repo(page);
     let text = read(&path);
-    let mut updated = text.clone();
-    let mut stale = Vec::new();
-    for (name, rendered) in blocks {
-        let range = block_range(page, &text, name);
-        let current = &text[range.clone()];
-        if current != rendered {
-            let first_line = text[..range.start].lines().count() + 1;
-            stale.push(first_difference(page, name, first_line, current, rendered));
-            let range = block_range(page, &updated, name);
-            updated.replace_range(range, rendered);
-        }
-    }
-    let unknown: Vec<_> = text
+    let mut found: Vec<&str> = text
         .lines()
         .filter_map(|l| {
             l.strip_prefix("<!-- generated:")?
                 .strip_suffix(" begin -->")
         })
-        .filter(|name| !blocks.iter().any(|(n, _)| n == name))
         .collect();
-    assert!(
-        unknown.is_empty(),
-        "{page}: unknown generated blocks {unknown:?}"
-    );
+    let mut expected: Vec<&str> = blocks.iter().map(|(n, _)| *n).collect();
+    found.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(found, expected, "{page}: the generated blocks, each once");
+    let stale: Vec<_> = blocks
+        .iter()
+        .filter_map(|(name, rendered)| {
+            let range = block_range(page, &text, name);
+            let first_line = text[..range.start].lines().count() + 1;
+            first_difference(page, name, first_line, &text[range], rendered)
+        })
+        .collect();
     if stale.is_empty() {
         return;
     }
-    if std::env::var_os(UPDATE_VAR).is_some() {
-        std::fs::write(&path, updated).unwrap_or_else(|e| panic!("{page}: {e}"));
-        eprintln!("{page}: regenerated {} block(s)", stale.len());
-    } else {
+    if !updating() {
         panic!(
             "{}\nrun `{UPDATE_VAR}=1 cargo test --test docs` to regenerate",
             stale.join("\n")
         );
     }
+    let mut updated = text.clone();
+    for (name, rendered) in blocks {
+        let range = block_range(page, &updated, name);
+        updated.replace_range(range, rendered);
+    }
+    // Written aside and renamed, so the tests reading this page meanwhile never see half of it.
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, updated).unwrap_or_else(|e| panic!("{page}: {e}"));
+    std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("{page}: {e}"));
+    eprintln!("{page}: regenerated {} block(s)", stale.len());
 }
 
-/// Where a block differs from its rendering: the first line that is not the same.
+/// Whether this run rewrites stale blocks: only with the variable set to exactly `1`, and never
+/// in CI, where a stale block must fail.
+fn updating() -> bool {
+    std::env::var(UPDATE_VAR).as_deref() == Ok("1") && std::env::var_os("CI").is_none()
+}
+
+/// Where a block differs from its rendering: the first line that is not the same, or `None`.
 fn first_difference(
     page: &str,
     name: &str,
     first_line: usize,
     current: &str,
     rendered: &str,
-) -> String {
-    let mut cur = current.lines();
-    let mut new = rendered.lines();
-    for n in first_line.. {
+) -> Option<String> {
+    if current == rendered {
+        return None;
+    }
+    let (mut cur, mut new) = (current.lines(), rendered.lines());
+    let mut n = first_line;
+    loop {
         match (cur.next(), new.next()) {
-            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) if a == b => n += 1,
             (None, None) => {
-                return format!("{page}:{n}: generated block `{name}` differs in its last newline");
+                return Some(format!(
+                    "{page}:{n}: generated block `{name}` differs in its last newline"
+                ));
             }
             (a, b) => {
-                return format!(
+                return Some(format!(
                     "{page}:{n}: generated block `{name}` is out of date\n  in the file:   {}\n  from the code: {}",
                     a.unwrap_or("(end of block)"),
                     b.unwrap_or("(end of block)"),
-                );
+                ));
             }
         }
     }
-    unreachable!()
 }
 
 // ---- docs/policy.md: the policy file's fields, from its JSON Schema
@@ -275,13 +287,12 @@ fn type_of(schema: &Value, defs: &Value) -> String {
     }
 }
 
-/// One table per object of the policy file (field path, type, default, description), then the
+/// One table per object of the policy file (field path, type, required, description), then the
 /// unit types.
 fn render_policy_fields() -> String {
     let schema = policy_schema();
     let defs = schema
-        .get("$defs")
-        .or_else(|| schema.get("definitions"))
+        .get("definitions")
         .expect("the schema has definitions");
     let mut objects = Vec::new();
     policy_objects(
@@ -304,7 +315,7 @@ fn render_policy_fields() -> String {
             let paths: Vec<_> = object.also_at.iter().map(|p| code(p)).collect();
             writeln!(out, "The same object is also at {}.\n", paths.join(", ")).unwrap();
         }
-        out.push_str("| field | type | default | description |\n|---|---|---|---|\n");
+        out.push_str("| field | type | required | description |\n|---|---|---|---|\n");
         let required: BTreeSet<&str> = object.schema["required"]
             .as_array()
             .into_iter()
@@ -317,15 +328,16 @@ fn render_policy_fields() -> String {
             .flatten()
         {
             let path = field_path(&object.path, field);
-            let default = match field_schema.get("default") {
-                Some(value) => code(&value.to_string()),
-                None if required.contains(field.as_str()) => "required".to_owned(),
-                None => String::new(),
+            // Defaults are in the descriptions: the schema carries none.
+            let required = if required.contains(field.as_str()) {
+                "yes"
+            } else {
+                ""
             };
             let description = field_schema["description"].as_str().unwrap_or_default();
             writeln!(
                 out,
-                "| {} | {} | {default} | {} |",
+                "| {} | {} | {required} | {} |",
                 code(&path),
                 cell(&type_of(field_schema, defs)),
                 cell(description)
@@ -360,8 +372,45 @@ fn render_policy_fields() -> String {
 fn policy_reference_matches_the_schema() {
     check_generated(
         "docs/policy.md",
-        &[("policy-fields", render_policy_fields())],
+        &[
+            ("policy-fields", render_policy_fields()),
+            ("levels", render_levels()),
+        ],
     );
+}
+
+/// The level table: every spelling, number and OTLP severity `records::Level` reads, by level.
+fn render_levels() -> String {
+    use verbosity_guard::records::Level;
+    let mut out = String::from(
+        "| level | text | number in a JSON record | OTLP `severityNumber` |\n|---|---|---|---|\n",
+    );
+    for level in Level::ALL {
+        let spellings = Level::SPELLINGS
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .flat_map(|(_, s)| s.iter())
+            .map(|s| code(&String::from_utf8_lossy(s)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Both mappings are closed `match`es over small numbers: these ranges hold every arm.
+        let numbers = (-10..=1000)
+            .filter(|&n| Level::from_number(n) == Some(level))
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let severities: Vec<i64> = (-10..=100)
+            .filter(|&n| Level::from_otlp_severity(n) == Some(level))
+            .collect();
+        let (lo, hi) = (severities[0], severities[severities.len() - 1]);
+        writeln!(
+            out,
+            "| {} | {spellings} | {numbers} | {lo}–{hi} |",
+            code(level.as_str())
+        )
+        .unwrap();
+    }
+    out
 }
 
 // ---- docs/cli.md: every command's options, from clap
@@ -569,7 +618,19 @@ fn link_targets(line: &str) -> Vec<&str> {
 }
 
 /// Why `file#fragment` (relative to `base`) does not resolve, if it does not.
-fn broken(base: &Path, target: &str) -> Option<String> {
+/// The headings of each page, read once per page.
+#[derive(Default)]
+struct Anchors(BTreeMap<PathBuf, BTreeSet<String>>);
+
+impl Anchors {
+    fn of(&mut self, path: &Path) -> &BTreeSet<String> {
+        self.0
+            .entry(path.to_owned())
+            .or_insert_with(|| anchors(path))
+    }
+}
+
+fn broken(anchors: &mut Anchors, base: &Path, target: &str) -> Option<String> {
     let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
     let path = if file.is_empty() {
         base.to_owned()
@@ -582,25 +643,19 @@ fn broken(base: &Path, target: &str) -> Option<String> {
     if fragment.is_empty() || path.extension().is_none_or(|e| e != "md") {
         return None;
     }
-    let known = anchors(&path);
+    let known = anchors.of(&path);
     (!known.contains(fragment)).then(|| format!("no heading #{fragment} in {}", relative(&path)))
 }
 
 fn markdown_pages() -> Vec<PathBuf> {
     let mut pages = vec![repo("README.md"), repo("ARCHITECTURE.md")];
-    let docs = std::fs::read_dir(repo("docs")).expect("docs/");
-    let mut docs: Vec<_> = docs
-        .map(|e| e.expect("docs/ entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    docs.sort();
-    pages.extend(docs);
+    pages.extend(files("docs", "md"));
     pages
 }
 
 #[test]
 fn relative_links_name_existing_files_and_headings() {
-    let mut problems = Vec::new();
+    let (mut problems, mut checked, mut anchors) = (Vec::new(), 0, Anchors::default());
     for page in markdown_pages() {
         let text = read(&page);
         for (n, line) in prose_lines(&text) {
@@ -608,12 +663,17 @@ fn relative_links_name_existing_files_and_headings() {
                 if target.contains("://") || target.starts_with("mailto:") {
                     continue;
                 }
-                if let Some(why) = broken(&page, target) {
+                checked += 1;
+                if let Some(why) = broken(&mut anchors, &page, target) {
                     problems.push(format!("{}:{n}: ({target}): {why}", relative(&page)));
                 }
             }
         }
     }
+    assert!(
+        checked > 0,
+        "no relative links found: the link scanner is broken"
+    );
     assert!(
         problems.is_empty(),
         "broken links:\n{}",
@@ -627,6 +687,7 @@ fn every_alert_links_its_own_runbook_heading() {
     let rules: Value =
         serde_saphyr::from_str(&read(&repo(path))).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut alerts = 0;
+    let mut anchors = Anchors::default();
     for group in rules["groups"].as_array().expect("groups") {
         for rule in group["rules"].as_array().expect("rules") {
             let Some(alert) = rule["alert"].as_str() else {
@@ -646,7 +707,7 @@ fn every_alert_links_its_own_runbook_heading() {
                 "{path}: {alert}: runbook {runbook:?}: no file {file}"
             );
             assert!(
-                anchors(&page).contains(fragment),
+                anchors.of(&page).contains(fragment),
                 "{path}: {alert}: runbook {runbook:?}: no such heading in {file}"
             );
             assert_eq!(
@@ -659,53 +720,17 @@ fn every_alert_links_its_own_runbook_heading() {
     assert!(alerts > 0, "{path}: no alerts found");
 }
 
-/// The level table in docs/policy.md is a copy of `records::Level`'s mapping: every spelling it
-/// lists maps to its row's level, and it lists every number and OTLP severity the code maps.
 #[test]
-fn level_table_matches_the_code() {
-    use verbosity_guard::records::Level;
-    let page = std::fs::read_to_string(repo("docs/policy.md")).expect("docs/policy.md");
-    let rows: Vec<Vec<&str>> = page
-        .lines()
-        .filter(|l| l.starts_with("| `") && l.matches('|').count() == 5)
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .filter(|cells: &Vec<&str>| {
-            Level::parse_name(cells[0].trim_matches('`')).is_some() && cells[3].contains('–')
-        })
-        .collect();
+fn the_link_scanner_sees_links_and_headings_outside_code() {
     assert_eq!(
-        rows.len(),
-        Level::COUNT,
-        "one row per level in docs/policy.md"
+        link_targets("see [a](x.md#y), `[b](z.md)` and [c](https://e.com)"),
+        ["x.md#y", "https://e.com"]
     );
-    let (mut numbers, mut severities) = (Vec::new(), Vec::new());
-    for cells in &rows {
-        let level = Level::parse_name(cells[0].trim_matches('`'));
-        for text in cells[1].split_whitespace() {
-            let text = text.trim_matches('`');
-            assert_eq!(Level::from_text(text.as_bytes()), level, "text {text:?}");
-        }
-        for n in cells[2]
-            .split(',')
-            .map(|n| n.trim().parse::<i64>().unwrap())
-        {
-            assert_eq!(Level::from_number(n), level, "number {n}");
-            numbers.push(n);
-        }
-        let (lo, hi) = cells[3].split_once('–').unwrap();
-        for n in lo.trim().parse::<i64>().unwrap()..=hi.trim().parse::<i64>().unwrap() {
-            assert_eq!(Level::from_otlp_severity(n), level, "severity {n}");
-            severities.push(n);
-        }
-    }
-    for n in -10..=100 {
-        let listed = numbers.contains(&n);
-        assert_eq!(Level::from_number(n).is_some(), listed, "number {n}");
-        let listed = severities.contains(&n);
-        assert_eq!(
-            Level::from_otlp_severity(n).is_some(),
-            listed,
-            "severity {n}"
-        );
-    }
+    assert_eq!(
+        anchor(" Hot reload: `SIGHUP` & files"),
+        "hot-reload-sighup--files"
+    );
+    let text = "# A\n```\n# not a heading [x](y)\n```\ntext [l](m)\n";
+    let lines: Vec<_> = prose_lines(text).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(lines, ["# A", "text [l](m)"]);
 }

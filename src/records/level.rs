@@ -3,11 +3,39 @@
 //! Six levels, least to most severe: `trace < debug < info < warn < error < fatal`. Every
 //! spelling the guard understands is in [`Level::from_text`], [`Level::from_number`] and
 //! [`Level::from_otlp_severity`]; the level table in
-//! `docs/policy.md` is a copy of them (`tests/docs.rs` checks it).
+//! `docs/policy.md` is generated from them (`tests/docs.rs`).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// The one table of level spellings: [`Level::SPELLINGS`] and the `match` that
+/// [`Level::from_text`] runs are both written from it, so the documented list is the accepted one.
+macro_rules! spellings {
+    ($($level:ident: $($spelling:literal)|+;)+) => {
+        impl Level {
+            /// Every lowercase spelling [`Level::from_text`] reads, by level.
+            pub const SPELLINGS: &[(Level, &[&[u8]])] = &[$((Level::$level, &[$($spelling),+])),+];
+        }
+
+        fn from_spelling(lower: &[u8]) -> Option<Level> {
+            Some(match lower {
+                $($($spelling)|+ => Level::$level,)+
+                _ => return None,
+            })
+        }
+    };
+}
+
+spellings! {
+    Trace: b"trace" | b"trc" | b"t" | b"finest" | b"finer" | b"verbose" | b"v";
+    Debug: b"debug" | b"dbg" | b"d" | b"fine";
+    Info: b"info" | b"inf" | b"i" | b"information" | b"informational" | b"notice" | b"n";
+    Warn: b"warn" | b"warning" | b"wrn" | b"w";
+    Error: b"error" | b"err" | b"e" | b"severe";
+    Fatal: b"fatal" | b"ftl" | b"f" | b"critical" | b"crit" | b"alert" | b"emerg" | b"emergency"
+        | b"panic";
+}
 
 /// A log level, least to most severe.
 #[derive(
@@ -78,18 +106,7 @@ impl Level {
         let lower = &mut buf[..t.len()];
         lower.copy_from_slice(t);
         lower.make_ascii_lowercase();
-        Some(match &*lower {
-            b"trace" | b"trc" | b"t" | b"finest" | b"finer" | b"verbose" | b"v" => Level::Trace,
-            b"debug" | b"dbg" | b"d" | b"fine" => Level::Debug,
-            b"info" | b"inf" | b"i" | b"information" | b"informational" | b"notice" | b"n" => {
-                Level::Info
-            }
-            b"warn" | b"warning" | b"wrn" | b"w" => Level::Warn,
-            b"error" | b"err" | b"e" | b"severe" => Level::Error,
-            b"fatal" | b"ftl" | b"f" | b"critical" | b"crit" | b"alert" | b"emerg"
-            | b"emergency" | b"panic" => Level::Fatal,
-            _ => return None,
-        })
+        from_spelling(lower)
     }
 
     /// A numeric level in a JSON record: syslog severities 0–7 (0 emerg … 7 debug), or the
