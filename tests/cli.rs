@@ -7,7 +7,7 @@ mod support;
 
 use std::process::{Command, Output};
 
-use support::yaml_files;
+use support::files;
 
 const BIN: &str = env!("CARGO_BIN_EXE_verbosity-guard");
 const EXIT_BAD_INPUT: i32 = 65;
@@ -22,7 +22,7 @@ fn run(args: &[&str]) -> Output {
 
 #[test]
 fn every_shipped_policy_checks_and_is_summarized() {
-    for file in yaml_files("policies") {
+    for file in files("policies", "yaml") {
         let out = run(&["check", file.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -53,7 +53,7 @@ fn every_shipped_policy_checks_and_is_summarized() {
 
 #[test]
 fn every_invalid_policy_fails_with_its_expected_message() {
-    for file in yaml_files("policies/invalid") {
+    for file in files("policies/invalid", "yaml") {
         let text = std::fs::read_to_string(&file).unwrap();
         let expected: Vec<&str> = text
             .lines()

@@ -12,12 +12,11 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use serde_json::Value;
-use support::{PATIENCE, TestGuard, TestUpstream, gzip, raw_exchange, read_to_close};
+use support::{PATIENCE, TestGuard, TestUpstream, gzip, raw_exchange, read_to_close, repo};
 use verbosity_guard::cli::Cli;
 use verbosity_guard::units::HumanDuration;
 
@@ -29,10 +28,6 @@ const DASHBOARD: &str = "deploy/grafana/verbosity-guard.json";
 const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
 // ---- reading the kit
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use support::{
     TestGuard, TestUpstream, client, gunzip, gzip, header, json, metric_value, policy_with_route,
+    require_program,
 };
 use verbosity_guard::records::otlp::fixtures::{record, resource, scope};
 use verbosity_guard::records::otlp::proto::{
@@ -579,24 +580,12 @@ const SDK_PATIENCE: Duration = Duration::from_secs(60);
 /// Fails the test, saying how to install them, unless the OpenTelemetry SDK and its OTLP/HTTP
 /// exporter can be imported by `python3`.
 fn require_otel_sdk() {
-    let probe = Command::new("python3")
-        .args(["-c", "import opentelemetry.exporter.otlp.proto.http"])
-        .stdin(Stdio::null())
-        .output();
-    let problem = match probe {
-        Ok(out) if out.status.success() => return,
-        Ok(out) => format!(
-            "python3 exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => format!("cannot run python3: {e}"),
-    };
-    panic!(
-        "this test needs the OpenTelemetry Python SDK, which is not importable ({problem}); \
-         install it with `pip install -r tests/otel_sdk/requirements.txt` \
-         (opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2), or run \
-         the suite without --include-ignored to leave it out"
+    require_program(
+        "python3",
+        &["-c", "import opentelemetry.exporter.otlp.proto.http"],
+        "the OpenTelemetry Python SDK: install it with `pip install -r \
+         tests/otel_sdk/requirements.txt` (opentelemetry-sdk==1.45.2 \
+         opentelemetry-exporter-otlp-proto-http==1.45.2)",
     );
 }
 

@@ -13,25 +13,16 @@ mod support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::{TestGuard, TestUpstream, client};
+use support::{TestGuard, TestUpstream, client, require_program};
 
 const POLICY: &str = include_str!("../policies/vehicle-api.yaml");
 
 /// Fails the test, saying how to install it, unless `promtool --version` runs.
 fn require_promtool() {
-    let problem = match Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => return,
-        Ok(s) => format!("`promtool --version` exited with {s}"),
-        Err(e) => format!("cannot run promtool: {e}"),
-    };
-    panic!(
-        "this test needs promtool ({problem}); install it with `apt-get install prometheus` \
-         (Debian's package), or run the suite without --include-ignored to leave it out"
+    require_program(
+        "promtool",
+        &["--version"],
+        "promtool: install it with `apt-get install prometheus` (Debian's package)",
     );
 }
 

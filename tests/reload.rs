@@ -392,7 +392,7 @@ async fn the_watcher_sees_each_broken_file_and_then_the_fix() {
 async fn a_write_in_several_chunks_is_loaded_once() {
     let up = TestUpstream::start().await;
     let file = PolicyDir::new(&policy("", "v0"));
-    // A long quiet period, so the pauses of the writer below are well inside it.
+    // A quiet period far longer than the writer below takes, so its chunks are one burst.
     let guard = TestGuard::start_file(&file.path, &up.url, |c| {
         c.policy_debounce = Duration::from_secs(1);
     })

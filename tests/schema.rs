@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::yaml_files;
+use support::files;
 
 fn printed_schema() -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_verbosity-guard"))
@@ -33,7 +33,7 @@ fn every_shipped_policy_validates_against_the_printed_schema() {
     let schema = printed_schema();
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
     let validator = jsonschema::validator_for(&schema).expect("a valid draft 7 schema");
-    for file in yaml_files("policies") {
+    for file in files("policies", "yaml") {
         let policy = yaml_as_json(&file);
         let errors: Vec<String> = validator
             .iter_errors(&policy)

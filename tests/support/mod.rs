@@ -429,16 +429,46 @@ pub fn chunked(frames: impl IntoIterator<Item = Vec<u8>>) -> reqwest::Body {
     reqwest::Body::wrap_stream(futures_util::stream::iter(frames))
 }
 
-/// The `.yaml` files of `dir` (relative to the crate), sorted; fails if there are none.
-pub fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+/// Fails the test, saying how to install it, unless `program args` runs and succeeds: for the
+/// tests marked `#[ignore = "needs ..."]`, which run only when asked to (`--include-ignored`)
+/// and must not pass without their program.
+pub fn require_program(program: &str, args: &[&str], install: &str) {
+    let probe = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let problem = match probe {
+        Ok(out) if out.status.success() => return,
+        Ok(out) => format!(
+            "`{program} {}` exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run {program}: {e}"),
+    };
+    panic!(
+        "this test needs {install} ({problem}), or run the suite without --include-ignored to \
+         leave it out"
+    );
+}
+
+/// A path of the repository (relative to the crate root).
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The files of `dir` (relative to the crate) ending in `.ext`, sorted; fails if there are none,
+/// so a check over them cannot pass on nothing.
+pub fn files(dir: &str, ext: &str) -> Vec<std::path::PathBuf> {
+    let dir = repo(dir);
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no policies in {}", dir.display());
+    assert!(!files.is_empty(), "no .{ext} files in {}", dir.display());
     files
 }
 

@@ -1,6 +1,6 @@
 //! OTLP log records, scopes and resources shaped as an OpenTelemetry SDK writes them, built with
-//! the [`proto`](crate::records::otlp::proto) types. This exists so that the unit tests, the
-//! integration tests (and benches) build the same records from one definition; it is not part of
+//! the [`proto`](crate::records::otlp::proto) types. This exists so that the unit tests and the
+//! integration tests build the same records from one definition; it is not part of
 //! the guard's API and is hidden from its documentation.
 
 use crate::records::otlp::proto::{

@@ -161,12 +161,7 @@ fn proto_round_trip_keeps_exactly_the_kept_records() {
         .flat_map(|r| &r.scope_logs)
         .flat_map(|s| s.log_records.clone())
         .collect();
-    let kept_in: Vec<&[u8]> = batch
-        .records
-        .iter()
-        .filter(|r| r.keep)
-        .map(|r| &body[r.range()])
-        .collect();
+    let kept_in = kept_bytes(&batch, &body);
     assert_eq!(kept_out.len(), kept_in.len());
     for (a, b) in kept_out.iter().zip(kept_in) {
         assert_eq!(a.as_ref(), b);
@@ -484,12 +479,7 @@ fn json_round_trip_keeps_exactly_the_kept_records() {
 
     // Kept records are byte-identical, in order.
     let again = Batch::parse(&json_policy(), &out).unwrap();
-    let kept_in: Vec<&[u8]> = batch
-        .records
-        .iter()
-        .filter(|r| r.keep)
-        .map(|r| &body[r.range()])
-        .collect();
+    let kept_in = kept_bytes(&batch, body);
     let kept_out: Vec<&[u8]> = again.records.iter().map(|r| &out[r.range()]).collect();
     assert_eq!(kept_out, kept_in);
 }
@@ -661,8 +651,19 @@ fn fleet_batch() -> proto::ExportLogsServiceRequest {
     }
 }
 
+/// The records a batch keeps, as the bytes of `body` they were parsed from.
+fn kept_bytes<'b>(batch: &Batch, body: &'b [u8]) -> Vec<&'b [u8]> {
+    batch
+        .records
+        .iter()
+        .filter(|r| r.keep)
+        .map(|r| &body[r.range()])
+        .collect()
+}
+
+/// The fleet-sized test below is only that if its records are sized like a fleet's.
 #[test]
-fn fleet_batch_has_the_benchmark_shape() {
+fn the_fleet_batch_holds_500_records_of_200_to_400_bytes() {
     let req = fleet_batch();
     let sizes: Vec<usize> = all_records(&req).iter().map(|r| r.encoded_len()).collect();
     assert_eq!(sizes.len(), 500);
@@ -697,10 +698,6 @@ fn a_fleet_sized_batch_keeps_exactly_its_info_and_up_records_in_both_encodings()
     let proto_levels: Vec<Level> = batch.records.iter().map(|r| r.level).collect();
     keep_info_and_up(&mut batch.records);
     let out = batch.rewrite(&body);
-    assert_eq!(
-        proto::ExportLogsServiceRequest::decode(out.as_slice()).unwrap(),
-        want
-    );
     // The kept records are the sender's bytes, so the output is the expectation's encoding.
     assert_eq!(out, want.encode_to_vec());
 
@@ -716,19 +713,15 @@ fn a_fleet_sized_batch_keeps_exactly_its_info_and_up_records_in_both_encodings()
     let mut flags = batch.records.iter().map(|r| r.keep);
     let got: Json = serde_json::from_slice(&out).unwrap();
     assert_eq!(got, filter_json(&doc, &mut || flags.next().unwrap()));
-    let kept_in: Vec<&[u8]> = batch
-        .records
-        .iter()
-        .filter(|r| r.keep)
-        .map(|r| &json[r.range()])
-        .collect();
+    let kept_in = kept_bytes(&batch, &json);
     let again = Batch::parse(&json_policy(), &out).unwrap();
     let kept_out: Vec<&[u8]> = again.records.iter().map(|r| &out[r.range()]).collect();
     assert_eq!(kept_out.len(), 249);
     assert_eq!(kept_out, kept_in);
 }
 
-/// A rough OTLP JSON rendering of `req` (string bodies and attributes only), for timing.
+/// A rough OTLP JSON rendering of `req` (string bodies and attributes only), to read the same
+/// records as otlp-json.
 fn otlp_json_of(req: &proto::ExportLogsServiceRequest) -> Vec<u8> {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let s = |v: &Option<AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
