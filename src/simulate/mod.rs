@@ -24,10 +24,12 @@ use governor::clock::{Clock, FakeRelativeClock};
 use http::{Request, Uri};
 
 use crate::decide::records as batch;
-use crate::decide::{self, Reason, Reject, UNROUTED};
+use crate::decide::{self, Admitted, Reject, UNROUTED};
 use crate::policy::{self, Policy, PolicyError, Route};
 use crate::protect::{Brownout, Priority};
+use crate::records::RecordsPolicy;
 use crate::traffic::{self, Entry, Traffic, TrafficError};
+use bytes::Bytes;
 pub use fail_if::{Condition, ConditionError};
 pub use report::Report;
 
@@ -137,10 +139,11 @@ pub fn replay(
     report: &mut Report,
 ) -> Result<(), SimulateError> {
     let started = Instant::now();
-    // The controller is not simulated: the level does not move.
-    let brownout = report.brownout;
-    // The same per-process keying the live guard uses: keys only tell clients apart.
-    let hasher = RandomState::new();
+    let run = Run {
+        policy,
+        hasher: RandomState::new(),
+        brownout: report.brownout,
+    };
     let eviction = policy.limits.key_eviction_interval;
     let mut now = 0u64;
     let mut next_eviction = eviction.as_nanos() as u64;
@@ -162,117 +165,127 @@ pub fn replay(
             next_eviction = now + eviction.as_nanos() as u64;
         }
         report.requests += 1;
-        replay_one(policy, &hasher, brownout, now, entry, report);
+        run.replay_one(now, entry, report);
     }
     report.elapsed = started.elapsed();
     Ok(())
 }
 
-/// One request through the decision core, counted where it ends.
-fn replay_one<C: Clock>(
-    policy: &Policy<C>,
-    hasher: &RandomState,
+/// What every request of a replay shares.
+struct Run<'p, C: Clock> {
+    policy: &'p Policy<C>,
+    /// The same per-process keying the live guard uses: keys only tell clients apart.
+    hasher: RandomState,
+    /// The controller is not simulated: the level does not move.
     brownout: Brownout,
-    at: u64,
-    entry: Entry,
-    report: &mut Report,
-) {
-    let mut request = Request::new(());
-    *request.method_mut() = entry.method.clone();
-    *request.uri_mut() = Uri::from(entry.target.clone());
-    *request.headers_mut() = entry.headers.clone();
-    let (parts, ()) = request.into_parts();
-    let size = entry.body_size;
+}
 
-    let (route, r) = match decide::route(policy, &parts) {
-        Ok(routed) => (routed.route, &mut report.routes[routed.index]),
-        Err(e) => {
-            let unrouted = report.routes.len() - 1;
-            let r = &mut report.routes[unrouted];
-            r.requests.offer(at, 1);
-            r.body.offer(at, size);
-            r.reject(e.reason());
-            return;
-        }
-    };
-    r.requests.offer(at, 1);
-    r.body.offer(at, size);
-    let request = Replayed {
-        policy,
-        route,
-        parts: &parts,
-        entry: &entry,
-        at,
-    };
-    match request.decide(hasher, brownout, r) {
-        Ok(Some(forwarded)) => {
-            r.requests.forward(at, 1);
-            r.body.forward(at, forwarded);
-        }
-        // Every record dropped: the guard answers these itself, nothing reaches the upstream.
-        Ok(None) => {}
-        Err(e) => {
-            r.reject(e.reason());
-            // The records of a batch refused whole, counted as such (a malformed one has none).
-            if let Some(records) = &route.records
-                && !entry.is_partial()
-                && e.reason() != Reason::MalformedBatch
-                && let Some(counts) = batch::count_unjudged(records, &parts.headers, &entry.body)
-            {
-                r.refused_records(at, &counts);
+impl<C: Clock> Run<'_, C> {
+    /// One request through the decision core, counted where it ends.
+    fn replay_one(&self, at: u64, entry: Entry, report: &mut Report) {
+        let (size, partial) = (entry.body_size, entry.is_partial());
+        let mut request = Request::new(());
+        *request.method_mut() = entry.method;
+        *request.uri_mut() = Uri::from(entry.target);
+        *request.headers_mut() = entry.headers;
+        let (parts, ()) = request.into_parts();
+
+        let (route, r) = match decide::route(self.policy, &parts) {
+            Ok(routed) => (routed.route, &mut report.routes[routed.index]),
+            Err(e) => {
+                let unrouted = report.routes.len() - 1;
+                let r = &mut report.routes[unrouted];
+                r.requests.offer(at, 1);
+                r.body.offer(at, size);
+                r.reject(e.reason());
+                return;
             }
-        }
-    }
-}
+        };
+        r.requests.offer(at, 1);
+        r.body.offer(at, size);
 
-/// A routed request of the traffic file.
-struct Replayed<'a, C: Clock> {
-    policy: &'a Policy<C>,
-    route: &'a Route<C>,
-    parts: &'a http::request::Parts,
-    entry: &'a Entry,
-    at: u64,
-}
-
-impl<C: Clock> Replayed<'_, C> {
-    /// The live guard's phases after routing, in its order: identify, admit (brownout and
-    /// payload budgets), the verbosity clamp, and the records phase. The size of what would go
-    /// upstream, `None` when the guard would answer itself, or the refusal.
-    fn decide(
-        &self,
-        hasher: &RandomState,
-        brownout: Brownout,
-        r: &mut report::RouteReport,
-    ) -> Result<Option<u64>, Reject> {
-        let (route, parts, size) = (self.route, self.parts, self.entry.body_size);
-        let key = decide::identify(route, parts, self.entry.peer, hasher)?;
-        let mut untracked = false;
-        let cfg = &self.policy.protect.brownout;
-        let admitted = decide::admit(route, key, brownout, cfg, Some(size), |_| untracked = true);
-        r.untracked += u64::from(untracked);
-        let admitted = admitted?;
+        let (key, admitted) = match self.head(route, &parts, entry.peer, size, r) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                r.reject(e.reason());
+                // A batch refused whole from its head: its records are counted as refused.
+                if let Some(records) = &route.records
+                    && !partial
+                    && let Some(counts) =
+                        batch::count_unjudged(records, &parts.headers, &entry.body)
+                {
+                    r.refused_records(at, &counts);
+                }
+                return;
+            }
+        };
         if let Some(clamp) = &route.clamp {
             r.clamped += u64::from(clamp.count(&parts.headers, &parts.uri));
         }
-        match (&route.records, size) {
-            (Some(_), 1..) if self.entry.is_partial() => {
+
+        let forwarded = match (&route.records, size) {
+            (Some(_), 1..) if partial => {
                 // The recording did not keep the whole batch: its records cannot be counted.
                 r.partial += 1;
                 Ok(Some(size))
             }
             (Some(records), 1..) => {
-                let body = &self.entry.body;
-                let judged = batch::judge(records, &parts.headers, key, &admitted.tighten, body)?;
-                r.batch(judged.outcome);
-                if let Some(refusal) = judged.refusal() {
-                    return Err(refusal);
-                }
-                if let Some(tally) = judged.tally() {
-                    r.decided(self.at, tally);
-                }
-                Ok(judged.forward(body.clone())?.map(|b| b.len() as u64))
+                judge_batch(records, &parts.headers, key, &admitted, entry.body, at, r)
             }
             _ => Ok(Some(size)),
+        };
+        match forwarded {
+            Ok(Some(bytes)) => {
+                r.requests.forward(at, 1);
+                r.body.forward(at, bytes);
+            }
+            // Every record dropped: the guard answers these itself, nothing reaches the upstream.
+            Ok(None) => {}
+            Err(e) => r.reject(e.reason()),
         }
     }
+
+    /// The head's phases, in the live guard's order: identify, then admit (brownout and payload
+    /// budgets); client budgets skipped for a full key store are counted in `r`.
+    fn head(
+        &self,
+        route: &Route<C>,
+        parts: &http::request::Parts,
+        peer: std::net::IpAddr,
+        size: u64,
+        r: &mut report::RouteReport,
+    ) -> Result<(Option<u64>, Admitted<C>), Reject> {
+        let key = decide::identify(route, parts, peer, &self.hasher)?;
+        let mut untracked = false;
+        let cfg = &self.policy.protect.brownout;
+        let admitted = decide::admit(route, key, self.brownout, cfg, Some(size), |_| {
+            untracked = true
+        });
+        r.untracked += u64::from(untracked);
+        Ok((key, admitted?))
+    }
+}
+
+/// The live guard's records phase: the batch judged and counted; the size of what would go
+/// upstream, `None` when the guard would answer itself, or the refusal.
+fn judge_batch<C: Clock>(
+    records: &RecordsPolicy<C>,
+    headers: &http::HeaderMap,
+    key: Option<u64>,
+    admitted: &Admitted<C>,
+    body: Bytes,
+    at: u64,
+    r: &mut report::RouteReport,
+) -> Result<Option<u64>, Reject> {
+    let judged = batch::judge(records, headers, key, &admitted.tighten, &body)?;
+    if let Some(refusal) = judged.refusal() {
+        r.batch(judged.outcome);
+        return Err(refusal);
+    }
+    let forwarded = judged.forward(body)?.map(|b| b.len() as u64);
+    r.batch(judged.outcome);
+    if let Some(tally) = judged.tally() {
+        r.decided(at, tally);
+    }
+    Ok(forwarded)
 }
