@@ -14,7 +14,8 @@ use crate::policy::{Policy, Route};
 use crate::records::{LevelBudget, Per};
 use crate::units::ByteSize;
 
-/// Resolves a request budget's quota, or `None` when its burst is zero (no request could pass).
+/// Resolves a request budget's quota (`at` is the budget or level holding its `burst`), or
+/// `None` when its burst is zero (no request could pass).
 pub(super) fn request_quota<C: Clock + Clone>(
     c: &mut Compiler<C>,
     b: &RawRequestBudget,
@@ -35,17 +36,19 @@ pub(super) fn request_quota<C: Clock + Clone>(
     })
 }
 
-/// Resolves a byte budget's quota. A burst below `max_body` is allowed but warned about: the
-/// bodies in between can never pass.
+/// Resolves a byte budget's quota; its burst is the field `burst_field` of `at` (`burst` in a
+/// payload budget, `bytes_burst` in a level's rule). A burst below `max_body` is allowed but
+/// warned about: the bodies in between can never pass.
 pub(super) fn byte_quota<C: Clock + Clone>(
     c: &mut Compiler<C>,
     b: &RawByteBudget,
     at: &str,
+    burst_field: &str,
     max_body: Option<u64>,
 ) -> Quota {
     let burst = match b.burst {
         Some(ByteSize(0)) => {
-            c.problem(None, format!("{at}.burst"), "must be greater than zero");
+            c.problem(None, format!("{at}.{burst_field}"), "must be greater than zero");
             1
         }
         Some(ByteSize(n)) => n,

@@ -10,8 +10,9 @@
 //! This file resolves the top level; each section has a file of its own: `protect`, the route
 //! table in `route` (a route's `records` in `records`, its header and query names in
 //! `sources`), and every quota and budget carry-over in `budgets`. Problems are reported in the
-//! order the sections are compiled, which is the order of the file, so the call order here and
-//! in each section is part of the output.
+//! order the sections are compiled (not always the order of the file: a route's `records` and
+//! `verbosity_clamp` come before its `payload`), so the call order here and in each section is
+//! part of the output that `policies/invalid/` pins.
 
 mod budgets;
 mod protect;

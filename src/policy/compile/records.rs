@@ -147,7 +147,7 @@ fn level_rule<C: Clock + Clone>(
             burst: lim.burst.clone(),
         };
         let old = previous.and_then(|r| r.records.as_ref());
-        request_quota(c, &raw, &format!("{at}.burst"))
+        request_quota(c, &raw, at)
             .map(|q| level_budget(old, per, q, max_keys, clock))
     });
     let bytes = lim.bytes.map(|rate| {
@@ -156,7 +156,7 @@ fn level_rule<C: Clock + Clone>(
             burst: lim.bytes_burst,
         };
         let old = previous.and_then(|r| r.bytes.as_ref());
-        let q = byte_quota(c, &raw, &format!("{at}.bytes"), None);
+        let q = byte_quota(c, &raw, at, "bytes_burst", None);
         level_budget(old, per, q, max_keys, clock)
     });
     LevelRule {

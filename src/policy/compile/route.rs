@@ -213,12 +213,12 @@ fn compile_payload<C: Clock + Clone>(
     let route_bytes = p
         .route_bytes
         .as_ref()
-        .map(|b| byte_quota(c, b, &format!("{at}.route_bytes"), max_body))
+        .map(|b| byte_quota(c, b, &format!("{at}.route_bytes"), "burst", max_body))
         .map(|q| reuse_budget(was.and_then(|w| w.route_bytes.as_ref()), q, clock));
     let client_bytes = p
         .client_bytes
         .as_ref()
-        .map(|b| byte_quota(c, b, &format!("{at}.client_bytes"), max_body))
+        .map(|b| byte_quota(c, b, &format!("{at}.client_bytes"), "burst", max_body))
         .map(|q| {
             let old = was.and_then(|w| w.client_bytes.as_ref());
             reuse_keyed(old, q, max_keys, clock)
