@@ -20,7 +20,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{InsufficientCapacity, NotUntil, RateLimiter};
 
-pub use payload::{ByteCharge, Payload, Refusal, Tracking, admit, enforce};
+pub use payload::{ByteCharge, Payload, Refusal, Tracking, admit};
 pub use store::KeyStore;
 
 /// Which of a route's four budgets a decision concerns. The names are metric labels and appear

@@ -178,12 +178,7 @@ impl<C: Clock> ByteCharge<C> {
 }
 
 /// Turns a budget verdict into the request's fate.
-pub fn enforce(
-    kind: BudgetKind,
-    verdict: Verdict,
-    n: u64,
-    burst: u64,
-) -> Result<Tracking, Refusal> {
+fn enforce(kind: BudgetKind, verdict: Verdict, n: u64, burst: u64) -> Result<Tracking, Refusal> {
     match verdict {
         Verdict::Allow => Ok(Tracking::Tracked),
         Verdict::Untracked => Ok(Tracking::Untracked),

@@ -61,11 +61,12 @@ pub struct Judged {
     pub encoding: Encoding,
     /// The format the body was read as (an OTLP route tells JSON from protobuf by Content-Type).
     pub format: Format,
-    pub decoded: Bytes,
-    pub outcome: BatchOutcome,
+    decoded: Bytes,
     /// The records, each marked kept or dropped, with the batch's counts; or why the body is
     /// not the format.
-    pub parsed: Result<(Batch, Tally), NotFormat>,
+    parsed: Result<(Batch, Tally), NotFormat>,
+    /// What the route does with a body that is not its format.
+    on_malformed: OnMalformed,
 }
 
 /// Decodes, parses and decides a buffered batch under the route's `records` rules, tightened by
@@ -79,37 +80,43 @@ pub fn judge<C: Clock>(
     tighten: &Tighten,
     body: &Bytes,
 ) -> Result<Judged, Reject> {
-    let (encoding, decoded) = decode(policy, headers, body)?;
-    let format = format_of(policy.format, headers);
-    let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten).map(|mut batch| {
+    let Read {
+        encoding,
+        format,
+        decoded,
+        parsed,
+    } = read(policy, headers, body, tighten)?;
+    let parsed = parsed.map(|mut batch| {
         let tally = filter::decide_tightened(&mut batch.records, policy, key, tighten);
         (batch, tally)
     });
-    let outcome = match &parsed {
-        Ok((_, tally)) => match (tally.dropped(), tally.forwarded()) {
-            (0, _) => BatchOutcome::Untouched,
-            (_, 0) => BatchOutcome::AllDropped,
-            _ => BatchOutcome::Rewritten,
-        },
-        Err(_) => match policy.on_malformed {
-            OnMalformed::Forward => BatchOutcome::MalformedForwarded,
-            OnMalformed::Reject => BatchOutcome::MalformedRejected,
-        },
-    };
     Ok(Judged {
         encoding,
         format,
         decoded,
-        outcome,
         parsed,
+        on_malformed: policy.on_malformed,
     })
 }
 
 impl Judged {
+    /// What happens to the batch.
+    pub fn outcome(&self) -> BatchOutcome {
+        match (&self.parsed, self.on_malformed) {
+            (Ok((_, tally)), _) => match (tally.dropped(), tally.forwarded()) {
+                (0, _) => BatchOutcome::Untouched,
+                (_, 0) => BatchOutcome::AllDropped,
+                _ => BatchOutcome::Rewritten,
+            },
+            (Err(_), OnMalformed::Forward) => BatchOutcome::MalformedForwarded,
+            (Err(_), OnMalformed::Reject) => BatchOutcome::MalformedRejected,
+        }
+    }
+
     /// The refusal of a malformed batch on a route that rejects them.
     pub fn refusal(&self) -> Option<Reject> {
-        match (&self.parsed, self.outcome) {
-            (Err(reason), BatchOutcome::MalformedRejected) => Some(Reject::MalformedBatch {
+        match (&self.parsed, self.on_malformed) {
+            (Err(reason), OnMalformed::Reject) => Some(Reject::MalformedBatch {
                 format: self.format.as_str(),
                 reason: *reason,
             }),
@@ -126,28 +133,32 @@ impl Judged {
     /// forwarded unread, the kept records re-encoded like the request when some were dropped,
     /// `None` when there is nothing to forward (every record dropped, or refused).
     pub fn forward(&self, received: Bytes) -> Result<Option<Bytes>, Reject> {
-        Ok(match (&self.parsed, self.outcome) {
-            (_, BatchOutcome::Untouched | BatchOutcome::MalformedForwarded) => Some(received),
-            (Ok((batch, _)), BatchOutcome::Rewritten) => {
-                Some(Bytes::from(rewrite(batch, &self.decoded, self.encoding)?))
-            }
-            _ => None,
+        let (batch, tally) = match &self.parsed {
+            Ok(parsed) => parsed,
+            Err(_) => return Ok((self.on_malformed == OnMalformed::Forward).then_some(received)),
+        };
+        Ok(match (tally.dropped(), tally.forwarded()) {
+            (0, _) => Some(received),
+            (_, 0) => None,
+            _ => Some(Bytes::from(rewrite(batch, &self.decoded, self.encoding)?)),
         })
     }
 }
 
-/// The format a request on a route of `format` is read as: an OTLP route tells JSON from
-/// protobuf by the request's Content-Type.
-pub fn format_of(format: Format, headers: &HeaderMap) -> Format {
-    format.for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))
+/// A body read as its route's format: decoded, then parsed (records classified, none decided).
+struct Read {
+    encoding: Encoding,
+    format: Format,
+    decoded: Bytes,
+    parsed: Result<Batch, NotFormat>,
 }
 
-/// The body decoded from its Content-Encoding, under the route's caps.
-fn decode<C: Clock>(
+fn read<C: Clock>(
     policy: &RecordsPolicy<C>,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(Encoding, Bytes), Reject> {
+    tighten: &Tighten,
+) -> Result<Read, Reject> {
     let encoding = codec::request_encoding(headers)?;
     let decoded = match encoding {
         Encoding::Identity => body.clone(),
@@ -158,11 +169,24 @@ fn decode<C: Clock>(
             Bytes::from(codec::decode(enc, body, cap)?)
         }
     };
-    Ok((encoding, decoded))
+    let format = format_of(policy.format, headers);
+    let parsed = Batch::parse_bytes_as(policy, format, &decoded, tighten);
+    Ok(Read {
+        encoding,
+        format,
+        decoded,
+        parsed,
+    })
+}
+
+/// The format a request on a route of `format` is read as: an OTLP route tells JSON from
+/// protobuf by the request's Content-Type.
+pub fn format_of(format: Format, headers: &HeaderMap) -> Format {
+    format.for_content_type(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))
 }
 
 /// The kept records of a batch, re-encoded like the request was.
-pub fn rewrite(batch: &Batch, decoded: &[u8], encoding: Encoding) -> Result<Vec<u8>, Reject> {
+fn rewrite(batch: &Batch, decoded: &[u8], encoding: Encoding) -> Result<Vec<u8>, Reject> {
     let rewritten = batch.rewrite(decoded);
     match encoding {
         Encoding::Identity => Ok(rewritten),
@@ -178,9 +202,10 @@ pub fn count_unjudged<C: Clock>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<[(u64, u64); Level::COUNT]> {
-    let (_, decoded) = decode(policy, headers, body).ok()?;
-    let format = format_of(policy.format, headers);
-    let batch = Batch::parse_bytes_as(policy, format, &decoded, &Tighten::NONE).ok()?;
+    let batch = read(policy, headers, body, &Tighten::NONE)
+        .ok()?
+        .parsed
+        .ok()?;
     let mut counts = [(0, 0); Level::COUNT];
     for rec in &batch.records {
         let c = &mut counts[rec.level.index()];

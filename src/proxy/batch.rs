@@ -115,7 +115,7 @@ pub fn carry_out(
     tighten: &Tighten,
 ) -> Result<Filtered, Reject> {
     metrics.decoded(judged.encoding);
-    metrics.batch(judged.outcome);
+    metrics.batch(judged.outcome());
     if let Some(refusal) = judged.refusal() {
         return Err(refusal);
     }
@@ -139,9 +139,9 @@ pub fn carry_out(
 /// what enforce mode would have dropped.
 pub fn count_shadow(metrics: &RecordsMetrics, shadow: Option<&ShadowRecords>, judged: &Judged) {
     metrics.decoded(judged.encoding);
-    metrics.batch(match judged.parsed {
-        Ok(_) => BatchOutcome::Untouched,
-        Err(_) => BatchOutcome::MalformedForwarded,
+    metrics.batch(match judged.tally() {
+        Some(_) => BatchOutcome::Untouched,
+        None => BatchOutcome::MalformedForwarded,
     });
     if let Some(tally) = judged.tally() {
         metrics.record_forwarded_whole(tally);
@@ -152,7 +152,7 @@ pub fn count_shadow(metrics: &RecordsMetrics, shadow: Option<&ShadowRecords>, ju
     if let Some(tally) = judged.tally() {
         shadow.record(tally);
     }
-    shadow.batch(judged.outcome);
+    shadow.batch(judged.outcome());
 }
 
 /// The answer to a batch with nothing left to forward. OTLP senders get the success response

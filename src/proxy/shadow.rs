@@ -59,7 +59,7 @@ pub struct Judge {
 
 /// A shadow request's record of what enforce mode would have done.
 struct Shadow {
-    refusal: Refusal,
+    refusal: FirstRefusal,
     /// Records of the batch enforce mode would have (kept, dropped), when it was read.
     batch: Option<(u64, u64)>,
     clamped: u32,
@@ -67,13 +67,13 @@ struct Shadow {
 
 /// The first refusal enforce mode would have made, counted once: shared by a shadow request and
 /// its body, so both judge a refusal the same way.
-struct Refusal {
+struct FirstRefusal {
     metrics: Arc<ShadowMetrics>,
     /// Why enforce mode would have refused the request; no decision is made after it.
     first: Option<Reason>,
 }
 
-impl Refusal {
+impl FirstRefusal {
     /// `Ok` when `refusal` is only counted (once: enforce mode would not have got to a second
     /// one) and the request goes on; `Err` when it binds in every mode.
     fn judge(&mut self, refusal: Reject, buffered: bool) -> Result<(), Reject> {
@@ -97,7 +97,7 @@ impl Judge {
     /// The judge of a request on a route with these series (a shadow route has shadow series).
     pub fn new(route: &RouteMetrics, buffered: bool) -> Judge {
         let shadow = route.shadow.as_ref().map(|metrics| Shadow {
-            refusal: Refusal {
+            refusal: FirstRefusal {
                 metrics: metrics.clone(),
                 first: None,
             },
@@ -166,7 +166,7 @@ impl Judge {
     pub fn body(&self) -> BodyJudge {
         BodyJudge(self.shadow.as_ref().map(|s| {
             Box::new(ShadowBody {
-                refusal: Refusal {
+                refusal: FirstRefusal {
                     metrics: s.refusal.metrics.clone(),
                     first: s.refusal.first,
                 },
@@ -223,7 +223,7 @@ pub struct BodyJudge(Option<Box<ShadowBody>>);
 
 /// A shadow body: its request's refusal so far, carried on as the body streams.
 struct ShadowBody {
-    refusal: Refusal,
+    refusal: FirstRefusal,
     buffered: bool,
 }
 

@@ -169,7 +169,7 @@ impl Condition {
     fn resolve(&self, report: &Report) -> Result<(Option<String>, Option<Level>), ConditionError> {
         let known = |name: &str| report.route(name).is_some();
         match &self.name {
-            Some(name) => match level(name) {
+            Some(name) => match Level::parse_name(name) {
                 Some(l) => Ok((None, Some(l))),
                 None if known(name) => Ok((Some(name.clone()), None)),
                 None => Err(self.error(Problem::Name(name.clone()))),
@@ -240,10 +240,6 @@ impl Condition {
     }
 }
 
-fn level(name: &str) -> Option<Level> {
-    Level::ALL.into_iter().find(|l| l.as_str() == name)
-}
-
 impl FromStr for Condition {
     type Err = ConditionError;
 
@@ -311,13 +307,15 @@ fn parse_selection(kind: Kind, selection: &str) -> Result<Selection, Problem> {
                 route = Some(r.to_owned());
             }
             if l != "*" {
-                lvl = Some(level(l).ok_or_else(|| Problem::Level(l.to_owned()))?);
+                lvl = Some(Level::parse_name(l).ok_or_else(|| Problem::Level(l.to_owned()))?);
             }
         }
         None if selection == "*" => {}
         None => name = Some(selection.to_owned()),
     }
-    if !kind.of_records() && (lvl.is_some() || name.as_deref().and_then(level).is_some()) {
+    if !kind.of_records()
+        && (lvl.is_some() || name.as_deref().and_then(Level::parse_name).is_some())
+    {
         return Err(Problem::RequestLevel);
     }
     Ok((route, lvl, name))

@@ -279,11 +279,11 @@ fn judge_batch<C: Clock>(
 ) -> Result<Option<u64>, Reject> {
     let judged = batch::judge(records, headers, key, &admitted.tighten, &body)?;
     if let Some(refusal) = judged.refusal() {
-        r.batch(judged.outcome);
+        r.batch(judged.outcome());
         return Err(refusal);
     }
     let forwarded = judged.forward(body)?.map(|b| b.len() as u64);
-    r.batch(judged.outcome);
+    r.batch(judged.outcome());
     if let Some(tally) = judged.tally() {
         r.decided(at, tally);
     }

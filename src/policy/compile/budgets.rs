@@ -48,7 +48,11 @@ pub(super) fn byte_quota<C: Clock + Clone>(
 ) -> Quota {
     let burst = match b.burst {
         Some(ByteSize(0)) => {
-            c.problem(None, format!("{at}.{burst_field}"), "must be greater than zero");
+            c.problem(
+                None,
+                format!("{at}.{burst_field}"),
+                "must be greater than zero",
+            );
             1
         }
         Some(ByteSize(n)) => n,

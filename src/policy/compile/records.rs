@@ -147,8 +147,7 @@ fn level_rule<C: Clock + Clone>(
             burst: lim.burst.clone(),
         };
         let old = previous.and_then(|r| r.records.as_ref());
-        request_quota(c, &raw, at)
-            .map(|q| level_budget(old, per, q, max_keys, clock))
+        request_quota(c, &raw, at).map(|q| level_budget(old, per, q, max_keys, clock))
     });
     let bytes = lim.bytes.map(|rate| {
         let raw = RawByteBudget {
