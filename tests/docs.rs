@@ -65,7 +65,7 @@ fn block_range(page: &str, text: &str, name: &str) -> std::ops::Range<usize> {
 
 /// Checks (or, with `VERBOSITY_GUARD_UPDATE_DOCS=1`, rewrites) the generated blocks of one page.
 /// The page must hold exactly the blocks named, each once.
-fn check_generated(page: &str, blocks: &[(&str, String)]) {
+fn check_generated<N: AsRef<str>>(page: &str, blocks: &[(N, String)]) {
     let path = repo(page);
     let text = read(&path);
     let mut found: Vec<&str> = text
@@ -75,13 +75,14 @@ fn check_generated(page: &str, blocks: &[(&str, String)]) {
                 .strip_suffix(" begin -->")
         })
         .collect();
-    let mut expected: Vec<&str> = blocks.iter().map(|(n, _)| *n).collect();
+    let mut expected: Vec<&str> = blocks.iter().map(|(n, _)| n.as_ref()).collect();
     found.sort_unstable();
     expected.sort_unstable();
     assert_eq!(found, expected, "{page}: the generated blocks, each once");
     let stale: Vec<_> = blocks
         .iter()
         .filter_map(|(name, rendered)| {
+            let name = name.as_ref();
             let range = block_range(page, &text, name);
             let first_line = text[..range.start].lines().count() + 1;
             first_difference(page, name, first_line, &text[range], rendered)
@@ -98,7 +99,7 @@ fn check_generated(page: &str, blocks: &[(&str, String)]) {
     }
     let mut updated = text.clone();
     for (name, rendered) in blocks {
-        let range = block_range(page, &updated, name);
+        let range = block_range(page, &updated, name.as_ref());
         updated.replace_range(range, rendered);
     }
     // Written aside and renamed, so the tests reading this page meanwhile never see half of it.
@@ -415,18 +416,11 @@ fn render_levels() -> String {
 
 // ---- docs/cli.md: every command's options, from clap
 
-/// The options of one subcommand (or, for `global`, those every subcommand takes): option,
+/// The options of one subcommand (or, `global`, of the root: those every subcommand takes): option,
 /// environment variable, default, help.
-fn render_cli(name: &str) -> String {
-    let root = Cli::command();
-    let command = if name == "global" {
-        &root
-    } else {
-        root.find_subcommand(name)
-            .unwrap_or_else(|| panic!("no subcommand {name}"))
-    };
+fn render_cli(command: &clap::Command, global: bool) -> String {
     let mut out = String::new();
-    if name != "global" {
+    if !global {
         let about = command
             .get_long_about()
             .or(command.get_about())
@@ -502,21 +496,12 @@ fn render_cli(name: &str) -> String {
 
 #[test]
 fn cli_reference_matches_clap() {
-    let mut names = vec!["global".to_owned()];
-    names.extend(
-        Cli::command()
-            .get_subcommands()
-            .map(|s| s.get_name().to_owned()),
-    );
-    let blocks: Vec<_> = names
-        .iter()
-        .map(|n| (format!("cli-{n}"), render_cli(n)))
-        .collect();
-    let blocks: Vec<_> = blocks
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
-    check_generated("docs/cli.md", &blocks);
+    let root = Cli::command();
+    let mut rendered = vec![("cli-global".to_owned(), render_cli(&root, true))];
+    for sub in root.get_subcommands() {
+        rendered.push((format!("cli-{}", sub.get_name()), render_cli(sub, false)));
+    }
+    check_generated("docs/cli.md", &rendered);
 }
 
 // ---- docs/metrics.md: every metric family, from metrics::FAMILIES
