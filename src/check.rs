@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::budget::{BudgetKind, Quota};
+use crate::budget::{BudgetKind, Quota, Scope};
 use crate::policy::{self, Mode, Policy, Route};
 use crate::protect::{BrownoutConfig, Priority, ProtectConfig, SurgeConfig};
 use crate::records::{Level, LevelRule, Per};
@@ -52,6 +52,7 @@ fn summarize(p: &Policy, out: &mut String) {
         write_route(r, out);
     }
     write_protect(&p.protect, out);
+    write_fleet(p, out);
     for w in &p.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }
@@ -102,7 +103,14 @@ fn write_route(r: &Route, out: &mut String) {
 fn budgets(r: &Route) -> String {
     let budgets: Vec<String> = BudgetKind::ALL
         .iter()
-        .filter_map(|&k| r.payload.quota(k).map(|q| budget(k, q)))
+        .filter_map(|&k| {
+            let fleet = r
+                .payload
+                .placement(k)
+                .is_some_and(|p| p.scope() == Scope::Fleet);
+            let b = budget(k, r.payload.quota(k)?);
+            Some(if fleet { format!("{b} fleet-wide") } else { b })
+        })
         .collect();
     if budgets.is_empty() {
         "-".into()
@@ -127,6 +135,27 @@ fn budget(k: BudgetKind, q: Quota) -> String {
         (rate.to_string(), q.burst.to_string())
     };
     format!("{} {rate} burst {burst}", k.as_str())
+}
+
+/// Writes the `fleet:` line, for a policy with fleet-wide budgets.
+fn write_fleet(p: &Policy, out: &mut String) {
+    let any = p.routes().iter().any(|r| {
+        BudgetKind::ALL.iter().any(|&k| {
+            r.payload
+                .placement(k)
+                .is_some_and(|p| p.scope() == Scope::Fleet)
+        })
+    });
+    if any {
+        let f = &p.fleet;
+        let _ = writeln!(
+            out,
+            "  fleet: budgets shared through serve --fleet-redis under {}, refilled every {}; without Redis each guard enforces 1/{} of them",
+            f.namespace,
+            HumanDuration(f.refill_interval),
+            f.pods
+        );
+    }
 }
 
 /// Writes the `protect:` line (upstream slots and waits) and the `brownout:` line.

@@ -108,6 +108,10 @@ pub struct SimulateArgs {
         default_value = "16MiB"
     )]
     pub max_body: ByteSize,
+    /// Fleet budgets (`scope: fleet`) are replayed as one of this many guards, each holding
+    /// 1/pods of the budget; the default, 1, is one guard holding the whole fleet budget.
+    #[arg(long, env = "VERBOSITY_GUARD_SIMULATE_PODS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pods: u32,
 }
 
 fn parse_brownout(s: &str) -> Result<Brownout, String> {
@@ -218,6 +222,11 @@ pub struct ServeArgs {
     /// Bytes of each request body recorded; a larger body is recorded in part, with its size.
     #[arg(long, env = "VERBOSITY_GUARD_RECORD_MAX_BODY", default_value = "1MiB")]
     pub record_max_body: ByteSize,
+    /// Share the policy's `scope: fleet` budgets with every guard using this Redis,
+    /// `redis://[:password@]host:port[/db]`. Without it they run at this guard's share
+    /// (1/`fleet.pods`).
+    #[arg(long, env = "VERBOSITY_GUARD_FLEET_REDIS")]
+    pub fleet_redis: Option<String>,
 }
 
 /// clap parses unit flags through the same `FromStr` as the policy file.

@@ -90,6 +90,7 @@ fn run_simulate(args: &SimulateArgs) -> ExitCode {
             max_requests: args.max_requests,
             max_body: args.max_body.0,
         },
+        pods: args.pods,
     };
     let (report, verdicts) = match simulate::run(&opts, &args.fail_if) {
         Ok(done) => done,
@@ -161,6 +162,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;
         cfg.watch_policy = !args.no_watch;
+        cfg.fleet_redis = args.fleet_redis;
         cfg.record = args
             .record
             .map(|path| verbosity_guard::record::RecordConfig {

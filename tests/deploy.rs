@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use serde_json::Value;
-use support::{PATIENCE, TestGuard, TestUpstream, gzip, raw_exchange, read_to_close, repo};
+use support::{
+    PATIENCE, TestGuard, TestUpstream, eventually, gzip, raw_exchange, read_to_close, repo,
+};
 use verbosity_guard::cli::Cli;
 use verbosity_guard::units::HumanDuration;
 
@@ -65,16 +67,27 @@ fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
     named(&pod["containers"], name, "container")
 }
 
-/// A container's environment, name to value.
+/// A container's environment, name to value: the variables the manifest sets to a literal
+/// `value` (those set `valueFrom` a Secret have no value to read here; see [`env_from`]).
 fn env(container: &Value) -> BTreeMap<&str, &str> {
     items(&container["env"])
         .iter()
+        .filter(|e| e["valueFrom"].is_null())
         .map(|e| {
             (
                 str_of(&e["name"], "env name"),
                 str_of(&e["value"], "env value"),
             )
         })
+        .collect()
+}
+
+/// The variables a container takes `valueFrom` elsewhere (a Secret), by name.
+fn env_from(container: &Value) -> BTreeMap<&str, &Value> {
+    items(&container["env"])
+        .iter()
+        .filter(|e| !e["valueFrom"].is_null())
+        .map(|e| (str_of(&e["name"], "env name"), &e["valueFrom"]))
         .collect()
 }
 
@@ -395,7 +408,22 @@ async fn guard_after_traffic(up: &TestUpstream) -> TestGuard {
 async fn dashboard_queries_only_series_a_real_scrape_exports() {
     let up = TestUpstream::start().await;
     let g = guard_after_traffic(&up).await;
-    let scrape = parse_scrape(&g.scrape().await);
+    // The fleet panels read the series of a guard with fleet budgets and --fleet-redis; its
+    // Redis is unreachable, which is the state those panels are there to show.
+    let policy = read("policies/vehicle-api.yaml").replacen(
+        "rate: 2/s, burst: 10 }",
+        "rate: 2/s, burst: 10, scope: fleet }",
+        1,
+    );
+    let fleet = TestGuard::start_with(&policy, &up.url, |cfg| {
+        cfg.fleet_redis = Some("redis://127.0.0.1:1".into());
+    })
+    .await;
+    eventually("the fleet guard shows its mode", async || {
+        fleet.scrape().await.contains("verbosity_guard_fleet_mode{")
+    })
+    .await;
+    let scrape = parse_scrape(&(g.scrape().await + &fleet.scrape().await));
 
     let dashboard: Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard JSON");
     let mut queries = Vec::new();
@@ -642,6 +670,23 @@ fn manifest_and_image_set_real_cli_env_vars_to_valid_values() {
         assert!(vars.contains_key(required), "the guard needs {required}");
     }
     parse_as_cli("deployment.yaml", &args, vars.clone());
+    // Variables from a Secret are real flags too, and optional: the pod starts without the
+    // Secret (fleet budgets then run at the local share).
+    let flags = cli_env_flags();
+    for (name, from) in env_from(guard) {
+        assert!(
+            flags.contains_key(name),
+            "deployment.yaml: {name} is not an environment variable of `verbosity-guard serve`"
+        );
+        assert_eq!(
+            from["secretKeyRef"]["optional"], true,
+            "deployment.yaml: {name} must not keep the pod from starting without its Secret"
+        );
+    }
+    assert!(
+        env_from(guard).contains_key("VERBOSITY_GUARD_FLEET_REDIS"),
+        "the guard takes its fleet Redis from a Secret"
+    );
     let upstream = verbosity_guard::app::parse_upstream(vars["VERBOSITY_GUARD_UPSTREAM"]);
     assert!(upstream.is_ok(), "{upstream:?}");
     assert!(

@@ -173,6 +173,7 @@ async fn what_was_sent_is_recorded_and_replays_to_the_live_counts() {
         traffic: file.clone(),
         brownout: verbosity_guard::protect::Brownout::Off,
         limits: Limits::default(),
+        pods: 1,
     };
     let (report, _) = verbosity_guard::simulate::run(&opts, &[]).unwrap();
     let live = g.scrape().await;

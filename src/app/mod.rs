@@ -23,7 +23,10 @@ mod policy_watch;
 pub mod reload;
 mod tasks;
 
+use crate::budget::{BudgetKind, FleetLink, Scope};
+use crate::fleet;
 use crate::metrics::Metrics;
+use crate::policy::FleetRuntime;
 pub use crate::policy::PolicySource;
 use crate::policy::{Policy, PolicyError};
 use crate::protect::Protection;
@@ -55,6 +58,8 @@ pub struct Config {
     pub policy_debounce: Duration,
     /// Record sampled requests into a traffic file (`--record`).
     pub record: Option<crate::record::RecordConfig>,
+    /// Redis shared by the fleet's guards for `scope: fleet` budgets (`--fleet-redis`).
+    pub fleet_redis: Option<String>,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
             watch_policy: true,
             policy_debounce: DEFAULT_POLICY_DEBOUNCE,
             record: None,
+            fleet_redis: None,
         }
     }
 }
@@ -105,12 +111,17 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("--fleet-redis: {0} (expected redis://[:password@]host:port[/db])")]
+    FleetRedis(#[source] redis::RedisError),
 }
 
 impl StartError {
     /// True when the cause is bad input (policy, upstream URL) rather than the environment.
     pub fn is_input(&self) -> bool {
-        matches!(self, StartError::Policy(_) | StartError::Upstream { .. })
+        matches!(
+            self,
+            StartError::Policy(_) | StartError::Upstream { .. } | StartError::FleetRedis(_)
+        )
     }
 }
 
@@ -158,7 +169,9 @@ impl App {
             .path()
             .filter(|_| cfg.watch_policy)
             .map(|path| PolicyWatch::start(path, cfg.policy_debounce));
-        let policy = cfg.policy.load()?;
+        let fleet = Fleet::new(cfg.fleet_redis.as_deref())?;
+        let policy = cfg.policy.load_for(&fleet.runtime)?;
+        fleet.explain(&policy);
         // Only now, so that a policy that cannot be read is reported once, as that.
         let watch = watch.and_then(|w| {
             w.inspect_err(|e| tracing::warn!("{e}; the policy reloads on SIGHUP only"))
@@ -186,7 +199,7 @@ impl App {
         )
         .await
         .map_err(StartError::Workers)?;
-        let reloader = Arc::new(Reloader::new(cfg.policy.clone()));
+        let reloader = Arc::new(Reloader::new(cfg.policy.clone(), fleet.runtime.clone()));
         let max_connections = cfg.server.max_connections;
         let mut background = vec![
             tokio::spawn(proxy::accept(
@@ -200,6 +213,9 @@ impl App {
             tokio::spawn(tasks::evict_idle_keys(shared.clone())),
             tokio::spawn(tasks::run_controller(shared.clone())),
         ];
+        if let Some(worker) = fleet.worker(&shared) {
+            background.push(tokio::spawn(worker.run(shutdown.subscribe())));
+        }
         if let Some(watch) = watch {
             let reload = reload_on_change(watch, reloader.clone(), shared);
             background.push(tokio::spawn(reload));
@@ -308,8 +324,75 @@ fn shared_state(cfg: &Config, policy: Policy, registry: &Registry) -> Result<Sha
         metrics,
         target,
         body_idle_timeout: cfg.body_idle_timeout,
-        key_hasher: std::hash::RandomState::new(),
+        key_hasher: crate::decide::KeyHasher,
     })
+}
+
+/// How this guard runs the policy's fleet budgets, and the worker that talks to Redis.
+struct Fleet {
+    runtime: FleetRuntime,
+    worker: Option<(
+        fleet::Store,
+        tokio::sync::mpsc::Receiver<crate::budget::Refill>,
+    )>,
+}
+
+impl Fleet {
+    fn new(url: Option<&str>) -> Result<Fleet, StartError> {
+        let Some(url) = url else {
+            return Ok(Fleet {
+                runtime: FleetRuntime::ALONE,
+                worker: None,
+            });
+        };
+        let store = fleet::Store::new(url).map_err(StartError::FleetRedis)?;
+        let (link, refills) = FleetLink::new();
+        Ok(Fleet {
+            runtime: FleetRuntime::Linked(link),
+            worker: Some((store, refills)),
+        })
+    }
+
+    /// Says once, at start, that fleet budgets run alone when there is no Redis.
+    fn explain(&self, policy: &Policy) {
+        let fleet_budgets = policy.routes().iter().any(|r| {
+            BudgetKind::ALL.into_iter().any(|k| {
+                r.payload
+                    .placement(k)
+                    .is_some_and(|p| p.scope() == Scope::Fleet)
+            })
+        });
+        if fleet_budgets && self.worker.is_none() {
+            tracing::warn!(
+                pods = policy.fleet.pods,
+                "the policy has fleet budgets but no --fleet-redis: each runs at this guard's \
+                 share alone (1/pods of its rate and burst)"
+            );
+        }
+    }
+
+    fn worker(self, shared: &Arc<Shared>) -> Option<fleet::Worker> {
+        let (store, refills) = self.worker?;
+        let FleetRuntime::Linked(link) = self.runtime else {
+            return None;
+        };
+        let policy = shared.clone();
+        Some(fleet::Worker {
+            store,
+            link,
+            refills,
+            metrics: shared.metrics.clone(),
+            settings: Box::new(move || policy.policy.load().policy.fleet.clone()),
+            guard_id: guard_id(),
+        })
+    }
+}
+
+/// A name for this guard in the fleet's heartbeat set: unique per process.
+fn guard_id() -> String {
+    use std::hash::BuildHasher;
+    let seed = std::hash::RandomState::new().hash_one(std::process::id());
+    format!("{seed:016x}")
 }
 
 /// A listener and the address it bound (port 0 resolved).

@@ -14,7 +14,7 @@
 use std::sync::Mutex;
 
 use crate::metrics::{Metrics, ReloadResult};
-use crate::policy::{PolicyError, PolicySource, parse_replacing, version_hash};
+use crate::policy::{FleetRuntime, PolicyError, PolicySource, parse_replacing, version_hash};
 use crate::proxy::PolicyStore;
 
 /// What a successful reload did.
@@ -56,15 +56,17 @@ pub enum ReloadError {
 /// Reloads one policy source into one store.
 pub struct Reloader {
     source: PolicySource,
+    fleet: FleetRuntime,
     /// Serializes reloads; holds the message of the last failure, so that the same failure
     /// repeated (a broken file touched again, SIGHUP sent twice) is logged only once.
     last_failure: Mutex<Option<String>>,
 }
 
 impl Reloader {
-    pub fn new(source: PolicySource) -> Reloader {
+    pub fn new(source: PolicySource, fleet: FleetRuntime) -> Reloader {
         Reloader {
             source,
+            fleet,
             last_failure: Mutex::new(None),
         }
     }
@@ -118,7 +120,7 @@ impl Reloader {
         if hash == active.policy.version_hash {
             return Ok(ReloadOutcome::Unchanged { version_hash: hash });
         }
-        let policy = parse_replacing(&text, &name, Some(&active.policy))?;
+        let policy = parse_replacing(&text, &name, Some(&active.policy), &self.fleet)?;
         let (budgets_kept, budgets) = policy.budgets_shared_with(&active.policy);
         for w in &policy.warnings {
             tracing::warn!("{}: {w}", policy.source);

@@ -9,10 +9,12 @@
 //! million cells per second and the burst within `u32`. A charge rounds up to whole cells, so
 //! it over-counts by less than one unit per request (1 byte for rates up to ~1 MB/s).
 
+mod fleet;
 mod payload;
 mod store;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -20,8 +22,18 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{InsufficientCapacity, NotUntil, RateLimiter};
 
+use fleet::Fleet;
+pub use fleet::{
+    Ask, Expired, FleetBudgetSpec, FleetLink, Lease, Leases, REFILL_QUEUE, Refill, Scope, share,
+};
 pub use payload::{ByteCharge, Payload, Refusal, Tracking, admit};
 pub use store::KeyStore;
+
+/// A clock budgets can run on: governor's, shareable across threads (fleet budgets rebuild
+/// their local share on it).
+pub trait BudgetClock: Clock + Clone + Send + Sync + 'static {}
+
+impl<C: Clock + Clone + Send + Sync + 'static> BudgetClock for C {}
 
 /// Which of a route's four budgets a decision concerns. The names are metric labels and appear
 /// in rejection bodies.
@@ -139,11 +151,33 @@ fn verdict<I: governor::clock::Reference>(
     }
 }
 
+/// Where a budget's state lives, which decides whether a reloaded policy may keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// This guard's own budget.
+    Local,
+    /// A fleet budget run by this guard alone at its share for `pods` guards (no store).
+    Alone { pods: u32 },
+    /// A fleet budget leased from the store.
+    Leased(FleetBudgetSpec),
+}
+
+impl Placement {
+    pub fn scope(&self) -> Scope {
+        match self {
+            Placement::Local => Scope::Local,
+            Placement::Alone { .. } | Placement::Leased(_) => Scope::Fleet,
+        }
+    }
+}
+
 /// A route-wide budget: one GCRA state shared by every request of the route.
 pub struct Budget<C: Clock = DefaultClock> {
     quota: Quota,
+    placement: Placement,
     cells: Cells,
     limiter: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    fleet: Option<Fleet<C>>,
 }
 
 impl<C: Clock> Budget<C> {
@@ -151,19 +185,53 @@ impl<C: Clock> Budget<C> {
         let cells = Cells::new(quota);
         Budget {
             quota,
+            placement: Placement::Local,
             cells,
             limiter: RateLimiter::direct_with_clock(cells.quota, clock),
+            fleet: None,
         }
     }
 
+    /// A fleet budget of `quota` run alone, at its share for `pods` guards.
+    pub fn alone(quota: Quota, pods: u32, clock: C) -> Self {
+        let mut b = Budget::new(share(quota, pods), clock);
+        b.quota = quota;
+        b.placement = Placement::Alone { pods };
+        b
+    }
+
+    /// A fleet budget of `leases.quota`, leased from the fleet's shared state.
+    pub fn fleet(leases: Arc<Leases>, clock: C) -> Self
+    where
+        C: Clone + Send + Sync + 'static,
+    {
+        let mut b = Budget::new(leases.quota, clock.clone());
+        b.placement = Placement::Leased(leases.spec.clone());
+        b.fleet = Some(Fleet::new(leases, clock));
+        b
+    }
+
+    /// The quota as declared; a fleet budget's whole-fleet quota.
     pub fn quota(&self) -> Quota {
         self.quota
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The lease table of a fleet-scoped budget.
+    pub fn leases(&self) -> Option<&Arc<Leases>> {
+        self.fleet.as_ref().map(Fleet::leases)
     }
 
     /// Charges `n` units (requests or bytes). Zero is always allowed and charges nothing.
     pub fn check(&self, n: u64) -> Verdict {
         if n == 0 {
             return Verdict::Allow;
+        }
+        if let Some(f) = &self.fleet {
+            return f.check(0, n);
         }
         let Some(cells) = self.cells.charge(n) else {
             return Verdict::NeverFits;
@@ -176,10 +244,12 @@ impl<C: Clock> Budget<C> {
 /// A per-client budget: one GCRA state per key, at most `max_keys` keys.
 pub struct KeyedBudget<C: Clock = DefaultClock> {
     quota: Quota,
+    placement: Placement,
     cells: Cells,
     keys: KeyStore,
     max_keys: usize,
     limiter: RateLimiter<u64, KeyStore, C, NoOpMiddleware<C::Instant>>,
+    fleet: Option<Fleet<C>>,
 }
 
 impl<C: Clock> KeyedBudget<C> {
@@ -188,15 +258,46 @@ impl<C: Clock> KeyedBudget<C> {
         let keys = KeyStore::default();
         KeyedBudget {
             quota,
+            placement: Placement::Local,
             cells,
             max_keys,
             limiter: RateLimiter::new(cells.quota, keys.clone(), clock),
             keys,
+            fleet: None,
         }
     }
 
+    /// A per-client fleet budget of `quota` run alone, at its share for `pods` guards.
+    pub fn alone(quota: Quota, pods: u32, max_keys: usize, clock: C) -> Self {
+        let mut b = KeyedBudget::new(share(quota, pods), max_keys, clock);
+        b.quota = quota;
+        b.placement = Placement::Alone { pods };
+        b
+    }
+
+    /// A per-client fleet budget, leased from the fleet's shared state.
+    pub fn fleet(leases: Arc<Leases>, max_keys: usize, clock: C) -> Self
+    where
+        C: Clone + Send + Sync + 'static,
+    {
+        let mut b = KeyedBudget::new(leases.quota, max_keys, clock.clone());
+        b.placement = Placement::Leased(leases.spec.clone());
+        b.fleet = Some(Fleet::new(leases, clock));
+        b
+    }
+
+    /// The quota as declared; a fleet budget's whole-fleet quota.
     pub fn quota(&self) -> Quota {
         self.quota
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The lease table of a fleet-scoped budget.
+    pub fn leases(&self) -> Option<&Arc<Leases>> {
+        self.fleet.as_ref().map(Fleet::leases)
     }
 
     /// Most keys this budget tracks.
@@ -211,6 +312,9 @@ impl<C: Clock> KeyedBudget<C> {
         if n == 0 {
             return Verdict::Allow;
         }
+        if let Some(f) = &self.fleet {
+            return f.check(key, n);
+        }
         if self.keys.len() >= self.max_keys && !self.keys.contains(key) {
             return Verdict::Untracked;
         }
@@ -224,12 +328,18 @@ impl<C: Clock> KeyedBudget<C> {
     /// Forgets keys whose state is indistinguishable from a fresh one and returns how many are
     /// still tracked. Run on an interval; the cost is a pass over the keys.
     pub fn evict_idle(&self) -> usize {
+        if let Some(f) = &self.fleet {
+            return f.evict_idle();
+        }
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
         self.keys.recount()
     }
 
     pub fn tracked_keys(&self) -> usize {
+        if let Some(f) = &self.fleet {
+            return f.tracked_keys();
+        }
         self.keys.len()
     }
 }

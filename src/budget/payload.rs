@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 
-use super::{Budget, BudgetKind, KeyedBudget, Quota, Verdict};
+use super::{Budget, BudgetKind, KeyedBudget, Placement, Quota, Verdict};
 
 /// A route's payload budgets. Budgets are shared (`Arc`) so that a policy reload can hand an
 /// unchanged budget, with its state, to the new policy.
@@ -48,6 +48,15 @@ impl<C: Clock> Payload<C> {
             BudgetKind::RouteBytes => self.route_bytes.as_ref().map(|b| b.quota()),
             BudgetKind::ClientRequests => self.client_requests.as_ref().map(|b| b.quota()),
             BudgetKind::ClientBytes => self.client_bytes.as_ref().map(|b| b.quota()),
+        }
+    }
+
+    pub fn placement(&self, kind: BudgetKind) -> Option<&Placement> {
+        match kind {
+            BudgetKind::RouteRequests => self.route_requests.as_ref().map(|b| b.placement()),
+            BudgetKind::RouteBytes => self.route_bytes.as_ref().map(|b| b.placement()),
+            BudgetKind::ClientRequests => self.client_requests.as_ref().map(|b| b.placement()),
+            BudgetKind::ClientBytes => self.client_bytes.as_ref().map(|b| b.placement()),
         }
     }
 

@@ -98,7 +98,7 @@ pub fn identify<C: Clock>(
     route: &Route<C>,
     parts: &request::Parts,
     peer: IpAddr,
-    hasher: &std::hash::RandomState,
+    hasher: &KeyHasher,
 ) -> Result<Option<u64>, Reject> {
     match route.needs_client_key() {
         true => client_key(&route.client_key, parts, peer, hasher).map(Some),
@@ -160,13 +160,31 @@ pub fn admit<C: Clock>(
     Ok(Admitted { tighten, charge })
 }
 
-/// Hashes the client's identity for per-client budgets, following the route's key spec. The
-/// hash is keyed per process (SipHash), so clients cannot choose colliding identities.
+/// Hashes client identities into the 64-bit keys per-client budgets are kept under.
+///
+/// SipHash-1-3 with a fixed key: every guard of a fleet maps a client to the same key, which
+/// names its fleet budget's state in Redis. A known hash key gives a client nothing: the key
+/// stores hash their `u64` keys again with a per-process random state (no flooding one map
+/// shard), and to share another client's budget it would have to find a second identity with
+/// the same 64-bit hash, about 2^64 tries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyHasher;
+
+impl BuildHasher for KeyHasher {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(0x7665_7262_6f73_6974, 0x792d_6775_6172_6421)
+    }
+}
+
+/// Hashes the client's identity for per-client budgets, following the route's key spec, with
+/// the [`KeyHasher`].
 pub fn client_key(
     spec: &ClientKeySpec,
     parts: &request::Parts,
     peer: IpAddr,
-    hasher: &std::hash::RandomState,
+    hasher: &KeyHasher,
 ) -> Result<u64, Reject> {
     let mut h = hasher.build_hasher();
     let found = match &spec.source {
@@ -186,8 +204,18 @@ pub fn client_key(
     if !found {
         match (&spec.source, spec.fallback) {
             (KeySource::PeerIp, _) | (_, KeyFallback::PeerIp) => {
-                h.write_u8(3);
-                std::hash::Hash::hash(&peer, &mut h);
+                // The address's bytes, not its `Hash` impl, whose output Rust does not promise
+                // to keep across releases.
+                match peer {
+                    IpAddr::V4(a) => {
+                        h.write_u8(3);
+                        h.write(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        h.write_u8(5);
+                        h.write(&a.octets());
+                    }
+                }
             }
             (_, KeyFallback::Shared) => h.write_u8(4),
             (_, KeyFallback::Reject) => return Err(Reject::MissingClientKey),

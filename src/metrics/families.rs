@@ -351,6 +351,46 @@ pub const RECORD_FILE_BYTES: Family = family!(
     "Bytes serve --record has written to its file."
 );
 
+// Fleet-wide budgets (serve --fleet-redis).
+pub const FLEET_MODE: Family = family!(
+    "fleet_mode",
+    Gauge,
+    ["route", "mode"],
+    "1 for the mode a route's fleet budgets run in (fleet: leased from Redis; local: this \
+     guard's share alone), 0 for the other."
+);
+pub const FLEET_REDIS_CALLS: Family = family!(
+    "fleet_redis_calls_total",
+    Counter,
+    ["result"],
+    "Redis script calls by result (ok, error, timeout, noscript)."
+);
+pub const FLEET_REDIS_DURATION: Family = family!(
+    "fleet_redis_call_duration_seconds",
+    Histogram,
+    [],
+    "Time of each round trip to Redis (a batch of script calls), answered or timed out."
+);
+pub const FLEET_LEASE_TOKENS: Family = family!(
+    "fleet_lease_tokens_total",
+    Counter,
+    ["route", "budget", "event"],
+    "Lease tokens (requests or bytes) by event: granted by Redis, or expired unused and \
+     handed back."
+);
+pub const FLEET_TRANSITIONS: Family = family!(
+    "fleet_transitions_total",
+    Counter,
+    ["to"],
+    "Switches between fleet mode and the local fallback, by the mode switched to."
+);
+pub const FLEET_GUARDS: Family = family!(
+    "fleet_guards",
+    Gauge,
+    [],
+    "Live guards in the fleet as last counted from Redis heartbeats (0 before the first count)."
+);
+
 /// Every family, in the order of the reference.
 pub const FAMILIES: &[Family] = &[
     REQUESTS,
@@ -399,4 +439,10 @@ pub const FAMILIES: &[Family] = &[
     SHADOW_VERBOSITY_CLAMPED,
     RECORDED,
     RECORD_FILE_BYTES,
+    FLEET_MODE,
+    FLEET_REDIS_CALLS,
+    FLEET_REDIS_DURATION,
+    FLEET_LEASE_TOKENS,
+    FLEET_TRANSITIONS,
+    FLEET_GUARDS,
 ];

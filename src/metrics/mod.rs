@@ -62,6 +62,7 @@ pub struct Metrics {
     pub decoded_bodies: IntCounterVec,
     pub verbosity_clamped: IntCounterVec,
     pub protect: ProtectMetrics,
+    pub fleet: FleetMetrics,
     pub shadow: ShadowFamilies,
     /// Each route's mode (value 1), for dashboards to tell shadow routes apart.
     pub route_mode: IntGaugeVec,
@@ -142,6 +143,45 @@ impl Registrar<'_> {
         debug_assert_eq!(f.kind, Kind::Histogram, "{} is a histogram", f.name);
         let opts = HistogramOpts::new(f.name, f.help).buckets(buckets.to_vec());
         self.add(HistogramVec::new(opts, f.labels)?)
+    }
+}
+
+/// Fleet-wide budgets: the link to Redis and the leases.
+pub struct FleetMetrics {
+    pub mode: IntGaugeVec,
+    pub redis_calls: IntCounterVec,
+    pub redis_duration: Histogram,
+    pub lease_tokens: IntCounterVec,
+    pub transitions: IntCounterVec,
+    pub guards: IntGauge,
+}
+
+/// Upper bounds of the Redis round-trip histogram, in seconds; the call times out at 50 ms.
+const REDIS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+impl FleetMetrics {
+    fn register(r: &Registrar) -> Result<FleetMetrics, prometheus::Error> {
+        let redis_duration = r.histograms(&f::FLEET_REDIS_DURATION, REDIS_BUCKETS)?;
+        Ok(FleetMetrics {
+            mode: r.gauges(&f::FLEET_MODE)?,
+            redis_calls: r.counters(&f::FLEET_REDIS_CALLS)?,
+            redis_duration: redis_duration.with_label_values(&[] as &[&str]),
+            lease_tokens: r.counters(&f::FLEET_LEASE_TOKENS)?,
+            transitions: r.counters(&f::FLEET_TRANSITIONS)?,
+            guards: r.gauge(&f::FLEET_GUARDS)?,
+        })
+    }
+
+    /// Shows `route`'s fleet budgets in `fleet` mode (true) or `local`.
+    pub fn set_mode(&self, route: &str, fleet: bool) {
+        self.mode
+            .with_label_values(&[route, "fleet"])
+            .set(i64::from(fleet));
+        self.mode
+            .with_label_values(&[route, "local"])
+            .set(i64::from(!fleet));
     }
 }
 
@@ -234,6 +274,7 @@ impl Metrics {
             decoded_bodies: r.counters(&f::DECODED_BODIES)?,
             verbosity_clamped: r.counters(&f::VERBOSITY_CLAMPED)?,
             protect: ProtectMetrics::register(&r)?,
+            fleet: FleetMetrics::register(&r)?,
             shadow: ShadowFamilies {
                 rejections: r.counters(&f::SHADOW_REJECTIONS)?,
                 records_dropped: r.counters(&f::SHADOW_RECORDS_DROPPED)?,

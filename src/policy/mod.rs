@@ -20,7 +20,7 @@ use governor::clock::{Clock, DefaultClock};
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{BudgetKind, KeyedBudget, Payload};
+use crate::budget::{BudgetClock, BudgetKind, FleetLink, KeyedBudget, Payload};
 use crate::protect::Priority;
 use crate::records::clamp::Clamp;
 use crate::records::{Level, LevelBudget, RecordsPolicy, SampleBy};
@@ -149,6 +149,30 @@ pub struct Limits {
     pub key_eviction_interval: Duration,
 }
 
+/// The `fleet` section, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetSettings {
+    pub pods: u32,
+    #[serde(serialize_with = "crate::units::serialize_secs")]
+    pub refill_interval: Duration,
+    pub namespace: String,
+}
+
+/// How a policy's `scope: fleet` budgets run in this process.
+#[derive(Clone)]
+pub enum FleetRuntime {
+    /// Leased from the store behind `link` (`serve --fleet-redis`).
+    Linked(FleetLink),
+    /// Enforced by this process alone at its share for `pods` guards; `None` takes the
+    /// policy's `fleet.pods` (a guard without a store), `Some(1)` the whole budget (`simulate`).
+    Alone { pods: Option<u32> },
+}
+
+impl FleetRuntime {
+    /// No store: each fleet budget at the share the policy's `fleet.pods` gives.
+    pub const ALONE: FleetRuntime = FleetRuntime::Alone { pods: None };
+}
+
 /// A compiled, immutable policy, its budgets on clock `C` (see [`parse_with_clock`]).
 pub struct Policy<C: Clock = DefaultClock> {
     /// Where it came from, for messages.
@@ -158,6 +182,7 @@ pub struct Policy<C: Clock = DefaultClock> {
     pub limits: Limits,
     /// Upstream slots by priority, brownout and surge settings.
     pub protect: crate::protect::ProtectConfig,
+    pub fleet: FleetSettings,
     /// Never empty, and the last route matches every request: `compile` is the only
     /// constructor and refuses anything else, which is what makes [`Policy::route`] total.
     routes: Vec<Route<C>>,
@@ -229,6 +254,7 @@ impl<C: Clock> Policy<C> {
             "version_hash": self.version_hash,
             "limits": self.limits,
             "protect": self.protect,
+            "fleet": self.fleet,
             "routes": routes,
             "warnings": self.warnings,
         })
@@ -243,8 +269,10 @@ fn route_json<C: Clock>(r: &Route<C>) -> serde_json::Value {
     };
     let mut budgets = serde_json::Map::new();
     for kind in BudgetKind::ALL {
-        if let Some(q) = r.payload.quota(kind) {
-            budgets.insert(kind.as_str().into(), serde_json::json!(q));
+        if let (Some(q), Some(p)) = (r.payload.quota(kind), r.payload.placement(kind)) {
+            let mut b = serde_json::json!(q);
+            b["scope"] = p.scope().as_str().into();
+            budgets.insert(kind.as_str().into(), b);
         }
     }
     serde_json::json!({
@@ -365,8 +393,13 @@ pub enum PolicySource {
 
 impl PolicySource {
     pub fn load(&self) -> Result<Policy, PolicyError> {
+        self.load_for(&FleetRuntime::ALONE)
+    }
+
+    /// [`PolicySource::load`] with fleet budgets run as `fleet` says.
+    pub fn load_for(&self, fleet: &FleetRuntime) -> Result<Policy, PolicyError> {
         let (name, text) = self.read()?;
-        parse(&text, &name)
+        parse_replacing(&text, &name, None, fleet)
     }
 
     /// The policy's name in messages and its current text.
@@ -416,7 +449,7 @@ pub fn read(path: &Path) -> Result<String, PolicyError> {
 
 /// Parses and compiles policy text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
-    parse_replacing(text, file, None)
+    parse_replacing(text, file, None, &FleetRuntime::ALONE)
 }
 
 /// [`parse`] for a reload: budgets of `previous` whose definition is unchanged carry over to the
@@ -425,6 +458,7 @@ pub fn parse_replacing(
     text: &str,
     file: &str,
     previous: Option<&Policy>,
+    fleet: &FleetRuntime,
 ) -> Result<Policy, PolicyError> {
     let raw = parse_raw(text, file)?;
     compile(
@@ -433,19 +467,28 @@ pub fn parse_replacing(
         &version_hash(text.as_bytes()),
         previous,
         &DefaultClock::default(),
+        fleet,
     )
 }
 
 /// [`parse`] with every budget on `clock`. `simulate` compiles the policy on a virtual clock
 /// (governor's `FakeRelativeClock`) so it can replay a day of traffic without waiting for it;
 /// the live guard's budgets stay on the real clock, monomorphized, with nothing in between.
-pub fn parse_with_clock<C: Clock + Clone>(
+pub fn parse_with_clock<C: BudgetClock>(
     text: &str,
     file: &str,
     clock: &C,
+    fleet: &FleetRuntime,
 ) -> Result<Policy<C>, PolicyError> {
     let raw = parse_raw(text, file)?;
-    compile(raw, file, &version_hash(text.as_bytes()), None, clock)
+    compile(
+        raw,
+        file,
+        &version_hash(text.as_bytes()),
+        None,
+        clock,
+        fleet,
+    )
 }
 
 /// Policy text into the raw serde mirror, errors located by line and field path.

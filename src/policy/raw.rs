@@ -41,8 +41,42 @@ pub struct RawPolicy {
     /// makes and counts every decision but forwards each request as received, marked with an
     /// `x-verbosity-guard-shadow` header, so a policy can be tried on live traffic first.
     pub mode: Option<Mode>,
+    /// Fleet-wide budgets: how guards share the budgets marked `scope: fleet`.
+    #[serde(default)]
+    pub fleet: RawFleet,
     /// Route table. First match wins; the table must end with a catch-all route.
     pub routes: Vec<RawRoute>,
+}
+
+/// How the guards of a fleet share the payload budgets marked `scope: fleet`, through the Redis
+/// of `serve --fleet-redis`. Every field has a default; the section may be omitted.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Fleet")]
+pub struct RawFleet {
+    /// Guards expected in the fleet (default 1). Until the live count is known from Redis, and
+    /// whenever Redis is unreachable or not configured, each guard enforces 1/pods of every
+    /// fleet budget (rate and burst).
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub pods: Option<Spanned<u32>>,
+    /// How often a guard tops up its leases; a lease holds this long of the guard's share of
+    /// the rate (default 100ms; 10ms to 10s).
+    pub refill_interval: Option<HumanDuration>,
+    /// Prefix of every Redis key (default `verbosity-guard:` and the policy file's name without
+    /// its extension). Guards share budgets only within one namespace.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[A-Za-z0-9_:.-]{1,64}$"))]
+    pub namespace: Option<Spanned<String>>,
+}
+
+/// Who shares a payload budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawScope {
+    /// This guard's alone (default).
+    #[default]
+    Local,
+    /// One budget for every guard of the fleet, shared through Redis (see `fleet`).
+    Fleet,
 }
 
 /// Where a request's client key comes from. At most one of `header` and `query`; with neither,
@@ -435,6 +469,10 @@ pub struct RawRequestBudget {
     /// at least 1).
     #[schemars(with = "Option<u32>", range(min = 1))]
     pub burst: Option<Spanned<u32>>,
+    /// `local` (default): each guard enforces the budget alone. `fleet`: every guard of the
+    /// fleet shares it (see `fleet`).
+    #[serde(default)]
+    pub scope: RawScope,
 }
 
 /// A byte rate with a burst.
@@ -447,4 +485,8 @@ pub struct RawByteBudget {
     /// Bytes allowed at once above the sustained rate (default: one second of `rate`). A body
     /// larger than the burst can never fit and gets 413.
     pub burst: Option<ByteSize>,
+    /// `local` (default): each guard enforces the budget alone. `fleet`: every guard of the
+    /// fleet shares it (see `fleet`).
+    #[serde(default)]
+    pub scope: RawScope,
 }

@@ -222,7 +222,7 @@ routes:
     }
 
     fn reload(old: &Policy, text: &str) -> Policy {
-        parse_replacing(text, "p.yaml", Some(old)).unwrap()
+        parse_replacing(text, "p.yaml", Some(old), &FleetRuntime::ALONE).unwrap()
     }
 
     #[test]
@@ -348,7 +348,7 @@ routes:
     fn a_failed_compile_leaves_the_old_budgets_alone() {
         let old = parse(&policy(100, COMMANDS, INFO), "p.yaml").unwrap();
         let broken = policy(100, COMMANDS, INFO).replace("name: telemetry", "name: Telemetry");
-        assert!(parse_replacing(&broken, "p.yaml", Some(&old)).is_err());
+        assert!(parse_replacing(&broken, "p.yaml", Some(&old), &FleetRuntime::ALONE).is_err());
         let requests = route(&old, "commands")
             .payload
             .client_requests
@@ -380,7 +380,7 @@ routes:
     match: { path_prefix: / }
 "#;
     let clock = FakeRelativeClock::default();
-    let p = parse_with_clock(text, "p.yaml", &clock).unwrap();
+    let p = parse_with_clock(text, "p.yaml", &clock, &FleetRuntime::ALONE).unwrap();
     let route = &p.routes()[0];
     let admitted = |n| {
         (0..n)

@@ -30,9 +30,8 @@ pub struct Shared {
     pub target: Target,
     /// Longest pause allowed between two frames of a request body.
     pub body_idle_timeout: Duration,
-    /// Keys the SipHash of client identities; random per process, so keys can't be precomputed
-    /// to collide.
-    pub key_hasher: std::hash::RandomState,
+    /// Hashes client identities to budget keys, the same in every guard of a fleet.
+    pub key_hasher: crate::decide::KeyHasher,
     /// Upstream slots by priority and the brownout level; outlives policy reloads.
     pub protection: Protection,
     /// `serve --record`: samples requests into a traffic file.

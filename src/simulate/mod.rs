@@ -16,7 +16,6 @@
 pub mod fail_if;
 pub mod report;
 
-use std::hash::RandomState;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,6 +40,8 @@ pub struct Options {
     /// The brownout level held for the whole replay.
     pub brownout: Brownout,
     pub limits: traffic::Limits,
+    /// Fleet budgets are replayed at the share of one of this many guards (1: the whole).
+    pub pods: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,10 @@ pub fn run(
     let name = opts.policy.display().to_string();
     let text = policy::read(&opts.policy)?;
     let clock = FakeRelativeClock::default();
-    let policy = policy::parse_with_clock(&text, &name, &clock)?;
+    let fleet = policy::FleetRuntime::Alone {
+        pods: Some(opts.pods.max(1)),
+    };
+    let policy = policy::parse_with_clock(&text, &name, &clock, &fleet)?;
     let traffic = Traffic::open(&opts.traffic, opts.limits)?;
     let mut report = empty_report(&policy, &traffic, &opts.traffic, opts.brownout);
     for c in conditions {
@@ -141,7 +145,7 @@ pub fn replay(
     let started = Instant::now();
     let run = Run {
         policy,
-        hasher: RandomState::new(),
+        hasher: crate::decide::KeyHasher,
         brownout: report.brownout,
     };
     let eviction = policy.limits.key_eviction_interval;
@@ -175,7 +179,7 @@ pub fn replay(
 struct Run<'p, C: Clock> {
     policy: &'p Policy<C>,
     /// The same per-process keying the live guard uses: keys only tell clients apart.
-    hasher: RandomState,
+    hasher: crate::decide::KeyHasher,
     /// The controller is not simulated: the level does not move.
     brownout: Brownout,
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use governor::clock::Clock;
+use crate::budget::BudgetClock;
 use serde_saphyr::Spanned;
 
 use super::{Compiler, line};
@@ -22,7 +22,7 @@ use crate::units::HumanDuration;
 const TICK_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
 
 /// Resolves `protect`: slots, brownout and surge detection, each checked against itself.
-pub(super) fn compile_protect<C: Clock + Clone>(
+pub(super) fn compile_protect<C: BudgetClock>(
     c: &mut Compiler<C>,
     raw: &RawProtect,
 ) -> ProtectConfig {
@@ -37,7 +37,7 @@ pub(super) fn compile_protect<C: Clock + Clone>(
 
 /// Resolves `max_in_flight`, `critical_reserved` and `bulk_max_in_flight`, which must leave
 /// every class a slot.
-fn slot_sizes<C: Clock + Clone>(c: &mut Compiler<C>, raw: &RawProtect, s: &mut SlotsConfig) {
+fn slot_sizes<C: BudgetClock>(c: &mut Compiler<C>, raw: &RawProtect, s: &mut SlotsConfig) {
     if let Some(m) = &raw.max_in_flight {
         if m.value == 0 {
             c.problem(line(m), "protect.max_in_flight", "must be at least 1");
@@ -97,11 +97,7 @@ fn slot_queues(raw: &RawProtect, s: &mut SlotsConfig) {
 
 /// Resolves the brownout's `enabled`, `interval` and the durations it counts in intervals
 /// (`raise_after`, `relax_after`, `warmup`).
-fn brownout_ticks<C: Clock + Clone>(
-    c: &mut Compiler<C>,
-    b: &RawBrownout,
-    out: &mut BrownoutConfig,
-) {
+fn brownout_ticks<C: BudgetClock>(c: &mut Compiler<C>, b: &RawBrownout, out: &mut BrownoutConfig) {
     out.enabled = b.enabled.unwrap_or(true);
     if let Some(d) = b.interval {
         out.interval = d.0;
@@ -135,7 +131,7 @@ fn brownout_ticks<C: Clock + Clone>(
 
 /// Resolves what the brownout judges congestion by and how far it goes: latency factors,
 /// error and shed rates, samples, and `max_level`.
-fn brownout_thresholds<C: Clock + Clone>(
+fn brownout_thresholds<C: BudgetClock>(
     c: &mut Compiler<C>,
     b: &RawBrownout,
     out: &mut BrownoutConfig,
@@ -193,7 +189,7 @@ fn brownout_thresholds<C: Clock + Clone>(
 }
 
 /// Resolves `surge`: its timing, and the factors that start and end a surge.
-fn surge<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawSurge, out: &mut SurgeConfig) {
+fn surge<C: BudgetClock>(c: &mut Compiler<C>, r: &RawSurge, out: &mut SurgeConfig) {
     out.enabled = r.enabled.unwrap_or(true);
     let set = |slot: &mut Duration, v: Option<HumanDuration>| {
         if let Some(d) = v {
@@ -223,7 +219,7 @@ fn surge<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawSurge, out: &mut SurgeCon
 }
 
 /// Checks that a tick `interval` is within [`TICK_RANGE`].
-fn tick_in_range<C: Clock + Clone>(c: &mut Compiler<C>, interval: Duration, path: &str) {
+fn tick_in_range<C: BudgetClock>(c: &mut Compiler<C>, interval: Duration, path: &str) {
     let (min, max) = TICK_RANGE;
     if !(min..=max).contains(&interval) {
         c.problem(
@@ -236,7 +232,7 @@ fn tick_in_range<C: Clock + Clone>(c: &mut Compiler<C>, interval: Duration, path
 
 /// Resolves a multiplier that must be above 1 (`latency_factor`, `surge.factor`): the value
 /// given, or `default`.
-fn factor_above_one<C: Clock + Clone>(
+fn factor_above_one<C: BudgetClock>(
     c: &mut Compiler<C>,
     raw: &Option<Spanned<f64>>,
     default: f64,

@@ -1,20 +1,20 @@
 //! A route's `records`: how its batches are read (format, level field, sampling key, decoding
 //! limits) and each level's rule with its budgets.
 
-use governor::clock::Clock;
+use crate::budget::BudgetClock;
 use serde_saphyr::Spanned;
 
 use super::budgets::{byte_quota, level_budget, request_quota};
 use super::{Compiler, DEFAULT_MAX_DECODED, DEFAULT_MAX_RATIO, line};
 use crate::policy::Limits;
 use crate::policy::raw::{
-    RawByteBudget, RawLevelLimits, RawLevelRule, RawRecords, RawRequestBudget,
+    RawByteBudget, RawLevelLimits, RawLevelRule, RawRecords, RawRequestBudget, RawScope,
 };
 use crate::records::{Level, LevelRule, RecordsPolicy, Sample, SampleBy};
 
 /// Resolves a route's `records` into how its batches are read and filtered. `previous` is the
 /// same route's in the policy being replaced, whose unchanged level budgets carry over.
-pub(super) fn compile_records<C: Clock + Clone>(
+pub(super) fn compile_records<C: BudgetClock>(
     c: &mut Compiler<C>,
     raw: &Spanned<RawRecords>,
     at: &str,
@@ -52,7 +52,7 @@ pub(super) fn compile_records<C: Clock + Clone>(
 
 /// Resolves `level_field`: where a JSON record keeps its level. OTLP has a field of its own for
 /// it, so there the path stays empty.
-fn level_field<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRecords, at: &str) -> Vec<Box<[u8]>> {
+fn level_field<C: BudgetClock>(c: &mut Compiler<C>, r: &RawRecords, at: &str) -> Vec<Box<[u8]>> {
     match (&r.level_field, r.format.is_otlp()) {
         (Some(f), true) => {
             c.problem(
@@ -70,7 +70,7 @@ fn level_field<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRecords, at: &str) 
 
 /// Resolves `sample_by`: what keeps a sample's records together. An OTLP record has one
 /// correlating field, its trace id, under either of its spellings.
-fn sample_by<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRecords, at: &str) -> SampleBy {
+fn sample_by<C: BudgetClock>(c: &mut Compiler<C>, r: &RawRecords, at: &str) -> SampleBy {
     match (&r.sample_by, r.format.is_otlp()) {
         (None, _) => SampleBy::Record,
         (Some(f), true) if matches!(f.value.as_str(), "traceId" | "trace_id") => {
@@ -89,7 +89,7 @@ fn sample_by<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRecords, at: &str) ->
 }
 
 /// Resolves `levels`: every level's rule, `keep` for a level the file does not name.
-fn level_rules<C: Clock + Clone>(
+fn level_rules<C: BudgetClock>(
     c: &mut Compiler<C>,
     r: &RawRecords,
     at: &str,
@@ -114,7 +114,7 @@ fn level_rules<C: Clock + Clone>(
 }
 
 /// Resolves one level's limits: its sample share and its record and byte budgets.
-fn level_rule<C: Clock + Clone>(
+fn level_rule<C: BudgetClock>(
     c: &mut Compiler<C>,
     lim: &RawLevelLimits,
     at: &str,
@@ -145,6 +145,7 @@ fn level_rule<C: Clock + Clone>(
         let raw = RawRequestBudget {
             rate,
             burst: lim.burst.clone(),
+            scope: RawScope::Local,
         };
         let old = previous.and_then(|r| r.records.as_ref());
         request_quota(c, &raw, at).map(|q| level_budget(old, per, q, max_keys, clock))
@@ -153,6 +154,7 @@ fn level_rule<C: Clock + Clone>(
         let raw = RawByteBudget {
             rate,
             burst: lim.bytes_burst,
+            scope: RawScope::Local,
         };
         let old = previous.and_then(|r| r.bytes.as_ref());
         let q = byte_quota(c, &raw, at, "bytes_burst", None);
@@ -167,7 +169,7 @@ fn level_rule<C: Clock + Clone>(
 }
 
 /// A dotted field path (`log.level`) as the JSON scanner's key list.
-fn field_path<C: Clock + Clone>(
+fn field_path<C: BudgetClock>(
     c: &mut Compiler<C>,
     f: &Spanned<String>,
     at: &str,

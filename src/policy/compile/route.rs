@@ -4,22 +4,24 @@
 
 use std::collections::HashSet;
 
-use governor::clock::Clock;
+use crate::budget::BudgetClock;
 use serde_saphyr::Spanned;
 
-use super::budgets::{byte_quota, request_quota, reuse_budget, reuse_keyed};
+use super::budgets::{byte_quota, payload_budget, payload_keyed, placement, request_quota};
 use super::records::compile_records;
 use super::sources::{client_key, compile_clamp};
 use super::{Compiler, DEFAULT_RECORDS_MAX_BODY, RouteDefaults, line};
 use crate::budget::Payload;
+use crate::budget::{BudgetKind, Scope};
 use crate::policy::raw::{RawMatch, RawRoute};
 use crate::policy::{Limits, Route};
 use crate::route::{MethodSet, PathMatcher};
+use crate::units::ByteSize;
 
 const MAX_ROUTE_NAME: usize = 64;
 
 /// Resolves `routes`: every route, with unique names and a catch-all that no route follows.
-pub(super) fn compile_routes<C: Clock + Clone>(
+pub(super) fn compile_routes<C: BudgetClock>(
     c: &mut Compiler<C>,
     raw: &[RawRoute],
     defaults: &RouteDefaults,
@@ -72,7 +74,7 @@ pub(super) fn compile_routes<C: Clock + Clone>(
 
 /// Resolves one route: name, matcher, client key, timeout, records, clamp and payload, with
 /// the policy's `defaults` for what it leaves out.
-fn compile_route<C: Clock + Clone>(
+fn compile_route<C: BudgetClock>(
     c: &mut Compiler<C>,
     r: &RawRoute,
     at: &str,
@@ -112,7 +114,7 @@ fn compile_route<C: Clock + Clone>(
 }
 
 /// Checks a route's name, which metrics and responses carry as is.
-fn check_route_name<C: Clock + Clone>(c: &mut Compiler<C>, name: &Spanned<String>, at: &str) {
+fn check_route_name<C: BudgetClock>(c: &mut Compiler<C>, name: &Spanned<String>, at: &str) {
     let n = &name.value;
     let valid = !n.is_empty()
         && n.len() <= MAX_ROUTE_NAME
@@ -131,7 +133,7 @@ fn check_route_name<C: Clock + Clone>(c: &mut Compiler<C>, name: &Spanned<String
 }
 
 /// Resolves `match.methods`; absent is any method, but an empty list is more likely a mistake.
-fn match_methods<C: Clock + Clone>(c: &mut Compiler<C>, m: &RawMatch, at: &str) -> MethodSet {
+fn match_methods<C: BudgetClock>(c: &mut Compiler<C>, m: &RawMatch, at: &str) -> MethodSet {
     match &m.methods {
         None => MethodSet::ANY,
         Some(list) if list.is_empty() => {
@@ -158,7 +160,7 @@ fn match_methods<C: Clock + Clone>(c: &mut Compiler<C>, m: &RawMatch, at: &str) 
 }
 
 /// Resolves `match.path` or `match.path_prefix`, exactly one of which is set.
-fn match_path<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRoute, at: &str) -> PathMatcher {
+fn match_path<C: BudgetClock>(c: &mut Compiler<C>, r: &RawRoute, at: &str) -> PathMatcher {
     let m = &r.matcher;
     let path = match (&m.path, &m.path_prefix) {
         (Some(p), None) => PathMatcher::exact_or_template(&p.value)
@@ -180,7 +182,7 @@ fn match_path<C: Clock + Clone>(c: &mut Compiler<C>, r: &RawRoute, at: &str) -> 
 
 /// Resolves `payload`: the body cap and the four budgets, each kept from `was` (the replaced
 /// route's) when its definition is unchanged.
-fn compile_payload<C: Clock + Clone>(
+fn compile_payload<C: BudgetClock>(
     c: &mut Compiler<C>,
     r: &RawRoute,
     at: &str,
@@ -196,33 +198,61 @@ fn compile_payload<C: Clock + Clone>(
         (None, None) => None,
     };
     let max_keys = limits.max_tracked_keys;
-    let clock = c.clock;
-    let route_requests = p
-        .route_requests
-        .as_ref()
-        .and_then(|b| request_quota(c, b, &format!("{at}.route_requests")))
-        .map(|q| reuse_budget(was.and_then(|w| w.route_requests.as_ref()), q, clock));
-    let client_requests = p
-        .client_requests
-        .as_ref()
-        .and_then(|b| request_quota(c, b, &format!("{at}.client_requests")))
-        .map(|q| {
-            let old = was.and_then(|w| w.client_requests.as_ref());
-            reuse_keyed(old, q, max_keys, clock)
-        });
-    let route_bytes = p
-        .route_bytes
-        .as_ref()
-        .map(|b| byte_quota(c, b, &format!("{at}.route_bytes"), "burst", max_body))
-        .map(|q| reuse_budget(was.and_then(|w| w.route_bytes.as_ref()), q, clock));
-    let client_bytes = p
-        .client_bytes
-        .as_ref()
-        .map(|b| byte_quota(c, b, &format!("{at}.client_bytes"), "burst", max_body))
-        .map(|q| {
-            let old = was.and_then(|w| w.client_bytes.as_ref());
-            reuse_keyed(old, q, max_keys, clock)
-        });
+    let name = r.name.value.as_str();
+    let route_requests = p.route_requests.as_ref().and_then(|b| {
+        let q = request_quota(c, b, &format!("{at}.route_requests"))?;
+        let place = placement(c, b.scope, name, BudgetKind::RouteRequests);
+        Some(payload_budget(
+            c,
+            was.and_then(|w| w.route_requests.as_ref()),
+            q,
+            place,
+        ))
+    });
+    let client_requests = p.client_requests.as_ref().and_then(|b| {
+        let q = request_quota(c, b, &format!("{at}.client_requests"))?;
+        let place = placement(c, b.scope, name, BudgetKind::ClientRequests);
+        let old = was.and_then(|w| w.client_requests.as_ref());
+        Some(payload_keyed(c, old, q, max_keys, place))
+    });
+    let route_bytes = p.route_bytes.as_ref().map(|b| {
+        let q = byte_quota(c, b, &format!("{at}.route_bytes"), "burst", max_body);
+        let place = placement(c, b.scope, name, BudgetKind::RouteBytes);
+        payload_budget(c, was.and_then(|w| w.route_bytes.as_ref()), q, place)
+    });
+    let client_bytes = p.client_bytes.as_ref().map(|b| {
+        let q = byte_quota(c, b, &format!("{at}.client_bytes"), "burst", max_body);
+        let place = placement(c, b.scope, name, BudgetKind::ClientBytes);
+        let old = was.and_then(|w| w.client_bytes.as_ref());
+        payload_keyed(c, old, q, max_keys, place)
+    });
+    let fleet_bytes = [
+        (
+            "route_bytes",
+            route_bytes.as_ref().map(|b| (b.quota(), b.placement())),
+        ),
+        (
+            "client_bytes",
+            client_bytes.as_ref().map(|b| (b.quota(), b.placement())),
+        ),
+    ];
+    for (field, budget) in fleet_bytes {
+        if let (Some((q, place)), Some(max)) = (budget, max_body)
+            && place.scope() == Scope::Fleet
+        {
+            let pods = c.fleet_settings.pods;
+            let share = crate::budget::share(q, pods).burst;
+            if max > share {
+                c.warnings.push(format!(
+                    "{at}.{field}: a guard's share of the burst ({} for {pods} pods) is smaller \
+                     than max_body {}; a body in between waits for the fleet (429) whenever its \
+                     guard has no lease to cover it",
+                    ByteSize(share),
+                    ByteSize(max)
+                ));
+            }
+        }
+    }
     Payload {
         max_body,
         route_requests,

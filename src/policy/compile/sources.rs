@@ -2,7 +2,7 @@
 //! verbosity clamp's. Both are checked the same way, so they share [`header_name`] and
 //! [`query_name`] and their messages.
 
-use governor::clock::Clock;
+use crate::budget::BudgetClock;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
@@ -12,7 +12,7 @@ use crate::policy::{ClientKeySpec, KeySource};
 use crate::records::clamp::Clamp;
 
 /// Resolves a `client_key` (the policy's or a route's): where a request's key is read from.
-pub(super) fn client_key<C: Clock + Clone>(
+pub(super) fn client_key<C: BudgetClock>(
     c: &mut Compiler<C>,
     k: &RawClientKey,
     at: &str,
@@ -36,7 +36,7 @@ pub(super) fn client_key<C: Clock + Clone>(
 }
 
 /// Resolves a route's `verbosity_clamp`: which header and query parameter it caps, and at what.
-pub(super) fn compile_clamp<C: Clock + Clone>(
+pub(super) fn compile_clamp<C: BudgetClock>(
     c: &mut Compiler<C>,
     raw: &Spanned<RawClamp>,
     at: &str,
@@ -61,7 +61,7 @@ pub(super) fn compile_clamp<C: Clock + Clone>(
 }
 
 /// A header name, matched however the file cased it (requests carry it lowercased).
-fn header_name<C: Clock + Clone>(
+fn header_name<C: BudgetClock>(
     c: &mut Compiler<C>,
     h: &Spanned<String>,
     at: &str,
@@ -72,7 +72,7 @@ fn header_name<C: Clock + Clone>(
 }
 
 /// A query parameter name; an empty one would match no parameter.
-fn query_name<C: Clock + Clone>(
+fn query_name<C: BudgetClock>(
     c: &mut Compiler<C>,
     q: &Spanned<String>,
     at: &str,
