@@ -17,7 +17,9 @@
 # is stopped on exit.
 #
 # Environment: BENCH_SCENARIO (small-get | post-64k, default small-get), BENCH_CONNS (wrk
-# connections, default 16), BENCH_DURATION (counted run, default 6s).
+# connections, default 16), BENCH_DURATION (counted run, default 6s), BENCH_POLICY (default
+# benches/bench-policy.yaml), BENCH_SERVE_ARGS (more `serve` flags, e.g. --fleet-redis URL;
+# benches/fleet.sh's header shows a fleet run).
 set -euo pipefail
 
 # Binaries named on the command line are resolved before the script moves to the repo root.
@@ -31,7 +33,8 @@ cd "$REPO_ROOT"
 SCENARIO="${BENCH_SCENARIO:-small-get}"
 CONNS="${BENCH_CONNS:-16}"
 DURATION="${BENCH_DURATION:-6s}"
-POLICY="benches/bench-policy.yaml"
+POLICY="${BENCH_POLICY:-benches/bench-policy.yaml}"
+read -r -a SERVE_ARGS <<<"${BENCH_SERVE_ARGS:-}"
 
 # shellcheck source=benches/lib.sh
 source "$REPO_ROOT/benches/lib.sh"
@@ -84,7 +87,7 @@ for bin in "${BINS[@]}"; do
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$bin" serve \
         --policy "$POLICY" --upstream "http://127.0.0.1:$UPORT" --listen "127.0.0.1:$GPORT" \
         --admin "127.0.0.1:$APORT" --workers 1 --log-level warn --drain-timeout 1s \
-        2>"$TMP/valgrind.log" &
+        "${SERVE_ARGS[@]}" 2>"$TMP/valgrind.log" &
     pid=$!
     PIDS+=("$pid")
     # A guard under valgrind takes a few seconds to start.

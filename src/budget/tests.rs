@@ -180,6 +180,16 @@ mod fleet {
         (b, leases)
     }
 
+    /// The same, in fleet mode, with key 7 holding a lease of 3 (its first request settled).
+    fn leased(link: &FleetLink) -> (KeyedBudget<FakeRelativeClock>, Arc<Leases>) {
+        link.set_fleet_mode(true);
+        let (b, leases) = budget(link);
+        assert_eq!(b.check(7, 1), Verdict::Allow);
+        let ask = leases.ask(7).unwrap();
+        leases.grant(7, ask, 3, Duration::ZERO);
+        (b, leases)
+    }
+
     #[test]
     fn the_share_splits_rate_and_burst_and_never_reaches_zero() {
         let q = Quota {
@@ -235,11 +245,7 @@ mod fleet {
     #[test]
     fn a_charge_larger_than_a_lease_spends_the_share_or_gets_leased_next() {
         let (link, _rx) = FleetLink::new();
-        link.set_fleet_mode(true);
-        let (b, leases) = budget(&link);
-        assert_eq!(b.check(7, 1), Verdict::Allow);
-        let ask = leases.ask(7).unwrap();
-        leases.grant(7, ask, 3, Duration::ZERO);
+        let (b, leases) = leased(&link);
         // The balance (the owed 1 settled, 3 granted) covers a charge of 3.
         assert_eq!(b.check(7, 3), Verdict::Allow);
         // 5 is more than a lease (3) and than the share's burst (3): refused, and the next
@@ -263,11 +269,7 @@ mod fleet {
     #[test]
     fn unused_leases_expire_after_two_sweeps_and_give_their_tokens_back() {
         let (link, _rx) = FleetLink::new();
-        link.set_fleet_mode(true);
-        let (b, leases) = budget(&link);
-        assert_eq!(b.check(7, 1), Verdict::Allow);
-        let ask = leases.ask(7).unwrap();
-        leases.grant(7, ask, 3, Duration::ZERO);
+        let (_b, leases) = leased(&link);
         assert!(leases.sweep().is_empty(), "used since the last sweep");
         assert!(leases.sweep().is_empty(), "one idle sweep");
         let expired = leases.sweep();
