@@ -24,7 +24,13 @@ const EXIT_BAD_INPUT: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    // The demo's output is its progress lines and table: the guard inside it logs errors only,
+    // unless a level other than the default is asked for, so warnings never cut into them.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Demo(_), "info") => "error",
+        (_, level) => level,
+    };
+    init_logging(level, cli.log_format);
     match cli.command {
         Command::Check { files } => {
             let report = check::run(&files);

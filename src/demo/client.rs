@@ -25,6 +25,8 @@ pub struct Answer {
     pub status: StatusCode,
     /// The guard answered itself (`x-verbosity-guard-refused`).
     pub by_guard: bool,
+    /// `Retry-After`, in seconds, when the answer had one.
+    pub retry_after: Option<Duration>,
 }
 
 /// A pool of connections to one address.
@@ -55,6 +57,12 @@ impl Client {
         let answer = Answer {
             status: resp.status(),
             by_guard: resp.headers().contains_key(&crate::proxy::REFUSED),
+            retry_after: resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
         };
         resp.into_body()
             .collect()

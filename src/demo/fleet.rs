@@ -3,7 +3,10 @@
 //!
 //! Vehicles are open loop, like firmware on a timer: a vehicle uploads on schedule whether or not
 //! its last upload came back, up to `MAX_IN_FLIGHT_PER_VEHICLE` at once; beyond that the batch
-//! is dropped in the vehicle and counted. At `surge_at` the verbosity change rolls out over
+//! is dropped in the vehicle and counted. Like OpenTelemetry's OTLP exporters, a vehicle retries
+//! a batch answered 429, 503 or 504 (or not answered in time), after `Retry-After` when the
+//! answer has one and after an exponential backoff otherwise; a batch waiting for its retry
+//! keeps its place in the vehicle's bounded queue. At `surge_at` the verbosity change rolls out over
 //! `ROLLOUT`: each vehicle switches to debug and sends `surge_factor` times its normal volume,
 //! in bigger and more frequent batches. Owners send commands and state reads at a steady rate with
 //! a client timeout, which is what "locked out of the car" is measured by.
@@ -44,6 +47,16 @@ const MAX_IN_FLIGHT_UPLOADS: usize = 2048;
 const MAX_IN_FLIGHT_OWNERS: usize = 256;
 /// How long a vehicle waits for an upload's answer.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries, as OpenTelemetry's OTLP exporters do them, with the demo's compressed time: the
+/// SDKs' 1 s initial backoff doubling to 5 s, over at most 300 s, becomes 250 ms doubling to
+/// 2 s, over at most `RETRY_FOR` from the batch's first attempt; a `Retry-After` is honoured
+/// (up to `MAX_RETRY_AFTER`). Each wait is jittered by ±20%, so refused vehicles do not come
+/// back in step.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
+const RETRY_FOR: Duration = Duration::from_secs(10);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// No retry starts later than this after the run's end: the report is not held up for long.
+const RETRY_DRAIN: Duration = Duration::from_secs(3);
 /// How long an owner's app waits before telling the owner it failed.
 const OWNER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The verbosity change reaches the whole fleet within this window, like a config push.
@@ -132,6 +145,14 @@ impl Outcome {
         }
     }
 
+    /// Worth sending again, as OTLP exporters judge it: 429, 503, 504 or no answer in time.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Outcome::Throttled | Outcome::Shed | Outcome::GuardShed | Outcome::TimedOut
+        )
+    }
+
     /// Answered by the guard itself.
     pub fn is_guard_rejection(self) -> bool {
         matches!(
@@ -179,6 +200,14 @@ pub struct FleetPhase {
     pub batches: Outcomes,
     /// Batches dropped in the vehicle because its uploads were all in flight.
     pub dropped: u64,
+    /// Upload attempts beyond each batch's first.
+    pub retries: u64,
+    /// Batches the guard refused (429, 413 or 503) on their first attempt.
+    pub first_refused: u64,
+    /// Records of the batches that never got a 2xx: dropped in the vehicle, or refused (or
+    /// timed out) on every attempt. Records the guard downsampled out of an accepted batch are
+    /// not in here: those were delivered as the policy says.
+    pub lost: LevelCounts,
     /// Records generated, whether sent or dropped.
     pub records: LevelCounts,
     /// Telemetry bytes generated, whether sent or dropped.
@@ -220,13 +249,29 @@ impl FleetMeter {
         let p = &mut s.phases[phase];
         p.bytes += bytes as u64;
         p.records.add(records);
-        p.dropped += u64::from(dropped);
+        if dropped {
+            p.dropped += 1;
+            p.lost.add(records);
+        }
     }
 
-    fn uploaded(&self, phase: Phase, outcome: Outcome) {
+    /// One attempt's answer: the batch's `first`, and whether it will be sent again.
+    fn attempted(&self, phase: Phase, outcome: Outcome, first: bool, retry: bool) {
         let mut s = lock(&self.0);
-        s.phases[phase].batches[outcome] += 1;
         s.tick.guard_rejections += u64::from(outcome.is_guard_rejection());
+        let p = &mut s.phases[phase];
+        p.retries += u64::from(retry);
+        p.first_refused += u64::from(first && outcome.is_guard_rejection());
+    }
+
+    /// A batch's final outcome, after its retries.
+    fn uploaded(&self, phase: Phase, outcome: Outcome, records: &LevelCounts) {
+        let mut s = lock(&self.0);
+        let p = &mut s.phases[phase];
+        p.batches[outcome] += 1;
+        if outcome != Outcome::Ok {
+            p.lost.add(records);
+        }
     }
 
     fn owner_done(&self, phase: Phase, action: Action, outcome: Outcome, latency: Duration) {
@@ -335,7 +380,15 @@ async fn vehicle(ctx: Arc<Ctx>, id: usize) {
         let phase = clock.phase_at(next);
         let ts = EPOCH_MS + next.duration_since(clock.start).as_millis() as u64;
         let (body, records) = batch(&ctx, otlp, &mut rng, &vin, ts, cadence);
-        send_or_drop(&ctx, &mut uploads, &key, phase, otlp, body, &records);
+        let upload = Upload {
+            key: key.clone(),
+            phase,
+            otlp,
+            body,
+            records,
+            jitter: rng.below(u64::MAX),
+        };
+        send_or_drop(&ctx, &mut uploads, upload);
         next += cadence.interval;
         // A vehicle that fell behind (an overloaded machine) skips ticks instead of bursting.
         next = next.max(Instant::now());
@@ -343,27 +396,30 @@ async fn vehicle(ctx: Arc<Ctx>, id: usize) {
     while uploads.join_next().await.is_some() {}
 }
 
-/// Starts uploading a batch, or drops it when the vehicle (or the fleet) has too many uploads in
-/// flight; either way the batch counts as generated.
-fn send_or_drop(
-    ctx: &Arc<Ctx>,
-    uploads: &mut JoinSet<()>,
-    key: &HeaderValue,
+/// One batch on its way.
+struct Upload {
+    key: HeaderValue,
     phase: Phase,
     otlp: bool,
     body: Bytes,
-    records: &LevelCounts,
-) {
+    records: LevelCounts,
+    /// Seeds the jitter of this batch's retries.
+    jitter: u64,
+}
+
+/// Starts uploading a batch, or drops it when the vehicle (or the fleet) has too many uploads in
+/// flight; either way the batch counts as generated.
+fn send_or_drop(ctx: &Arc<Ctx>, uploads: &mut JoinSet<()>, u: Upload) {
     let permit = (uploads.len() < MAX_IN_FLIGHT_PER_VEHICLE)
         .then(|| ctx.uploads.clone().try_acquire_owned().ok())
         .flatten();
     ctx.meter
-        .generated(phase, body.len(), records, permit.is_none());
+        .generated(u.phase, u.body.len(), &u.records, permit.is_none());
     if let Some(permit) = permit {
-        let (ctx, key) = (ctx.clone(), key.clone());
+        let ctx = ctx.clone();
         uploads.spawn(async move {
-            let outcome = upload(&ctx, key, phase, otlp, body).await;
-            ctx.meter.uploaded(phase, outcome);
+            let outcome = upload_with_retries(&ctx, &u).await;
+            ctx.meter.uploaded(u.phase, outcome, &u.records);
             drop(permit);
         });
     }
@@ -393,8 +449,33 @@ fn batch(
     (Bytes::from(buf), counts)
 }
 
-async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, otlp: bool, body: Bytes) -> Outcome {
-    let (path, content_type) = match otlp {
+/// Uploads a batch, retrying as an OTLP exporter does (see [`BACKOFF`]); returns the last
+/// attempt's outcome.
+async fn upload_with_retries(ctx: &Ctx, u: &Upload) -> Outcome {
+    let first = Instant::now();
+    let mut rng = Rng::new(ctx.cfg.seed, u.jitter);
+    let mut backoff = BACKOFF.0;
+    let mut first_attempt = true;
+    loop {
+        let (outcome, retry_after) = upload(ctx, u).await;
+        let wait = retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER);
+        let wait = wait.mul_f64(0.8 + 0.4 * rng.unit());
+        let at = Instant::now() + wait;
+        let retry = outcome.is_retryable()
+            && at <= first + RETRY_FOR
+            && at <= ctx.cfg.clock.end + RETRY_DRAIN;
+        ctx.meter.attempted(u.phase, outcome, first_attempt, retry);
+        if !retry {
+            return outcome;
+        }
+        first_attempt = false;
+        sleep_until(at).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+async fn upload(ctx: &Ctx, u: &Upload) -> (Outcome, Option<Duration>) {
+    let (path, content_type) = match u.otlp {
         true => ("/v1/logs", "application/x-protobuf"),
         false => ("/api/1/telemetry/logs", "application/x-ndjson"),
     };
@@ -403,22 +484,29 @@ async fn upload(ctx: &Ctx, key: HeaderValue, phase: Phase, otlp: bool, body: Byt
         .uri(path)
         .header(header::HOST, ctx.host.clone())
         .header(header::CONTENT_TYPE, content_type)
-        .header("x-vehicle-id", key)
-        .header(PHASE_HEADER, phase.as_str())
-        .body(Full::new(body));
+        .header("x-vehicle-id", u.key.clone())
+        .header(PHASE_HEADER, u.phase.as_str())
+        .body(Full::new(u.body.clone()));
     match req {
         Ok(req) => exchange(&ctx.client, req, UPLOAD_TIMEOUT).await,
-        Err(_) => Outcome::Failed,
+        Err(_) => (Outcome::Failed, None),
     }
 }
 
-/// Sends `req` and reads the whole answer, within `limit`.
-async fn exchange(client: &Client, req: Request<Full<Bytes>>, limit: Duration) -> Outcome {
+/// Sends `req` and reads the whole answer, within `limit`: how it ended, and its `Retry-After`.
+async fn exchange(
+    client: &Client,
+    req: Request<Full<Bytes>>,
+    limit: Duration,
+) -> (Outcome, Option<Duration>) {
     // The pool bounds the wait for response headers; the outer timeout bounds the body too.
     match tokio::time::timeout(limit, client.exchange(req, limit)).await {
-        Ok(Ok(answer)) => Outcome::of(answer.status, answer.by_guard),
-        Ok(Err(UpstreamError::Timeout)) | Err(_) => Outcome::TimedOut,
-        Ok(Err(_)) => Outcome::Failed,
+        Ok(Ok(answer)) => (
+            Outcome::of(answer.status, answer.by_guard),
+            answer.retry_after,
+        ),
+        Ok(Err(UpstreamError::Timeout)) | Err(_) => (Outcome::TimedOut, None),
+        Ok(Err(_)) => (Outcome::Failed, None),
     }
 }
 
@@ -488,7 +576,7 @@ async fn owner_request(ctx: &Ctx, action: Action, vehicle: usize, phase: Phase) 
         .header(PHASE_HEADER, phase.as_str())
         .body(Full::new(body));
     let outcome = match req {
-        Ok(req) => exchange(&ctx.client, req, OWNER_TIMEOUT).await,
+        Ok(req) => exchange(&ctx.client, req, OWNER_TIMEOUT).await.0,
         Err(_) => Outcome::Failed,
     };
     ctx.meter

@@ -66,8 +66,22 @@ pub struct GuardState {
     pub surging: Vec<String>,
 }
 
+/// What the progress lines show, printed above them once per run.
+pub const PROGRESS_HEADER: &str = "run       time   phase  API: workers, telemetry and records \
+processed /s, workers busy, p99 | owner commands 2xx/sent | refused by the guard (429/413/503) \
+| brownout level | surging route/levels";
+
+/// The brownout levels, for the legend under [`PROGRESS_HEADER`].
+pub fn brownout_legend() -> String {
+    let levels: Vec<String> = (0..=4).map(brownout_name).collect();
+    format!(
+        "brownout levels: {} (each also does what the levels below it do)",
+        levels.join(", ")
+    )
+}
+
 impl TickSample {
-    /// `unguarded t= 7s SURGE  backend 9.8 MB/s 32.1k rec/s busy 100% p99 2.01 s | commands 11/20 ok | guard rejected 0`
+    /// `unguarded t= 7s SURGE  API 16 workers 9.8 MB/s 32.1k rec/s busy 100% p99 2.01 s | commands ok/sent 11/20 | guard refused 0`
     pub fn line(&self, mode: Mode) -> String {
         let phase = match self.phase {
             Some(Phase::Normal) => "normal",
@@ -76,7 +90,7 @@ impl TickSample {
         };
         let secs = self.secs.max(1e-3);
         let mut line = format!(
-            "{:<9} t={:>3}s {:<6} API {:>2} workers {:>9} {:>7} rec/s busy {:>4} p99 {:>7} | commands {:>3}/{:<3} ok | guard refused {:>5}",
+            "{:<9} t={:>3}s {:<6} API {:>2} workers {:>9} {:>7} rec/s busy {:>4} p99 {:>7} | commands ok/sent {:>3}/{:<3} | guard refused {:>5}",
             mode.as_str(),
             self.at.as_secs(),
             phase,
@@ -155,28 +169,43 @@ pub struct BatchFigures {
     pub generated: u64,
     /// Dropped in the vehicle: its uploads were all in flight.
     pub dropped: u64,
-    /// How the sent ones ended.
+    /// Attempts beyond each batch's first (429, 503, 504 or no answer, sent again).
+    pub retries: u64,
+    /// Refused by the guard (429, 413, 503) on their first attempt.
+    pub first_refused: u64,
+    /// How the sent ones ended, after their retries.
     pub outcomes: Outcomes,
 }
 
-/// Records per level: produced by the fleet, and processed by the API.
+/// Records per level: produced by the fleet, processed by the API, and lost on the way (in
+/// batches dropped in the vehicle or never accepted, after retries).
 #[derive(Debug, Clone, Default)]
 pub struct Delivery {
     pub generated: LevelCounts,
     pub processed: LevelCounts,
+    pub lost: LevelCounts,
 }
 
 impl Delivery {
-    pub fn lost(&self, level: Level) -> u64 {
+    /// Records that never reached the API, for any reason.
+    pub fn undelivered(&self, level: Level) -> u64 {
         self.generated[level].saturating_sub(self.processed[level])
     }
 
-    /// Fraction of `level`'s records that never reached the API; `None` when there were none.
-    pub fn lost_fraction(&self, level: Level) -> Option<f64> {
+    /// Records left out of batches the API did accept: what the guard's policy downsampled.
+    pub fn downsampled(&self, level: Level) -> u64 {
+        self.undelivered(level).saturating_sub(self.lost[level])
+    }
+
+    /// `n` as a fraction of `level`'s records; `None` when there were none.
+    pub fn fraction(&self, level: Level, n: u64) -> Option<f64> {
         let generated = self.generated[level];
-        (generated > 0).then(|| self.lost(level) as f64 / generated as f64)
+        (generated > 0).then(|| n as f64 / generated as f64)
     }
 }
+
+/// Which of a level's records a section of the table counts.
+type RecordCount = fn(&Delivery, Level) -> u64;
 
 /// Everything measured about one phase of one run.
 #[derive(Debug, Clone, Default)]
@@ -224,11 +253,14 @@ impl PhaseReport {
             batches: BatchFigures {
                 generated: fleet.batches.total() + fleet.dropped,
                 dropped: fleet.dropped,
+                retries: fleet.retries,
+                first_refused: fleet.first_refused,
                 outcomes: fleet.batches,
             },
             records: Delivery {
                 generated: fleet.records,
                 processed: work.levels,
+                lost: fleet.lost,
             },
             peak_brownout: ticks
                 .iter()
@@ -350,14 +382,29 @@ impl Report {
         for (label, cell) in ROWS {
             self.row(out, label, &self.cells(*cell));
         }
-        let _ = writeln!(out, "records not delivered (% of the level's records)");
-        for level in Level::ALL {
-            let label = format!("  {}", level.as_str());
-            let cells = self.cells(|p| match p.records.lost_fraction(level) {
-                Some(f) => format!("{} ({})", count(p.records.lost(level) as f64), percent(f)),
-                None => "-".into(),
-            });
-            self.row(out, &label, &cells);
+        let sections: [(&str, RecordCount); 2] = [
+            (
+                "records left out by the guard's policy (% of the level's records)",
+                Delivery::downsampled,
+            ),
+            (
+                "records lost: batch dropped in the vehicle or never accepted, after retries",
+                |d, l| d.lost[l],
+            ),
+        ];
+        for (title, n) in sections {
+            let _ = writeln!(out, "{title}");
+            for level in Level::ALL {
+                let label = format!("  {}", level.as_str());
+                let cells = self.cells(|p| {
+                    let k = n(&p.records, level);
+                    match p.records.fraction(level, k) {
+                        Some(f) => format!("{} ({})", count(k as f64), percent(f)),
+                        None => "-".into(),
+                    }
+                });
+                self.row(out, &label, &cells);
+            }
         }
     }
 
@@ -403,10 +450,6 @@ impl Report {
                 ""
             },
         );
-        let refused: u64 = [Outcome::Throttled, Outcome::TooLarge, Outcome::GuardShed]
-            .iter()
-            .map(|&o| g.batches.outcomes[o])
-            .sum();
         let _ = write!(
             s,
             "Behind verbosity-guard, the API stayed at {} of capacity (peak {}) with p99 {}, and {}. ",
@@ -415,18 +458,34 @@ impl Report {
             duration(g.backend.p99),
             commands_phrase(&g.commands),
         );
-        let lost = |level| g.records.lost_fraction(level).map_or("-".into(), percent);
+        let left_out = |level| {
+            g.records
+                .fraction(level, g.records.downsampled(level))
+                .map_or("-".into(), percent)
+        };
         let _ = write!(
             s,
-            "The guard downsampled each batch by level instead of refusing it: {} of debug \
-             records were shed, {} of info, {} of warn and {} of error; {} of {} batches were \
-             refused whole (429/413/503).",
-            lost(Level::Debug),
-            lost(Level::Info),
-            lost(Level::Warn),
-            lost(Level::Error),
-            refused,
+            "The guard downsampled each batch by level instead of refusing it: it left out {} of \
+             debug records, {} of info, {} of warn and {} of error. ",
+            left_out(Level::Debug),
+            left_out(Level::Info),
+            left_out(Level::Warn),
+            left_out(Level::Error),
+        );
+        let lost: u64 = Level::ALL.iter().map(|&l| g.records.lost[l]).sum();
+        let _ = write!(
+            s,
+            "It refused {} of {} batches whole at first (429/413/503); the vehicles sent them \
+             again, as OTLP exporters do, and {} after retries.",
+            g.batches.first_refused,
             g.batches.generated,
+            match lost {
+                0 => "no record was lost".to_owned(),
+                _ => format!(
+                    "{lost} records were lost ({} of them error records)",
+                    g.records.lost[Level::Error]
+                ),
+            },
         );
         if let Some((at, lost)) = self.setup.incident {
             let _ = write!(
@@ -499,6 +558,9 @@ const ROWS: &[(&str, Cell)] = &[
         None => "-".into(),
         Some(_) => p.surges.len().to_string(),
     }),
+    ("owner state reads: ok / sent", |p| {
+        format!("{}/{}", p.reads.ok(), p.reads.sent())
+    }),
     ("owner state reads: success", |p| {
         rate(p.reads.success_rate())
     }),
@@ -508,6 +570,13 @@ const ROWS: &[(&str, Cell)] = &[
     ("  dropped in vehicle (queue full)", |p| {
         p.batches.dropped.to_string()
     }),
+    ("  refused by guard at first attempt", |p| {
+        p.batches.first_refused.to_string()
+    }),
+    ("  attempts sent again (retries)", |p| {
+        p.batches.retries.to_string()
+    }),
+    ("in the end, after retries:", |_| String::new()),
     ("  accepted by the API (200)", |p| {
         p.batches.outcomes[Outcome::Ok].to_string()
     }),
@@ -623,11 +692,17 @@ mod tests {
     }
 
     #[test]
-    fn lost_records_never_go_negative() {
+    fn undelivered_records_split_into_left_out_and_lost_and_never_go_negative() {
         let mut d = Delivery::default();
         d.generated[Level::Info] = 10;
         d.processed[Level::Info] = 12;
-        assert_eq!(d.lost(Level::Info), 0);
-        assert_eq!(d.lost_fraction(Level::Debug), None);
+        assert_eq!(d.undelivered(Level::Info), 0);
+        assert_eq!(d.fraction(Level::Debug, 0), None);
+        d.generated[Level::Warn] = 100;
+        d.processed[Level::Warn] = 70;
+        d.lost[Level::Warn] = 10;
+        assert_eq!(d.undelivered(Level::Warn), 30);
+        assert_eq!(d.downsampled(Level::Warn), 20);
+        assert_eq!(d.fraction(Level::Warn, 20), Some(0.2));
     }
 }

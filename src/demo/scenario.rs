@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::backend::{Backend, BackendConfig};
 use super::fleet::{self, Clock, FleetConfig, FleetMeter};
-use super::report::{GuardState, Mode, PhaseReport, RunReport, TickSample};
+use super::report::{self, GuardState, Mode, PhaseReport, RunReport, TickSample};
 use super::stats::{PerPhase, Phase};
 use super::{DemoError, ScenarioOptions};
 use crate::app::{App, Config, PolicySource};
@@ -226,7 +226,9 @@ impl<'a> Sampler<'a> {
             secs,
             bytes: work.bytes,
             records: work.records,
-            utilization: work.busy / (workers * secs),
+            // A request's work is counted in the second it ends, so a second that closes long
+            // requests can sum to more than the workers had: capped at all of them.
+            utilization: (work.busy / (workers * secs)).min(1.0),
             p99: work.latency.quantile(0.99),
             commands_ok: fleet.commands_ok,
             commands: fleet.commands,
@@ -237,7 +239,14 @@ impl<'a> Sampler<'a> {
         // The last sample of a run can be a sliver of a second, whose rates mean little.
         if self.print && secs >= MIN_PRINTED_SAMPLE {
             // Progress is a courtesy: a closed stdout must not stop the run.
-            let _ = writeln!(std::io::stdout().lock(), "{}", sample.line(self.mode));
+            let mut out = std::io::stdout().lock();
+            if self.timeline.is_empty() {
+                let _ = writeln!(out, "{}", report::PROGRESS_HEADER);
+                if self.guard.is_some() {
+                    let _ = writeln!(out, "{}", report::brownout_legend());
+                }
+            }
+            let _ = writeln!(out, "{}", sample.line(self.mode));
         }
         self.timeline.push(sample);
     }
