@@ -633,7 +633,11 @@ fn broken(anchors: &mut Anchors, base: &Path, target: &str) -> Option<String> {
 }
 
 fn markdown_pages() -> Vec<PathBuf> {
-    let mut pages = vec![repo("README.md"), repo("ARCHITECTURE.md")];
+    let mut pages = vec![
+        repo("README.md"),
+        repo("ARCHITECTURE.md"),
+        repo("examples/README.md"),
+    ];
     pages.extend(files("docs", "md"));
     pages
 }
