@@ -5,7 +5,8 @@
 #     `kubectl kustomize` where kubectl exists: kubernetes-validate --strict (the Kubernetes
 #     OpenAPI schemas, bundled, offline; unknown fields are errors) for the oldest Kubernetes
 #     the kit supports (1.30: the preStop `sleep` handler) and the newest the validator knows;
-#   - prometheus-operator resources (servicemonitor.yaml): the operator's CRD schemas;
+#   - prometheus-operator resources (servicemonitor.yaml, prometheusrule.yaml): the operator's
+#     CRD schemas;
 #   - the Grafana dashboard's PromQL and deploy/prometheus/scrape-config.yaml: promtool.
 # What these cannot see (metric names against a real scrape, env var names against the CLI,
 # timing invariants, the policy copy) is tested by tests/deploy.rs.

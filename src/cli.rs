@@ -1,6 +1,7 @@
 //! Command line: every flag of `serve` and `simulate` (and the global `--log-*` flags) also
 //! reads a `VERBOSITY_GUARD_*` environment variable, since sidecars are configured through
-//! their environment. The demo's flags are for a person at a terminal and have none.
+//! their environment. The flags of `demo` and `echo-upstream` are for a person at a terminal
+//! and have none.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,39 @@ pub enum Command {
     /// Replay recorded traffic (NDJSON or HAR) against a policy on a virtual clock and report
     /// what it would forward, drop and refuse.
     Simulate(SimulateArgs),
+    /// Serve a stand-in upstream for trying the guard: it answers every request 200 with what
+    /// it received (method, target, body), so you see what the guard forwarded.
+    EchoUpstream(EchoUpstreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EchoUpstreamArgs {
+    /// Address to listen on: IP:PORT, or localhost:PORT for 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_listen_addr)]
+    pub listen: SocketAddr,
+    /// Largest request body read; a larger one is answered 413.
+    #[arg(long, default_value = "16MiB")]
+    pub max_body: ByteSize,
+}
+
+/// A listening address: an IP address and port, or `localhost:PORT` for IPv4 loopback. Other
+/// host names are refused rather than resolved: a listener binds one address, and a name can
+/// resolve to several.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| format!("{port:?} is not a port number")),
+        _ => Err(format!(
+            "{s:?} is not an IP address and port: use an IP address, e.g. 127.0.0.1:8080 \
+             (loopback), 0.0.0.0:8080 (every interface) or [::]:8080; localhost:8080 means \
+             127.0.0.1:8080"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,11 +166,11 @@ pub struct ServeArgs {
     /// The protected service, as http://host:port.
     #[arg(long, env = "VERBOSITY_GUARD_UPSTREAM")]
     pub upstream: String,
-    /// Address for client traffic.
-    #[arg(long, env = "VERBOSITY_GUARD_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address for client traffic: IP:PORT, or localhost:PORT for 127.0.0.1.
+    #[arg(long, env = "VERBOSITY_GUARD_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen_addr)]
     pub listen: SocketAddr,
-    /// Address for /metrics, /healthz, /readyz and /policy.
-    #[arg(long, env = "VERBOSITY_GUARD_ADMIN", default_value = "127.0.0.1:9901")]
+    /// Address for /metrics, /healthz, /readyz and /policy: IP:PORT, or localhost:PORT.
+    #[arg(long, env = "VERBOSITY_GUARD_ADMIN", default_value = "127.0.0.1:9901", value_parser = parse_listen_addr)]
     pub admin: SocketAddr,
     /// Worker threads serving requests, each with its own upstream pool (default: one per CPU
     /// available to the process).

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod codec;
 pub mod decide;
 pub mod demo;
+pub mod echo;
 pub mod fleet;
 pub mod log;
 pub mod metrics;

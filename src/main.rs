@@ -14,7 +14,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use verbosity_guard::app::{App, Config, PolicySource};
-use verbosity_guard::cli::{Cli, Command, LogFormat, ReportFormat, ServeArgs, SimulateArgs};
+use verbosity_guard::cli::{
+    Cli, Command, EchoUpstreamArgs, LogFormat, ReportFormat, ServeArgs, SimulateArgs,
+};
 use verbosity_guard::{check, proxy, simulate};
 
 const EXIT_RUNTIME: u8 = 1;
@@ -52,10 +54,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Simulate(args) => run_simulate(&args),
+        Command::EchoUpstream(args) => match echo_upstream(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("verbosity-guard echo-upstream: {}", one_line(&e));
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
         Command::Demo(args) => match demo(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("verbosity-guard demo: {e:#}");
+                eprintln!("verbosity-guard demo: {}", one_line(&e));
                 ExitCode::from(EXIT_RUNTIME)
             }
         },
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(EXIT_RUNTIME),
             Err(e) => {
-                eprintln!("verbosity-guard: {e:#}");
+                eprintln!("verbosity-guard: {}", one_line(&e));
                 let input = e
                     .downcast_ref::<verbosity_guard::app::StartError>()
                     .is_some_and(|s| s.is_input());
@@ -71,6 +80,24 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// An error and its causes on one line, each said once. The library's errors name their source
+/// in their own message and also return it from `source()` (for callers that walk the chain),
+/// so `{:#}` would print it twice: a cause whose text the line already holds is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -138,6 +165,34 @@ fn demo(args: &verbosity_guard::demo::DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(verbosity_guard::demo::run(args))?;
     Ok(())
+}
+
+/// Serves the echo upstream until SIGINT or SIGTERM (the default action: nothing to drain).
+fn echo_upstream(args: &EchoUpstreamArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let max_body = usize::try_from(args.max_body.0).unwrap_or(usize::MAX);
+        let echo = verbosity_guard::echo::EchoUpstream::bind(args.listen, max_body)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+        // The address first, on its own line: a script (or a test) reads the port from it.
+        // Written, not println!: a closed stdout must not panic a request.
+        say(&format!(
+            "echo-upstream listening on http://{}",
+            echo.addr()
+        ));
+        echo.run(say).await;
+        Ok(())
+    })
+}
+
+/// A line on stdout, flushed (stdout is line-buffered); a write error (stdout closed) is ignored.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Runs the guard until SIGTERM or SIGINT, then drains. Ok(false) when the drain timed out.

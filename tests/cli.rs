@@ -148,3 +148,118 @@ fn flags_can_come_from_the_environment() {
     assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad-size.yaml:9"));
 }
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_policy_says_the_os_error_once() {
+    let out = run(&[
+        "serve",
+        "--policy",
+        "does/not/exist.yaml",
+        "--upstream",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    let err = stderr(&out);
+    assert!(err.contains("does/not/exist.yaml: cannot read"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
+
+#[test]
+fn a_busy_port_names_its_listener_and_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    for (flag, listener) in [("--listen", "proxy"), ("--admin", "admin")] {
+        let (listen, admin) = if flag == "--listen" {
+            (busy.as_str(), "127.0.0.1:0")
+        } else {
+            ("127.0.0.1:0", busy.as_str())
+        };
+        let out = run(&[
+            "serve",
+            "--policy",
+            "policies/vehicle-api.yaml",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            listen,
+            "--admin",
+            admin,
+            "--no-watch",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = stderr(&out);
+        let want = format!("cannot listen on {busy} (the {listener} listener, {flag}): ");
+        assert!(err.contains(&want), "{flag}: expected {want:?} in:\n{err}");
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_scheme_less_upstream_gets_the_url_it_meant() {
+    let out = run(&[
+        "serve",
+        "--policy",
+        "policies/vehicle-api.yaml",
+        "--upstream",
+        "localhost:8000",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(EXIT_BAD_INPUT));
+    let err = stderr(&out);
+    assert!(err.contains("did you mean http://localhost:8000?"), "{err}");
+}
+
+#[test]
+fn listen_takes_localhost_or_asks_for_an_ip_address() {
+    use clap::Parser;
+    use verbosity_guard::cli::{Cli, Command};
+    let parse = |flag: &str, value: &str| {
+        Cli::try_parse_from([
+            "verbosity-guard",
+            "serve",
+            "--policy",
+            "p.yaml",
+            "--upstream",
+            "http://127.0.0.1:8000",
+            flag,
+            value,
+        ])
+    };
+    for flag in ["--listen", "--admin"] {
+        let Command::Serve(args) = parse(flag, "localhost:8080").unwrap().command else {
+            panic!("serve");
+        };
+        let addr = if flag == "--listen" {
+            args.listen
+        } else {
+            args.admin
+        };
+        assert_eq!(addr, "127.0.0.1:8080".parse().unwrap(), "{flag}");
+        for bad in ["example.com:8080", "localhost", "localhost:http"] {
+            let err = parse(flag, bad).unwrap_err().to_string();
+            assert!(
+                err.contains("use an IP address") || err.contains("is not a port number"),
+                "{flag} {bad}: {err}"
+            );
+        }
+    }
+    // As the binary says it: a usage error, exit 2.
+    let out = run(&[
+        "serve",
+        "--policy",
+        "policies/vehicle-api.yaml",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--listen",
+        "example.com:8080",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("use an IP address, e.g. 127.0.0.1:8080"));
+}

@@ -402,6 +402,28 @@ async fn guard_after_traffic(up: &TestUpstream) -> TestGuard {
     g
 }
 
+/// The route of the shipped policy that `method path` takes has no payload budget and reads
+/// no records: nothing there can refuse it for load.
+fn assert_unbudgeted(what: &str, method: &str, path: &str) {
+    use verbosity_guard::budget::BudgetKind;
+    let policy = verbosity_guard::policy::parse(&read("policies/vehicle-api.yaml"), "policy")
+        .expect("the shipped policy compiles");
+    let method: http::Method = method.parse().expect("a method");
+    let (_, route) = policy.route(&method, path);
+    for kind in BudgetKind::ALL {
+        assert!(
+            route.payload.placement(kind).is_none(),
+            "{what}: {method} {path} takes route {:?}, which has a {kind:?} budget",
+            route.name
+        );
+    }
+    assert!(
+        route.records.is_none(),
+        "{what}: route {:?} reads records",
+        route.name
+    );
+}
+
 // ---- the tests
 
 #[tokio::test]
@@ -567,13 +589,19 @@ async fn probes_and_scrape_targets_are_real_admin_endpoints() {
     assert_eq!(guard["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(guard["livenessProbe"]["httpGet"]["path"], "/healthz");
 
-    // The API listens on loopback, out of the kubelet's reach: its probe goes through the guard.
+    // The API listens on loopback, out of the kubelet's reach: its probe goes through the guard,
+    // on a route with no budget, so a busy guard never makes a healthy pod unready.
     let api = container(pod, API);
     let probe = &api["readinessProbe"]["httpGet"];
     assert_eq!(container_port(guard, &probe["port"]), listen_port);
     let path = str_of(&probe["path"], "probe path");
+    assert_unbudgeted("the API's readiness probe", "GET", path);
     assert_eq!(get(format!("{}{path}", g.url)).await.0, 200);
     assert_eq!(up.next_request().await.target, path);
+    // Many more probes than any budget of the policy allows at once still pass.
+    for _ in 0..100 {
+        assert_eq!(get(format!("{}{path}", g.url)).await.0, 200);
+    }
 
     // Client traffic: Service → the guard's listener.
     let labels = &d["spec"]["template"]["metadata"]["labels"];
@@ -861,4 +889,156 @@ fn containers_run_unprivileged_read_only_and_bounded() {
         "USER is numeric and the manifest's"
     );
     assert_ne!(uid, "0");
+}
+
+/// The pod's labels, which the PodDisruptionBudget and the NetworkPolicy must select.
+fn assert_selects_the_pod(what: &str, selector: &Value) {
+    let d = deployment();
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let selector = selector
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: a matchLabels selector"));
+    assert!(
+        !selector.is_empty(),
+        "{what}: an empty selector selects every pod"
+    );
+    for (k, v) in selector {
+        assert_eq!(&labels[k], v, "{what}: selector {k} does not match the pod");
+    }
+}
+
+fn kustomization_resources() -> Vec<String> {
+    items(&yaml("deploy/kubernetes/kustomization.yaml")["resources"])
+        .iter()
+        .map(|r| str_of(r, "resource").to_owned())
+        .collect()
+}
+
+#[test]
+fn disruption_budget_keeps_a_pod_serving_during_drains() {
+    let pdb = yaml("deploy/kubernetes/poddisruptionbudget.yaml");
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert!(kustomization_resources().contains(&"poddisruptionbudget.yaml".to_owned()));
+    assert_selects_the_pod(
+        "the PodDisruptionBudget",
+        &pdb["spec"]["selector"]["matchLabels"],
+    );
+    let replicas = deployment()["spec"]["replicas"].as_u64().expect("replicas");
+    let spec = &pdb["spec"];
+    let unavailable = match (
+        spec["maxUnavailable"].as_u64(),
+        spec["minAvailable"].as_u64(),
+    ) {
+        (Some(max), None) => max,
+        (None, Some(min)) => replicas.saturating_sub(min),
+        _ => panic!("the PodDisruptionBudget sets a number: maxUnavailable or minAvailable"),
+    };
+    assert!(
+        (1..replicas).contains(&unavailable),
+        "{unavailable} of {replicas} pods may be evicted at once: a drain must leave one serving \
+         and still be able to proceed"
+    );
+}
+
+#[test]
+fn network_policy_opens_the_proxy_port_and_the_admin_port_to_monitoring_only() {
+    let np = yaml("deploy/kubernetes/networkpolicy-admin.yaml");
+    assert_eq!(np["kind"], "NetworkPolicy");
+    assert!(kustomization_resources().contains(&"networkpolicy-admin.yaml".to_owned()));
+    assert_selects_the_pod(
+        "the NetworkPolicy",
+        &np["spec"]["podSelector"]["matchLabels"],
+    );
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+
+    let d = deployment();
+    let guard = container(pod_spec(&d), GUARD);
+    let vars = env(guard);
+    let listen = addr_port(vars["VERBOSITY_GUARD_LISTEN"]);
+    let admin = addr_port(vars["VERBOSITY_GUARD_ADMIN"]);
+    // Each rule's ports, resolved against the guard's container, with who may reach them.
+    let mut open_to_all = BTreeSet::new();
+    let mut admin_sources = Vec::new();
+    for rule in items(&np["spec"]["ingress"]) {
+        let ports: Vec<u16> = items(&rule["ports"])
+            .iter()
+            .map(|p| container_port(guard, &p["port"]))
+            .collect();
+        assert!(
+            !ports.is_empty(),
+            "a rule without ports opens every port: {rule}"
+        );
+        if items(&rule["from"]).is_empty() {
+            open_to_all.extend(ports.iter().copied());
+        } else if ports.contains(&admin) {
+            admin_sources.extend(items(&rule["from"]).iter().cloned());
+        }
+    }
+    assert!(
+        open_to_all.contains(&listen),
+        "client traffic must reach the guard's port {listen} from anywhere"
+    );
+    assert!(
+        !open_to_all.contains(&admin),
+        "the admin port {admin} (/policy, /metrics) must not be open to every source"
+    );
+    assert_eq!(
+        admin_sources,
+        [serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        })],
+        "the admin port is open to the monitoring namespace only"
+    );
+}
+
+/// `deploy/kubernetes/prometheusrule.yaml` as generated from the rule file: a header, the
+/// resource's metadata, and the rule file's `groups:` (comments included) under `spec:`.
+fn prometheus_rule(alerts: &str) -> String {
+    let groups = alerts
+        .find("\ngroups:")
+        .map(|i| &alerts[i + 1..])
+        .expect("alerts.yaml has a top-level groups:");
+    let mut out = String::from(
+        "# GENERATED from deploy/prometheus/alerts.yaml by tests/deploy.rs: edit that file, then\n\
+         # VERBOSITY_GUARD_UPDATE_DOCS=1 cargo test --test deploy\n\
+         #\n\
+         # The alert rules as a prometheus-operator PrometheusRule (applied separately: it needs\n\
+         # the operator's CRDs). kube-prometheus-stack loads the rules whose labels match its\n\
+         # Prometheus's ruleSelector (`release: <its release name>` by default): add that label.\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n  name: verbosity-guard\n  labels:\n    app.kubernetes.io/name: vehicle-api\n\
+         spec:\n",
+    );
+    for line in groups.lines() {
+        if !line.is_empty() {
+            out.push_str("  ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn prometheus_rule_is_the_alert_rule_file() {
+    let path = "deploy/kubernetes/prometheusrule.yaml";
+    let alerts_text = read("deploy/prometheus/alerts.yaml");
+    let expected = prometheus_rule(&alerts_text);
+    if std::env::var_os("VERBOSITY_GUARD_UPDATE_DOCS").is_some() {
+        std::fs::write(repo(path), &expected).expect("write the PrometheusRule");
+    }
+    assert!(
+        read(path) == expected,
+        "{path} differs from deploy/prometheus/alerts.yaml; regenerate it: \
+         VERBOSITY_GUARD_UPDATE_DOCS=1 cargo test --test deploy"
+    );
+    // The same rules, read back as YAML: what the operator loads is what promtool tested.
+    let rule = yaml(path);
+    let alerts: Value = serde_saphyr::from_str(&alerts_text).expect("alerts.yaml");
+    assert_eq!(rule["spec"]["groups"], alerts["groups"]);
+    assert!(
+        !kustomization_resources().contains(&"prometheusrule.yaml".to_owned()),
+        "the PrometheusRule needs the operator's CRDs: it is applied separately"
+    );
 }

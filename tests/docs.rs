@@ -633,7 +633,11 @@ fn broken(anchors: &mut Anchors, base: &Path, target: &str) -> Option<String> {
 }
 
 fn markdown_pages() -> Vec<PathBuf> {
-    let mut pages = vec![repo("README.md"), repo("ARCHITECTURE.md")];
+    let mut pages = vec![
+        repo("README.md"),
+        repo("ARCHITECTURE.md"),
+        repo("examples/README.md"),
+    ];
     pages.extend(files("docs", "md"));
     pages
 }
@@ -666,34 +670,44 @@ fn relative_links_name_existing_files_and_headings() {
     );
 }
 
+/// The page every `runbook_url` points into, as published at the rules' base URL.
+const RUNBOOKS: &str = "docs/runbooks.md";
+
 #[test]
 fn every_alert_links_its_own_runbook_heading() {
     let path = "deploy/prometheus/alerts.yaml";
     let rules: Value =
         serde_saphyr::from_str(&read(&repo(path))).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut alerts = 0;
-    let mut anchors = Anchors::default();
+    let mut bases = BTreeSet::new();
+    let runbooks = anchors(&repo(RUNBOOKS));
     for group in rules["groups"].as_array().expect("groups") {
         for rule in group["rules"].as_array().expect("rules") {
             let Some(alert) = rule["alert"].as_str() else {
                 continue;
             };
             alerts += 1;
-            let runbook = rule["annotations"]["runbook"]
+            let url = rule["annotations"]["runbook_url"]
                 .as_str()
-                .unwrap_or_else(|| panic!("{path}: {alert} has no runbook annotation"));
-            let (file, fragment) = runbook
+                .unwrap_or_else(|| panic!("{path}: {alert} has no runbook_url annotation"));
+            // Absolute, so that it opens from a notification: a published runbooks.md (the
+            // base, set by deploy/prometheus/set-runbook-base.sh) and the alert's heading.
+            let (base, fragment) = url
                 .split_once('#')
-                .unwrap_or_else(|| panic!("{path}: {alert}: runbook {runbook:?} names no heading"));
-            // Relative to the repository's root, where the rules' readers start.
-            let page = repo(file);
+                .unwrap_or_else(|| panic!("{path}: {alert}: runbook_url {url:?} names no heading"));
             assert!(
-                page.is_file(),
-                "{path}: {alert}: runbook {runbook:?}: no file {file}"
+                base.starts_with("https://") || base.starts_with("http://"),
+                "{path}: {alert}: runbook_url {url:?} is not an absolute URL"
             );
             assert!(
-                anchors.of(&page).contains(fragment),
-                "{path}: {alert}: runbook {runbook:?}: no such heading in {file}"
+                base.ends_with("/runbooks.md") && !base.contains(char::is_whitespace),
+                "{path}: {alert}: runbook_url {url:?}: the base must be where {RUNBOOKS} is \
+                 published, ending in /runbooks.md"
+            );
+            bases.insert(base.to_owned());
+            assert!(
+                runbooks.contains(fragment),
+                "{path}: {alert}: runbook_url {url:?}: no such heading in {RUNBOOKS}"
             );
             assert_eq!(
                 fragment,
@@ -703,6 +717,11 @@ fn every_alert_links_its_own_runbook_heading() {
         }
     }
     assert!(alerts > 0, "{path}: no alerts found");
+    assert_eq!(
+        bases.len(),
+        1,
+        "{path}: every runbook_url has the same base (set-runbook-base.sh rewrites one): {bases:?}"
+    );
 }
 
 #[test]

@@ -386,7 +386,7 @@ fn a_browser_har_export_replays_against_the_shipped_policy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let report = simulate_json(
         &root.join("policies/vehicle-api.yaml"),
-        &root.join("tests/fixtures/fleet-console.har"),
+        &root.join("examples/fleet-console.har"),
     );
     assert_eq!(report["format"], "har");
     assert_eq!(report["requests"], 16);
@@ -423,7 +423,7 @@ fn fixture_args() -> [String; 4] {
         "--policy".into(),
         root.join("policies/vehicle-api.yaml").display().to_string(),
         "--traffic".into(),
-        root.join("tests/fixtures/fleet-console.har")
+        root.join("examples/fleet-console.har")
             .display()
             .to_string(),
     ]

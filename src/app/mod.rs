@@ -95,9 +95,13 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error("upstream {url:?}: {reason}")]
     Upstream { url: String, reason: &'static str },
-    #[error("cannot listen on {addr}: {source}")]
+    /// `host:port` without a scheme, which `http://host:port` would have been.
+    #[error("upstream {url:?}: no scheme; did you mean http://{url}?")]
+    UpstreamScheme { url: String },
+    #[error("cannot listen on {addr} (the {} listener, {}): {source}", .listener.as_str(), .listener.flag())]
     Bind {
         addr: SocketAddr,
+        listener: Listener,
         #[source]
         source: io::Error,
     },
@@ -120,8 +124,37 @@ impl StartError {
     pub fn is_input(&self) -> bool {
         matches!(
             self,
-            StartError::Policy(_) | StartError::Upstream { .. } | StartError::FleetRedis(_)
+            StartError::Policy(_)
+                | StartError::Upstream { .. }
+                | StartError::UpstreamScheme { .. }
+                | StartError::FleetRedis(_)
         )
+    }
+}
+
+/// The guard's two listeners, named as the command line names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Client traffic, `--listen`.
+    Proxy,
+    /// `/metrics`, `/healthz`, `/readyz`, `/policy`, `--admin`.
+    Admin,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Proxy => "proxy",
+            Listener::Admin => "admin",
+        }
+    }
+
+    /// The `serve` flag that sets its address.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Listener::Proxy => "--listen",
+            Listener::Admin => "--admin",
+        }
     }
 }
 
@@ -134,6 +167,15 @@ pub fn parse_upstream(url: &str) -> Result<Target, StartError> {
     let uri: Uri = url
         .parse()
         .map_err(|_| err("not a URL; write http://host:port"))?;
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        // `localhost:8000`: an authority alone, which is what a scheme was left off.
+        let with_scheme = format!("http://{url}");
+        if parse_upstream(&with_scheme).is_ok() {
+            return Err(StartError::UpstreamScheme {
+                url: url.to_owned(),
+            });
+        }
+    }
     if uri.scheme() != Some(&Scheme::HTTP) {
         return Err(err(
             "only http:// upstreams are supported (the guard is a sidecar on the same host)",
@@ -182,8 +224,8 @@ impl App {
         }
         let registry = Registry::new();
         let shared = Arc::new(shared_state(&cfg, policy, &registry)?);
-        let proxy = Bound::bind(cfg.listen).await?;
-        let admin = Bound::bind(cfg.admin).await?;
+        let proxy = Bound::bind(cfg.listen, Listener::Proxy).await?;
+        let admin = Bound::bind(cfg.admin, Listener::Admin).await?;
         let (shutdown, rx) = watch::channel(false);
         let ready = Arc::new(Admin {
             registry,
@@ -402,8 +444,12 @@ struct Bound {
 }
 
 impl Bound {
-    async fn bind(addr: SocketAddr) -> Result<Bound, StartError> {
-        let err = |source| StartError::Bind { addr, source };
+    async fn bind(addr: SocketAddr, listener: Listener) -> Result<Bound, StartError> {
+        let err = |source| StartError::Bind {
+            addr,
+            listener,
+            source,
+        };
         let listener = TcpListener::bind(addr).await.map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
         Ok(Bound { listener, addr })

@@ -187,7 +187,7 @@ fn traffic_files_are_bounded() {
 
 #[test]
 fn a_browser_har_is_read_in_time_order() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fleet-console.har");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet-console.har");
     let traffic = Traffic::open(&path, Limits::default()).unwrap();
     assert_eq!(traffic.format(), Format::Har);
     let e: Vec<Entry> = traffic.collect::<Result<_, _>>().unwrap();
