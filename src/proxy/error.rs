@@ -87,6 +87,8 @@ impl ProxyError {
             | Reject::MissingClientKey
             | Reject::BodyIncomplete
             | Reject::BadTarget
+            | Reject::BadHost
+            | Reject::AmbiguousClientKey
             | Reject::CorruptBody(_)
             | Reject::MalformedBatch { .. } => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge { .. }
@@ -94,6 +96,7 @@ impl ProxyError {
             | Reject::DecodedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reject::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Reject::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +138,7 @@ impl ProxyError {
         const INVALID_ARGUMENT: i32 = 3;
         const DEADLINE_EXCEEDED: i32 = 4;
         const RESOURCE_EXHAUSTED: i32 = 8;
+        const UNIMPLEMENTED: i32 = 12;
         const INTERNAL: i32 = 13;
         const UNAVAILABLE: i32 = 14;
         match self.status() {
@@ -142,6 +146,7 @@ impl ProxyError {
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => UNAVAILABLE,
             StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => DEADLINE_EXCEEDED,
             StatusCode::INTERNAL_SERVER_ERROR => INTERNAL,
+            StatusCode::NOT_IMPLEMENTED => UNIMPLEMENTED,
             _ => INVALID_ARGUMENT,
         }
     }

@@ -130,8 +130,11 @@ impl ConnGuard {
 
         // 1-2. Normalize the path, so no spelling of it can reach another route's budget, then
         //    route: first match wins; the table ends with a catch-all.
+        //    Then the framing and host: a request the upstream could read differently from the
+        //    guard is refused in every mode.
         let routed = decide::route(&snap.policy, &parts)?;
         (ctx.route, ctx.style) = (Some(routed.index), routed.style);
+        decide::framing(&parts)?;
         let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
         let mut judge = Judge::new(rm, route.records.is_some());
         bound_buffer(&judge, route, declared)?;

@@ -1,0 +1,110 @@
+//! Protocol hardening (issue 16): requests that the guard and the upstream could read
+//! differently, tried as an attacker would, over raw sockets. Each is refused, counted under its
+//! reason, and never reaches the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
+
+mod support;
+
+use support::{TestGuard, TestUpstream, policy_with_route, raw_exchange, read_to_close};
+
+const ROUTE: &str = "  - name: api\n    match: { path_prefix: /api }\n    payload: { client_requests: { rate: 100/s, burst: 100 } }\n";
+
+async fn guard() -> (TestUpstream, TestGuard) {
+    let up = TestUpstream::start().await;
+    let g = TestGuard::start(&policy_with_route(ROUTE), &up.url).await;
+    (up, g)
+}
+
+/// Sends `request` on a new connection; returns the status line and the rest of what the guard
+/// sent until it closed.
+async fn exchange(g: &TestGuard, request: &str) -> (String, String) {
+    let (mut s, head) = raw_exchange(g.app.proxy_addr(), request.as_bytes()).await;
+    let rest = read_to_close(&mut s).await;
+    (head, rest)
+}
+
+async fn rejections(g: &TestGuard, reason: &str) -> f64 {
+    g.metric(
+        "verbosity_guard_rejections_total",
+        &[("route", "api"), ("reason", reason)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_get_501() {
+    let (up, g) = guard().await;
+    for te in ["gzip, chunked", "chunked\r\nTransfer-Encoding: chunked"] {
+        let req = format!(
+            "POST /api/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let (head, rest) = exchange(&g, &req).await;
+        assert!(head.starts_with("HTTP/1.1 501"), "{te}: {head}");
+        assert!(
+            head.contains("x-verbosity-guard-refused: unsupported_transfer_coding"),
+            "{head}"
+        );
+        assert!(
+            rest.contains("\"error\":\"unsupported_transfer_coding\""),
+            "{rest}"
+        );
+    }
+    assert_eq!(rejections(&g, "unsupported_transfer_coding").await, 2.0);
+    assert!(up.try_next_request().await.is_none());
+
+    // Plain chunked passes.
+    let (head, _) = exchange(
+        &g,
+        "POST /api/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(&up.next_request().await.body[..], b"hello");
+}
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let (up, g) = guard().await;
+    for req in [
+        "GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET /api/x HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+    ] {
+        let (head, rest) = exchange(&g, req).await;
+        assert!(head.contains(" 400 "), "{req:?}: {head}");
+        assert!(rest.contains("\"error\":\"bad_host\""), "{rest}");
+    }
+    assert_eq!(rejections(&g, "bad_host").await, 3.0);
+    assert!(up.try_next_request().await.is_none());
+
+    // HTTP/1.0 may leave Host out.
+    let (head, _) = exchange(&g, "GET /api/x HTTP/1.0\r\n\r\n").await;
+    assert!(head.contains(" 200 "), "{head}");
+    assert_eq!(up.next_request().await.target, "/api/x");
+}
+
+#[tokio::test]
+async fn a_client_key_header_with_two_different_values_gets_400() {
+    let (up, g) = guard().await;
+    let (head, rest) = exchange(
+        &g,
+        "GET /api/x HTTP/1.1\r\nHost: t\r\nX-Vehicle-Id: car-1\r\nX-Vehicle-Id: car-2\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        rest.contains("\"error\":\"ambiguous_client_key\""),
+        "{rest}"
+    );
+    assert_eq!(rejections(&g, "ambiguous_client_key").await, 1.0);
+    assert!(up.try_next_request().await.is_none());
+
+    // The same value twice names one client.
+    let (head, _) = exchange(
+        &g,
+        "GET /api/x HTTP/1.1\r\nHost: t\r\nX-Vehicle-Id: car-1\r\nX-Vehicle-Id:  car-1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    up.next_request().await;
+}
