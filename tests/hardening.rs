@@ -108,3 +108,58 @@ async fn a_client_key_header_with_two_different_values_gets_400() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     up.next_request().await;
 }
+
+const TELEMETRY: &str = r#"  - name: telemetry
+    match: { methods: [POST], path_prefix: /telemetry }
+    records:
+      format: ndjson
+      levels: { trace: drop, debug: drop, error: keep }
+      unknown_level: debug
+  - name: strict
+    match: { methods: [POST], path_prefix: /strict }
+    records:
+      format: ndjson
+      levels: { trace: drop, error: keep }
+      on_malformed: reject
+"#;
+
+#[tokio::test]
+async fn a_record_with_two_level_keys_is_malformed_never_first_wins() {
+    let up = TestUpstream::start().await;
+    let g = TestGuard::start(&policy_with_route(TELEMETRY), &up.url).await;
+    let smuggled = r#"{"level":"error","msg":"trace flood","level":"trace"}"#;
+    let escaped = r#"{"level":"error","lev\u0065l":"trace"}"#;
+    let real = r#"{"level":"error","msg":"real"}"#;
+    let body = format!("{smuggled}\n{escaped}\n{real}\n");
+    let resp = support::client()
+        .post(format!("{}/telemetry", g.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The two ambiguous records took unknown_level (debug, dropped), not the first "error".
+    assert_eq!(
+        std::str::from_utf8(&up.next_request().await.body).unwrap(),
+        format!("{real}\n")
+    );
+    assert_eq!(
+        g.metric(
+            "verbosity_guard_records_malformed_total",
+            &[("route", "telemetry")]
+        )
+        .await,
+        2.0
+    );
+
+    // A batch of nothing else is not the route's format: on_malformed: reject answers 400.
+    let resp = support::client()
+        .post(format!("{}/strict", g.url))
+        .body(format!("{smuggled}\n{escaped}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(support::json(resp).await["error"], "malformed_batch");
+    assert!(up.try_next_request().await.is_none());
+}
