@@ -163,3 +163,83 @@ async fn a_record_with_two_level_keys_is_malformed_never_first_wins() {
     assert_eq!(support::json(resp).await["error"], "malformed_batch");
     assert!(up.try_next_request().await.is_none());
 }
+
+/// An upstream that answers every request with a head carrying `header_bytes` of one header.
+async fn upstream_with_head(header_bytes: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+                    "a".repeat(header_bytes)
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_upstream_head_over_the_bound_is_502_never_relayed() {
+    let big = upstream_with_head(200 * 1024).await;
+    let g = TestGuard::start(&policy_with_route(ROUTE), &big).await;
+    let (head, rest) = exchange(
+        &g,
+        "GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 502"),
+        "{}",
+        &head[..head.len().min(200)]
+    );
+    assert!(!head.contains("x-big"));
+    assert!(
+        head.contains("x-verbosity-guard-refused: head_too_large"),
+        "{head}"
+    );
+    assert!(
+        rest.contains("\"error\":\"upstream_head_too_large\""),
+        "{rest}"
+    );
+    assert_eq!(
+        g.metric(
+            "verbosity_guard_upstream_errors_total",
+            &[("route", "api"), ("kind", "head_too_large")]
+        )
+        .await,
+        1.0
+    );
+
+    // Under the bound (64 KiB by default) a head is relayed; the bound is a setting.
+    let fits = upstream_with_head(60 * 1024).await;
+    let g = TestGuard::start(&policy_with_route(ROUTE), &fits).await;
+    let (head, _) = exchange(
+        &g,
+        "GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{}", &head[..40]);
+    let g = TestGuard::start_with(&policy_with_route(ROUTE), &fits, |c| {
+        c.upstream_settings.max_response_head = 32 * 1024;
+    })
+    .await;
+    let (head, _) = exchange(
+        &g,
+        "GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{}", &head[..40]);
+}

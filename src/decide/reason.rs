@@ -172,14 +172,17 @@ pub enum UpstreamFailure {
     Reset,
     /// No response headers within the route's timeout (504).
     Timeout,
+    /// A response head over `--max-upstream-head-bytes` (502, never relayed).
+    HeadTooLarge,
 }
 
 impl UpstreamFailure {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     pub const ALL: [UpstreamFailure; UpstreamFailure::COUNT] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Reset,
         UpstreamFailure::Timeout,
+        UpstreamFailure::HeadTooLarge,
     ];
 
     pub fn index(self) -> usize {
@@ -191,6 +194,7 @@ impl UpstreamFailure {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Reset => "reset",
             UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::HeadTooLarge => "head_too_large",
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum ProxyError {
     UpstreamReset(#[source] UpstreamError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("upstream response head too large")]
+    UpstreamHeadTooLarge(#[source] UpstreamError),
 }
 
 /// The JSON body of a guard-made response; fields in this order, absent ones omitted.
@@ -71,13 +73,16 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => Cause::Upstream(UpstreamFailure::Connect),
             ProxyError::UpstreamReset(_) => Cause::Upstream(UpstreamFailure::Reset),
             ProxyError::UpstreamTimeout(_) => Cause::Upstream(UpstreamFailure::Timeout),
+            ProxyError::UpstreamHeadTooLarge(_) => Cause::Upstream(UpstreamFailure::HeadTooLarge),
         }
     }
 
     pub fn status(&self) -> StatusCode {
         let reject = match self {
             ProxyError::Reject(r) => r,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamHeadTooLarge(_) => {
                 return StatusCode::BAD_GATEWAY;
             }
             ProxyError::UpstreamTimeout(_) => return StatusCode::GATEWAY_TIMEOUT,
@@ -119,6 +124,7 @@ impl ProxyError {
             ProxyError::Reject(Reject::Shed(_)) => "overloaded",
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamHeadTooLarge(_) => "upstream_head_too_large",
             other => other.label(),
         }
     }
@@ -237,6 +243,7 @@ impl ProxyError {
     pub fn from_upstream(err: UpstreamError, timeout: Duration) -> ProxyError {
         match err {
             UpstreamError::Timeout => ProxyError::UpstreamTimeout(timeout),
+            e @ UpstreamError::HeadTooLarge { .. } => ProxyError::UpstreamHeadTooLarge(e),
             e if e.is_connect() => ProxyError::UpstreamConnect(e),
             e => {
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
