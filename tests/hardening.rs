@@ -243,3 +243,77 @@ async fn an_upstream_head_over_the_bound_is_502_never_relayed() {
     .await;
     assert!(head.starts_with("HTTP/1.1 502"), "{}", &head[..40]);
 }
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_logged_once_per_interval() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), policy_with_route(ROUTE)).unwrap();
+    let mut g = support::GuardProcess::spawn([
+        "serve",
+        "--no-watch",
+        "--policy",
+        file.path().to_str().unwrap(),
+        "--upstream",
+        &upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let (started, _) = g.wait_for("verbosity-guard listening").await;
+    let proxy: std::net::SocketAddr = started["fields"]["proxy_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let admin = started["fields"]["admin_addr"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let (mut s, head) = raw_exchange(
+            proxy,
+            b"GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        read_to_close(&mut s).await;
+    }
+    let (warning, _) = g.wait_for("upstream unreachable").await;
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    let fields = &warning["fields"];
+    assert!(
+        fields["error"].as_str().unwrap().contains("cannot connect"),
+        "{warning}"
+    );
+    assert!(!fields["cause"].as_str().unwrap().is_empty(), "{warning}");
+    // Ready all along: /readyz says the guard takes traffic, not that the upstream is up.
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Five failures counted; the other four not logged (checked below, once the process has
+    // logged past them): the next warning, ten seconds on, counts them as suppressed.
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        support::metric_value(
+            &text,
+            "verbosity_guard_upstream_errors_total",
+            &[("route", "api"), ("kind", "connect")]
+        ),
+        Some(5.0)
+    );
+    g.signal("TERM");
+    let (_, between) = g.wait_for("shutting down").await;
+    assert!(
+        !between.iter().any(|l| l.contains("upstream unreachable")),
+        "{between:?}"
+    );
+    assert_eq!(g.exit_code().await, Some(0));
+}

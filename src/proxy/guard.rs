@@ -229,6 +229,9 @@ impl ConnGuard {
         slot: Option<Slot<'_>>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let sent = sent.map_err(|e| ProxyError::from_upstream(e, route.timeout));
+        if let Err(ProxyError::UpstreamConnect(e)) = &sent {
+            unreachable(e);
+        }
         let latency = started.elapsed();
         let failed = match &sent {
             Ok(r) => r.status().is_server_error(),
@@ -516,6 +519,18 @@ fn clamp(judge: &mut Judge, route: &Route, rm: &RouteMetrics, parts: &mut reques
     } else if judge.deciding() {
         judge.clamped(clamp.count(&parts.headers, &parts.uri));
     }
+}
+
+/// Says that the upstream cannot be reached, at most once every ten seconds (see `log`): every
+/// request meanwhile gets 502 and is counted in `upstream_errors_total{kind="connect"}`.
+#[cold]
+fn unreachable(e: &UpstreamError) {
+    let cause = std::error::Error::source(e).map(ToString::to_string);
+    crate::warn_limited!(
+        error = %e,
+        cause = cause.as_deref().unwrap_or(""),
+        "upstream unreachable: answering 502 until it accepts connections"
+    );
 }
 
 /// The upstream's answer for the client: streamed, minus its hop-by-hop headers, plus what the
