@@ -317,3 +317,33 @@ async fn an_unreachable_upstream_is_logged_once_per_interval() {
     );
     assert_eq!(g.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn an_early_answer_never_silently_loses_the_next_pipelined_request() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start().await;
+    let route = "  - name: api\n    match: { path_prefix: /api }\n    payload: { max_body: 5B }\n";
+    let g = TestGuard::start(&policy_with_route(route), &up.url).await;
+    let mut s = tokio::net::TcpStream::connect(g.app.proxy_addr())
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    // The head alone: the guard answers 413 before the body is read ...
+    s.write_all(b"POST /api/up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let head = support::read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // ... then, in a later segment, the body and a pipelined request.
+    let _ = s
+        .write_all(b"0123456789GET /api/next HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let rest = read_to_close(&mut s).await;
+    // Either the guard said it would close (the client then knows to resend the next
+    // request), or it read past the body and answered the next request.
+    let closed = head.to_ascii_lowercase().contains("connection: close");
+    assert!(
+        closed || rest.contains("HTTP/1.1 200"),
+        "the pipelined request was lost: {head}{rest}"
+    );
+}

@@ -101,7 +101,10 @@ impl Service<Request<Incoming>> for Guard {
             let snapshot = this.shared.policy.load();
             let metrics = &this.shared.metrics;
             let _in_flight = InFlight::enter(metrics);
-            let mut ctx = RequestCtx::default();
+            let mut ctx = RequestCtx {
+                body_unread: req.version() < Version::HTTP_2 && !req.body().is_end_stream(),
+                ..RequestCtx::default()
+            };
             let result = this.run(&snapshot, &mut ctx, req).await;
             Ok(record_outcome(metrics, &snapshot, ctx, result))
         })
@@ -115,6 +118,11 @@ struct RequestCtx {
     route: Option<usize>,
     /// How an error answer is written (OTLP senders get the `Status` their protocol defines).
     style: ErrorStyle,
+    /// An HTTP/1 request whose body may not have been read to its end. An answer the guard
+    /// makes itself then closes the connection and says so (`Connection: close`): hyper does
+    /// not read past an unread body, so the client's next request on the connection would
+    /// otherwise be lost without a word. The client knows to send it again elsewhere.
+    body_unread: bool,
 }
 
 impl ConnGuard {
@@ -159,7 +167,9 @@ impl ConnGuard {
             // Boxed: only records routes wait here, and every request's state would otherwise
             // carry room for this future.
             let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
-            match read.await? {
+            let filtered = read.await?;
+            ctx.body_unread = false;
+            match filtered {
                 Filtered::Forward { body, summary } => {
                     (self.buffered(&mut parts, rm, body), summary)
                 }
@@ -569,7 +579,13 @@ fn record_outcome(
         }
         Err(err) => {
             count_error(metrics, rm, name, &err);
-            err.to_response(name, ctx.style).map(Either::Right)
+            let mut response = err.to_response(name, ctx.style);
+            if ctx.body_unread {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response.map(Either::Right)
         }
     }
 }
