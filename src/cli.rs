@@ -163,7 +163,8 @@ pub struct ServeArgs {
         default_value = "64KiB"
     )]
     pub max_header_bytes: ByteSize,
-    /// Most header fields in an HTTP/1 request.
+    /// Most header fields in an HTTP/1 request: exactly this many are accepted, one more gets
+    /// 431. The guard adds up to three (X-Forwarded-*), so the upstream must accept N+3.
     #[arg(long, env = "VERBOSITY_GUARD_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
     /// Most concurrent streams per HTTP/2 connection.

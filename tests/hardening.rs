@@ -347,3 +347,44 @@ async fn an_early_answer_never_silently_loses_the_next_pipelined_request() {
         "the pipelined request was lost: {head}{rest}"
     );
 }
+
+/// A request with exactly `fields` header fields (Host and Connection included).
+fn with_fields(fields: usize) -> String {
+    let mut req = String::from("GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for i in 2..fields {
+        req.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    req + "\r\n"
+}
+
+#[tokio::test]
+async fn max_headers_accepts_exactly_n_fields() {
+    // An upstream with no field limit of its own: the guard adds up to three X-Forwarded-*
+    // fields, which an upstream limited to N fields (hyper's default is 100) would refuse.
+    let up = upstream_with_head(0).await;
+    for n in [100, 10] {
+        let g = TestGuard::start_with(&policy_with_route(ROUTE), &up, |c| {
+            c.server.max_headers = n;
+        })
+        .await;
+        let (head, _) = exchange(&g, &with_fields(n)).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "{n} fields at --max-headers {n}: {head}"
+        );
+        let (head, _) = exchange(&g, &with_fields(n + 1)).await;
+        assert!(
+            head.starts_with("HTTP/1.1 431"),
+            "{} fields at --max-headers {n}: {head}",
+            n + 1
+        );
+        assert_eq!(
+            g.metric(
+                "verbosity_guard_connection_errors_total",
+                &[("kind", "header_too_large")]
+            )
+            .await,
+            1.0
+        );
+    }
+}
