@@ -197,7 +197,8 @@ pub struct ServeArgs {
         default_value = "64KiB"
     )]
     pub max_header_bytes: ByteSize,
-    /// Most header fields in an HTTP/1 request.
+    /// Most header fields in an HTTP/1 request: exactly this many are accepted, one more gets
+    /// 431. The guard adds up to three (X-Forwarded-*), so the upstream must accept N+3.
     #[arg(long, env = "VERBOSITY_GUARD_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
     /// Most concurrent streams per HTTP/2 connection.
@@ -227,6 +228,14 @@ pub struct ServeArgs {
         default_value_t = 512
     )]
     pub upstream_pool_max_idle: usize,
+    /// Largest upstream response head (status line and headers, at most 100 fields); a larger
+    /// one gets 502 and is never relayed. At least 8KiB.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_MAX_UPSTREAM_HEAD_BYTES",
+        default_value = "64KiB"
+    )]
+    pub max_upstream_head_bytes: ByteSize,
     /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "VERBOSITY_GUARD_DRAIN_TIMEOUT", default_value = "30s")]
     pub drain_timeout: HumanDuration,

@@ -219,6 +219,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
             connect_timeout: args.upstream_connect_timeout.0,
             pool_idle_timeout: args.upstream_pool_idle_timeout.0,
             pool_max_idle: args.upstream_pool_max_idle,
+            max_response_head: usize::try_from(args.max_upstream_head_bytes.0)
+                .unwrap_or(usize::MAX)
+                .max(8 * 1024),
         };
         cfg.body_idle_timeout = args.body_idle_timeout.0;
         cfg.drain_timeout = args.drain_timeout.0;

@@ -21,13 +21,22 @@ pub enum PathError {
     EncodedSeparator,
     #[error("the path has an encoded NUL byte")]
     EncodedNul,
+    #[error("the path has a '\\', which some backends read as '/'")]
+    Backslash,
+    #[error("the path has a ';' path parameter, which some backends strip before matching")]
+    PathParameter,
+    #[error("the path's percent escapes do not decode to valid UTF-8")]
+    InvalidUtf8,
 }
 
 /// Returns the canonical form of an origin-form request path (no query).
 ///
 /// - escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, other escapes are
 ///   kept with uppercase hex;
-/// - escaped `/`, `\` and NUL are refused, since backends disagree on what they mean;
+/// - escaped `/`, `\` and NUL are refused, since backends disagree on what they mean; so are a
+///   raw `\` (read as `/` by some), a `;` (path parameters, which some strip before matching:
+///   `/a;x/b` is `/a/b` to them) and escapes that do not decode to valid UTF-8 (overlong forms
+///   like `%C0%AF` are how `/` was smuggled past path checks);
 /// - empty segments (`//`) are merged and `.`/`..` resolved as RFC 3986 §5.2.4 says, with `..`
 ///   never climbing above the root;
 /// - a trailing slash is kept (`/a/` and `/a` are different resources).
@@ -43,7 +52,8 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// True when `normalize_path` would return its input unchanged.
+/// True when `normalize_path` would return its input unchanged. `\` and `;` make it false so
+/// that the slow path refuses them: the one check costs nothing more on a normal path.
 fn is_normal(p: &[u8]) -> bool {
     let mut seg_start = 1;
     for i in 1..=p.len() {
@@ -53,7 +63,7 @@ fn is_normal(p: &[u8]) -> bool {
                 return false;
             }
             seg_start = i + 1;
-        } else if p[i] == b'%' {
+        } else if matches!(p[i], b'%' | b'\\' | b';') {
             return false;
         }
     }
@@ -76,9 +86,17 @@ fn is_unreserved(b: u8) -> bool {
 fn decode_unreserved(p: &[u8]) -> Result<Vec<u8>, PathError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = Vec::with_capacity(p.len());
+    // The bytes of a run of escapes of non-ASCII bytes, which must decode to UTF-8.
+    let mut utf8 = Utf8Run::default();
     let mut i = 0;
     while i < p.len() {
         if p[i] != b'%' {
+            match p[i] {
+                b'\\' => return Err(PathError::Backslash),
+                b';' => return Err(PathError::PathParameter),
+                b if b >= 0x80 => utf8.push(b)?,
+                _ => utf8.end()?,
+            }
             out.push(p[i]);
             i += 1;
             continue;
@@ -91,6 +109,10 @@ fn decode_unreserved(p: &[u8]) -> Result<Vec<u8>, PathError> {
         };
         let b = hi << 4 | lo;
         match b {
+            0x80.. => utf8.push(b)?,
+            _ => utf8.end()?,
+        }
+        match b {
             0 => return Err(PathError::EncodedNul),
             b'/' | b'\\' => return Err(PathError::EncodedSeparator),
             b if is_unreserved(b) => out.push(b),
@@ -98,7 +120,42 @@ fn decode_unreserved(p: &[u8]) -> Result<Vec<u8>, PathError> {
         }
         i += 3;
     }
+    utf8.end()?;
     Ok(out)
+}
+
+/// A run of non-ASCII bytes (escaped or not) being checked for UTF-8: at most one character's
+/// four bytes are held, so the check allocates nothing and is bounded.
+#[derive(Default)]
+struct Utf8Run {
+    buf: [u8; 4],
+    len: usize,
+}
+
+impl Utf8Run {
+    fn push(&mut self, b: u8) -> Result<(), PathError> {
+        if self.len == self.buf.len() {
+            self.end()?;
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+        // A complete character (the std check refuses overlong forms and surrogates) clears
+        // the run; an incomplete one waits for its next byte.
+        match std::str::from_utf8(&self.buf[..self.len]) {
+            Ok(_) => self.len = 0,
+            Err(e) if e.error_len().is_some() => return Err(PathError::InvalidUtf8),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The run ended (an ASCII byte or the path's end): a character cut short is invalid.
+    fn end(&mut self) -> Result<(), PathError> {
+        match std::mem::take(&mut self.len) {
+            0 => Ok(()),
+            _ => Err(PathError::InvalidUtf8),
+        }
+    }
 }
 
 fn remove_dot_segments(p: &[u8]) -> String {
@@ -315,7 +372,7 @@ fn check_normal(pattern: &str) -> Result<&str, PatternError> {
         Ok(Cow::Owned(n)) => Err(PatternError::NotNormal(pattern.into(), n)),
         Err(_) => Err(PatternError::NotNormal(
             pattern.into(),
-            "a path without escapes".into(),
+            "a path without escapes, '\\' or ';'".into(),
         )),
     }
 }
@@ -394,6 +451,33 @@ mod tests {
         assert_eq!(norm("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(norm("/a%4"), Err(PathError::BadEscape));
         assert_eq!(norm("*"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn refuses_ambiguous_spellings() {
+        assert_eq!(norm("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(norm("/a;x/b"), Err(PathError::PathParameter));
+        assert_eq!(norm("/a/b;"), Err(PathError::PathParameter));
+        // Overlong '/', overlong '.', a lone continuation byte, a cut-short character, a
+        // surrogate, a byte that is never UTF-8.
+        for p in [
+            "/a%C0%AFb",
+            "/%C0%AE",
+            "/a%80",
+            "/a%C3",
+            "/a%C3/b",
+            "/%ED%A0%80",
+            "/%FF",
+        ] {
+            assert_eq!(norm(p), Err(PathError::InvalidUtf8), "{p}");
+        }
+        // Valid UTF-8, four-byte characters and runs of them included, is kept escaped.
+        assert_eq!(
+            norm("/%F0%9F%9A%97%C3%A9x").as_deref(),
+            Ok("/%F0%9F%9A%97%C3%A9x")
+        );
+        // An escaped ';' is data, not a parameter.
+        assert_eq!(norm("/a%3bx").as_deref(), Ok("/a%3Bx"));
     }
 
     #[test]

@@ -88,3 +88,35 @@ async fn escapes_that_change_segments_are_refused() {
     assert_eq!(send_raw(&g, "GET", "/ok").await, 200);
     assert_eq!(up.next_request().await.target, "/ok");
 }
+
+#[tokio::test]
+async fn ambiguous_spellings_are_refused_not_sent_to_the_catch_all() {
+    let up = TestUpstream::start().await;
+    let g = TestGuard::start(&policy_with_route(COMMANDS), &up.url).await;
+    for target in [
+        // A raw backslash: '/' to some backends.
+        "/api/1/vehicles/7\\command/unlock",
+        "/api\\1/vehicles/7/command/unlock",
+        // Path parameters: stripped by some backends before they match.
+        "/api/1/vehicles/7/command;x=1/unlock",
+        "/api;/1/vehicles/7/command/unlock",
+        // Overlong '/' and '.', a lone continuation byte, a cut-short character.
+        "/api/1/vehicles/7%C0%AFcommand/unlock",
+        "/api/1/vehicles/7/%C0%AE%C0%AE/command/unlock",
+        "/api/1/vehicles/7/command/unlock%80",
+        "/api/1/vehicles/7/command/unlock%E2%82",
+    ] {
+        assert_eq!(send_raw(&g, "POST", target).await, 400, "{target}");
+    }
+    assert_eq!(
+        g.metric(
+            "verbosity_guard_rejections_total",
+            &[("route", "_invalid"), ("reason", "invalid_path")]
+        )
+        .await,
+        8.0
+    );
+    // Nothing reached the upstream (nor the catch-all's budget); valid UTF-8 escapes pass.
+    assert_eq!(send_raw(&g, "GET", "/caf%C3%A9").await, 200);
+    assert_eq!(up.next_request().await.target, "/caf%C3%A9");
+}

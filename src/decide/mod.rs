@@ -93,6 +93,33 @@ pub fn route<'p, C: Clock>(
     })
 }
 
+/// The request's framing and host, which the guard and the upstream must read alike. Checked
+/// on every request the live guard serves (`simulate` replays requests that already crossed a
+/// wire): two header lookups, nothing allocated.
+///
+/// - A `Transfer-Encoding` other than exactly `chunked` (one line, one coding) is refused:
+///   the guard would forward the body re-chunked with the other codings gone (RFC 9112 §6.1
+///   has a server answer 501 to a coding it does not understand).
+/// - An HTTP/1.1 request must carry exactly one `Host`, and no request more than one
+///   (RFC 9112 §3.2): with two, the upstream can read a different host from the one in
+///   `X-Forwarded-Host`.
+pub fn framing(parts: &request::Parts) -> Result<(), Reject> {
+    let headers = &parts.headers;
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next()
+        && (!te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+            || codings.next().is_some())
+    {
+        return Err(Reject::UnsupportedTransferCoding);
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(Reject::BadHost),
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(Reject::BadHost),
+        _ => Ok(()),
+    }
+}
+
 /// The client's key, only when some budget of the route is kept per client.
 pub fn identify<C: Clock>(
     route: &Route<C>,
@@ -188,16 +215,21 @@ pub fn client_key(
 ) -> Result<u64, Reject> {
     let mut h = hasher.build_hasher();
     let found = match &spec.source {
-        KeySource::Header(name) => parts
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                h.write_u8(1);
-                h.write(v);
-            })
-            .is_some(),
+        KeySource::Header(name) => {
+            // Every line must say the same: the upstream may read any one of them.
+            let mut lines = parts.headers.get_all(name).iter();
+            let first = lines.next().map(|v| v.as_bytes().trim_ascii());
+            if lines.any(|v| Some(v.as_bytes().trim_ascii()) != first) {
+                return Err(Reject::AmbiguousClientKey);
+            }
+            first
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    h.write_u8(1);
+                    h.write(v);
+                })
+                .is_some()
+        }
         KeySource::Query(name) => hash_query_param(parts.uri.query(), name, &mut h),
         KeySource::PeerIp => false,
     };

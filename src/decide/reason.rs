@@ -32,10 +32,13 @@ pub enum Reason {
     /// Shadow mode only: no upstream slot was free at once. Enforce mode would have queued the
     /// request and shed it only if its wait ran out, so this bounds `shed_queue_*` from above.
     ShedSlotBusy,
+    UnsupportedTransferCoding,
+    BadHost,
+    AmbiguousClientKey,
 }
 
 impl Reason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 23;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::InvalidPath,
         Reason::MissingClientKey,
@@ -57,6 +60,9 @@ impl Reason {
         Reason::ShedBrownout,
         Reason::Internal,
         Reason::ShedSlotBusy,
+        Reason::UnsupportedTransferCoding,
+        Reason::BadHost,
+        Reason::AmbiguousClientKey,
     ];
 
     /// Position in [`Reason::ALL`].
@@ -86,6 +92,9 @@ impl Reason {
             Reason::ShedBrownout => "shed_brownout",
             Reason::Internal => "internal",
             Reason::ShedSlotBusy => "shed_slot_busy",
+            Reason::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Reason::BadHost => "bad_host",
+            Reason::AmbiguousClientKey => "ambiguous_client_key",
         }
     }
 
@@ -102,13 +111,17 @@ impl Reason {
     /// and forwarding the request. `buffered`: the route reads its whole body (it has
     /// `records`), so `max_body` bounds the guard's memory there and holds in every mode. The
     /// others that hold in every mode are not the policy's decisions: the request cannot be
-    /// routed or forwarded safely, or its body never fully arrived.
+    /// routed or forwarded safely (its framing, host or client key is ambiguous, and guard and
+    /// upstream could read it differently), or its body never fully arrived.
     pub fn binds_in_shadow(self, buffered: bool) -> bool {
         match self {
             Reason::InvalidPath
             | Reason::BadTarget
             | Reason::BodyTimeout
             | Reason::BodyIncomplete
+            | Reason::UnsupportedTransferCoding
+            | Reason::BadHost
+            | Reason::AmbiguousClientKey
             | Reason::Internal => true,
             Reason::BodyTooLarge => buffered,
             Reason::MissingClientKey
@@ -159,14 +172,17 @@ pub enum UpstreamFailure {
     Reset,
     /// No response headers within the route's timeout (504).
     Timeout,
+    /// A response head over `--max-upstream-head-bytes` (502, never relayed).
+    HeadTooLarge,
 }
 
 impl UpstreamFailure {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     pub const ALL: [UpstreamFailure; UpstreamFailure::COUNT] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Reset,
         UpstreamFailure::Timeout,
+        UpstreamFailure::HeadTooLarge,
     ];
 
     pub fn index(self) -> usize {
@@ -178,6 +194,7 @@ impl UpstreamFailure {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Reset => "reset",
             UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::HeadTooLarge => "head_too_large",
         }
     }
 }

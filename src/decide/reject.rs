@@ -56,6 +56,17 @@ pub enum Reject {
     /// a bulk request while the brownout sheds bulk.
     #[error("shed to protect the upstream ({} {})", .0.class.as_str(), .0.reason.as_str())]
     Shed(Shed),
+    /// A Transfer-Encoding other than exactly `chunked` (RFC 9112 §6.1: a server that does not
+    /// understand a coding answers 501). Forwarding it would change the body's coding unseen.
+    #[error("unsupported Transfer-Encoding: only `chunked` is accepted")]
+    UnsupportedTransferCoding,
+    /// An HTTP/1.1 request with no Host, or any request with more than one (RFC 9112 §3.2).
+    #[error("the request must carry exactly one Host header")]
+    BadHost,
+    /// The client-key header appears more than once with different values: the guard would
+    /// budget one client while an upstream that reads another line credits someone else.
+    #[error("the client-key header appears more than once with different values")]
+    AmbiguousClientKey,
     /// The guard failed at something that cannot fail on valid input (re-encoding a batch).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -78,6 +89,9 @@ impl Reject {
             Reject::MalformedBatch { .. } => Reason::MalformedBatch,
             Reject::Shed(shed) => Reason::from(shed.reason),
             Reject::Internal(_) => Reason::Internal,
+            Reject::UnsupportedTransferCoding => Reason::UnsupportedTransferCoding,
+            Reject::BadHost => Reason::BadHost,
+            Reject::AmbiguousClientKey => Reason::AmbiguousClientKey,
         }
     }
 

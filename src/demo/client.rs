@@ -41,6 +41,7 @@ impl Client {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: MAX_IDLE,
+            ..UpstreamSettings::default()
         };
         Client(Upstream::new(&authority, &settings, MAX_IDLE))
     }

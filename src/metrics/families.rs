@@ -73,7 +73,7 @@ pub const UPSTREAM_ERRORS: Family = family!(
     "upstream_errors_total",
     Counter,
     ["route", "kind"],
-    "Failed upstream exchanges by route and kind (connect, timeout, reset)."
+    "Failed upstream exchanges by route and kind (connect, timeout, reset, head_too_large)."
 );
 pub const UPSTREAM_DURATION: Family = family!(
     "upstream_duration_seconds",

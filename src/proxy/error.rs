@@ -29,6 +29,8 @@ pub enum ProxyError {
     UpstreamReset(#[source] UpstreamError),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("upstream response head too large")]
+    UpstreamHeadTooLarge(#[source] UpstreamError),
 }
 
 /// The JSON body of a guard-made response; fields in this order, absent ones omitted.
@@ -71,13 +73,16 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => Cause::Upstream(UpstreamFailure::Connect),
             ProxyError::UpstreamReset(_) => Cause::Upstream(UpstreamFailure::Reset),
             ProxyError::UpstreamTimeout(_) => Cause::Upstream(UpstreamFailure::Timeout),
+            ProxyError::UpstreamHeadTooLarge(_) => Cause::Upstream(UpstreamFailure::HeadTooLarge),
         }
     }
 
     pub fn status(&self) -> StatusCode {
         let reject = match self {
             ProxyError::Reject(r) => r,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamHeadTooLarge(_) => {
                 return StatusCode::BAD_GATEWAY;
             }
             ProxyError::UpstreamTimeout(_) => return StatusCode::GATEWAY_TIMEOUT,
@@ -87,6 +92,8 @@ impl ProxyError {
             | Reject::MissingClientKey
             | Reject::BodyIncomplete
             | Reject::BadTarget
+            | Reject::BadHost
+            | Reject::AmbiguousClientKey
             | Reject::CorruptBody(_)
             | Reject::MalformedBatch { .. } => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge { .. }
@@ -94,6 +101,7 @@ impl ProxyError {
             | Reject::DecodedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reject::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Reject::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +124,7 @@ impl ProxyError {
             ProxyError::Reject(Reject::Shed(_)) => "overloaded",
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => "upstream_unavailable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamHeadTooLarge(_) => "upstream_head_too_large",
             other => other.label(),
         }
     }
@@ -135,6 +144,7 @@ impl ProxyError {
         const INVALID_ARGUMENT: i32 = 3;
         const DEADLINE_EXCEEDED: i32 = 4;
         const RESOURCE_EXHAUSTED: i32 = 8;
+        const UNIMPLEMENTED: i32 = 12;
         const INTERNAL: i32 = 13;
         const UNAVAILABLE: i32 = 14;
         match self.status() {
@@ -142,6 +152,7 @@ impl ProxyError {
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => UNAVAILABLE,
             StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => DEADLINE_EXCEEDED,
             StatusCode::INTERNAL_SERVER_ERROR => INTERNAL,
+            StatusCode::NOT_IMPLEMENTED => UNIMPLEMENTED,
             _ => INVALID_ARGUMENT,
         }
     }
@@ -232,6 +243,7 @@ impl ProxyError {
     pub fn from_upstream(err: UpstreamError, timeout: Duration) -> ProxyError {
         match err {
             UpstreamError::Timeout => ProxyError::UpstreamTimeout(timeout),
+            e @ UpstreamError::HeadTooLarge { .. } => ProxyError::UpstreamHeadTooLarge(e),
             e if e.is_connect() => ProxyError::UpstreamConnect(e),
             e => {
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

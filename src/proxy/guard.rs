@@ -101,7 +101,10 @@ impl Service<Request<Incoming>> for Guard {
             let snapshot = this.shared.policy.load();
             let metrics = &this.shared.metrics;
             let _in_flight = InFlight::enter(metrics);
-            let mut ctx = RequestCtx::default();
+            let mut ctx = RequestCtx {
+                body_unread: req.version() < Version::HTTP_2 && !req.body().is_end_stream(),
+                ..RequestCtx::default()
+            };
             let result = this.run(&snapshot, &mut ctx, req).await;
             Ok(record_outcome(metrics, &snapshot, ctx, result))
         })
@@ -115,6 +118,11 @@ struct RequestCtx {
     route: Option<usize>,
     /// How an error answer is written (OTLP senders get the `Status` their protocol defines).
     style: ErrorStyle,
+    /// An HTTP/1 request whose body may not have been read to its end. An answer the guard
+    /// makes itself then closes the connection and says so (`Connection: close`): hyper does
+    /// not read past an unread body, so the client's next request on the connection would
+    /// otherwise be lost without a word. The client knows to send it again elsewhere.
+    body_unread: bool,
 }
 
 impl ConnGuard {
@@ -130,8 +138,11 @@ impl ConnGuard {
 
         // 1-2. Normalize the path, so no spelling of it can reach another route's budget, then
         //    route: first match wins; the table ends with a catch-all.
+        //    Then the framing and host: a request the upstream could read differently from the
+        //    guard is refused in every mode.
         let routed = decide::route(&snap.policy, &parts)?;
         (ctx.route, ctx.style) = (Some(routed.index), routed.style);
+        decide::framing(&parts)?;
         let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
         let mut judge = Judge::new(rm, route.records.is_some());
         bound_buffer(&judge, route, declared)?;
@@ -156,7 +167,9 @@ impl ConnGuard {
             // Boxed: only records routes wait here, and every request's state would otherwise
             // carry room for this future.
             let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
-            match read.await? {
+            let filtered = read.await?;
+            ctx.body_unread = false;
+            match filtered {
                 Filtered::Forward { body, summary } => {
                     (self.buffered(&mut parts, rm, body), summary)
                 }
@@ -226,6 +239,9 @@ impl ConnGuard {
         slot: Option<Slot<'_>>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let sent = sent.map_err(|e| ProxyError::from_upstream(e, route.timeout));
+        if let Err(ProxyError::UpstreamConnect(e)) = &sent {
+            unreachable(e);
+        }
         let latency = started.elapsed();
         let failed = match &sent {
             Ok(r) => r.status().is_server_error(),
@@ -515,6 +531,18 @@ fn clamp(judge: &mut Judge, route: &Route, rm: &RouteMetrics, parts: &mut reques
     }
 }
 
+/// Says that the upstream cannot be reached, at most once every ten seconds (see `log`): every
+/// request meanwhile gets 502 and is counted in `upstream_errors_total{kind="connect"}`.
+#[cold]
+fn unreachable(e: &UpstreamError) {
+    let cause = std::error::Error::source(e).map(ToString::to_string);
+    crate::warn_limited!(
+        error = %e,
+        cause = cause.as_deref().unwrap_or(""),
+        "upstream unreachable: answering 502 until it accepts connections"
+    );
+}
+
 /// The upstream's answer for the client: streamed, minus its hop-by-hop headers, plus what the
 /// records phase did to the batch.
 fn respond(response: Response<PooledBody>, summary: Option<Summary>) -> Response<PooledBody> {
@@ -551,7 +579,13 @@ fn record_outcome(
         }
         Err(err) => {
             count_error(metrics, rm, name, &err);
-            err.to_response(name, ctx.style).map(Either::Right)
+            let mut response = err.to_response(name, ctx.style);
+            if ctx.body_unread {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response.map(Either::Right)
         }
     }
 }

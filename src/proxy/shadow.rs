@@ -15,6 +15,8 @@
 //! Some answers do not depend on the mode and are given in shadow mode too
 //! ([`Reason::binds_in_shadow`]):
 //! - `invalid_path` and `bad_target` (400): the request cannot be routed, or forwarded safely;
+//! - `unsupported_transfer_coding` (501), `bad_host` and `ambiguous_client_key` (400): the guard
+//!   and the upstream could read the request differently;
 //! - `body_timeout` (408) and `body_incomplete` (400): the client's body never fully arrived;
 //! - on a route with `records`, `body_too_large` (413): the guard buffers these bodies to read
 //!   them, and `max_body` is what bounds its memory;

@@ -35,6 +35,9 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
     /// Most idle connections kept, across all workers.
     pub pool_max_idle: usize,
+    /// Largest response head (status line and headers) taken from the upstream; a larger one
+    /// is a failed exchange (502), never relayed. hyper's floor is 8 KiB.
+    pub max_response_head: usize,
 }
 
 impl Default for UpstreamSettings {
@@ -43,6 +46,7 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 512,
+            max_response_head: 64 * 1024,
         }
     }
 }
@@ -59,6 +63,12 @@ pub enum UpstreamError {
     ConnectTimeout { addr: String, after: Duration },
     #[error("upstream exchange failed")]
     Exchange(#[source] hyper::Error),
+    #[error("upstream response head is over {limit} bytes or 100 fields")]
+    HeadTooLarge {
+        limit: usize,
+        #[source]
+        source: hyper::Error,
+    },
     #[error("upstream sent no response headers in time")]
     Timeout,
 }
@@ -89,6 +99,9 @@ struct Inner<B> {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// hyper's client connection settings (the response head bound).
+    h1: http1::Builder,
+    max_response_head: usize,
     idle: Mutex<Vec<Idle<B>>>,
 }
 
@@ -197,6 +210,14 @@ where
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.pool_idle_timeout,
             max_idle,
+            h1: {
+                let mut h1 = http1::Builder::new();
+                // Without it a head is bounded only by hyper's read buffer (~400 KiB), which
+                // still bounds a larger setting.
+                h1.max_header_size(settings.max_response_head);
+                h1
+            },
+            max_response_head: settings.max_response_head,
             idle: Mutex::new(Vec::new()),
         }))
     }
@@ -214,7 +235,7 @@ where
             match conn.exchange(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, conn)),
                 Err((_, Some(unsent))) => req = unsent,
-                Err((e, None)) => return Err(e),
+                Err((e, None)) => return Err(self.bounded(e)),
             }
         }
         // Boxed: connecting is rare once the pool is warm, and its future is the largest part
@@ -222,7 +243,20 @@ where
         let mut conn = Box::pin(self.connect(deadline)).await?;
         match conn.exchange(req).await {
             Ok(resp) => Ok(self.pooled(resp, conn)),
-            Err((e, _)) => Err(e),
+            Err((e, _)) => Err(self.bounded(e)),
+        }
+    }
+
+    /// Names a response head over the bound (hyper reports it as a parse error).
+    fn bounded(&self, e: UpstreamError) -> UpstreamError {
+        match e {
+            UpstreamError::Exchange(source) if source.is_parse_too_large() => {
+                UpstreamError::HeadTooLarge {
+                    limit: self.0.max_response_head,
+                    source,
+                }
+            }
+            e => e,
         }
     }
 
@@ -268,7 +302,9 @@ where
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
+        let (sender, conn) = self
+            .0
+            .h1
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Exchange)?;

@@ -99,7 +99,12 @@ fn skip_container(buf: &[u8], mut i: usize) -> Result<usize, Malformed> {
 
 /// Looks up `path` (one key per nesting level) in the object that starts at `buf[i]`.
 /// `Ok(None)` when a key on the path is absent or an intermediate value is not an object.
-/// Keys are compared as written: an escaped key (`"lev\u0065l"`) does not match.
+///
+/// A key on the path that appears twice in its object makes the document malformed: parsers
+/// disagree on which one counts (most take the last), so first-wins would let a record pass
+/// for a level the upstream does not read. Finding the key therefore does not stop the walk:
+/// the rest of the object's keys are skipped over (strings by `memchr`) to make sure. An
+/// escaped key (`"lev\u0065l"`) is decoded to compare it; unescaped keys compare as bytes.
 pub fn lookup<'a, K: AsRef<[u8]>>(
     buf: &'a [u8],
     mut i: usize,
@@ -108,6 +113,7 @@ pub fn lookup<'a, K: AsRef<[u8]>>(
     let Some((want, rest)) = path.split_first() else {
         return Ok(None);
     };
+    let want = want.as_ref();
     if buf.get(i) != Some(&b'{') {
         return Err(Malformed);
     }
@@ -115,6 +121,7 @@ pub fn lookup<'a, K: AsRef<[u8]>>(
     if buf.get(i) == Some(&b'}') {
         return Ok(None);
     }
+    let mut found = None;
     loop {
         if buf.get(i) != Some(&b'"') {
             return Err(Malformed);
@@ -126,32 +133,64 @@ pub fn lookup<'a, K: AsRef<[u8]>>(
             return Err(Malformed);
         }
         i = skip_ws(buf, i + 1);
-        if key == want.as_ref() {
-            return match (rest.is_empty(), buf.get(i)) {
-                (false, Some(b'{')) => lookup(buf, i, rest),
-                (false, _) => skip_value(buf, i).map(|_| None),
-                (true, Some(b'"')) => {
-                    let end = string_end(buf, i + 1)?;
-                    let raw = &buf[i + 1..end];
-                    Ok(Some(Scalar::Str {
-                        raw,
-                        escaped: raw.contains(&b'\\'),
-                    }))
-                }
-                (true, Some(b'{' | b'[')) => skip_value(buf, i).map(|_| Some(Scalar::Container)),
-                (true, _) => {
-                    let end = skip_value(buf, i)?;
-                    Ok(Some(Scalar::Bare(&buf[i..end])))
-                }
-            };
-        }
-        i = skip_ws(buf, skip_value(buf, i)?);
+        let end = if key_is(key, want) {
+            if found.is_some() {
+                return Err(Malformed);
+            }
+            let (value, end) = value_at(buf, i, rest)?;
+            found = Some(value);
+            end
+        } else {
+            skip_value(buf, i)?
+        };
+        i = skip_ws(buf, end);
         match buf.get(i) {
             Some(b',') => i = skip_ws(buf, i + 1),
-            Some(b'}') => return Ok(None),
+            Some(b'}') => return Ok(found.flatten()),
             _ => return Err(Malformed),
         }
     }
+}
+
+/// The value at `buf[i]` of a key on the path (`rest` is what is left of the path), and the
+/// index just past it.
+fn value_at<'a, K: AsRef<[u8]>>(
+    buf: &'a [u8],
+    i: usize,
+    rest: &[K],
+) -> Result<(Option<Scalar<'a>>, usize), Malformed> {
+    let end = skip_value(buf, i)?;
+    let value = match (rest.is_empty(), buf.get(i)) {
+        (false, Some(b'{')) => lookup(buf, i, rest)?,
+        (false, _) => None,
+        (true, Some(b'"')) => {
+            let raw = &buf[i + 1..end - 1];
+            Some(Scalar::Str {
+                raw,
+                escaped: raw.contains(&b'\\'),
+            })
+        }
+        (true, Some(b'{' | b'[')) => Some(Scalar::Container),
+        (true, _) => Some(Scalar::Bare(&buf[i..end])),
+    };
+    Ok((value, end))
+}
+
+/// Whether the raw key `key` (between its quotes) names `want`. An escaped key is decoded
+/// (allocating, the rare case); one too long to decode to `want` (an escape is at most six
+/// bytes per byte of `want`) is not.
+fn key_is(key: &[u8], want: &[u8]) -> bool {
+    if key == want {
+        return true;
+    }
+    if !key.contains(&b'\\') || key.len() > 6 * want.len() {
+        return false;
+    }
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).is_ok_and(|k| k.as_bytes() == want)
 }
 
 /// Splits a JSON array into its elements' byte ranges, in order, into `out`. The whole input
@@ -323,6 +362,30 @@ mod tests {
         let rec = r#"{"msg":"level","ctx":{"level":"fatal"}}"#;
         assert_eq!(find(rec, "level"), Ok(None));
         let rec = r#"{"msg":"a \\","level":"warn"}"#;
+        assert_eq!(find(rec, "level"), Ok(s("warn")));
+    }
+
+    #[test]
+    fn a_key_of_the_path_twice_is_malformed_never_first_wins() {
+        for (rec, path) in [
+            (r#"{"level":"error","level":"trace"}"#, "level"),
+            (r#"{"level":"error","msg":"x","level":"error"}"#, "level"),
+            (r#"{"level":"error","lev\u0065l":"trace"}"#, "level"),
+            (r#"{"lev\u0065l":"trace","level":"error"}"#, "level"),
+            (r#"{"log":{"level":"error","level":"trace"}}"#, "log.level"),
+            (
+                r#"{"log":{"level":"error"},"log":{"level":"trace"}}"#,
+                "log.level",
+            ),
+            (r#"{"log":{"level":"error"},"log":1}"#, "log.level"),
+        ] {
+            assert_eq!(find(rec, path), Err(Malformed), "{rec}");
+        }
+        // Other keys may repeat, and a level key inside a nested object is another key.
+        let rec = r#"{"a":1,"a":2,"level":"warn","ctx":{"level":"x"},"lev\u0065":1}"#;
+        assert_eq!(find(rec, "level"), Ok(s("warn")));
+        // The escaped key alone is found.
+        let rec = r#"{"lev\u0065l":"warn"}"#;
         assert_eq!(find(rec, "level"), Ok(s("warn")));
     }
 
