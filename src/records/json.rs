@@ -9,7 +9,7 @@
 //! taken as runs of bytes and bracket kinds are not paired. Those records reach the upstream
 //! byte for byte, as sent, and the upstream's parser judges them.
 
-use memchr::memchr2;
+use memchr::{memchr, memchr2};
 
 use super::{Level, Record, SampleBy, sample};
 
@@ -99,7 +99,7 @@ fn skip_container(buf: &[u8], mut i: usize) -> Result<usize, Malformed> {
 
 /// Looks up `path` (one key per nesting level) in the object that starts at `buf[i]`.
 /// `Ok(None)` when a key on the path is absent or an intermediate value is not an object.
-/// Keys are compared as written: an escaped key (`"lev\u0065l"`) does not match.
+/// Keys are compared as JSON parsers read them: an escaped key (`"lev\u0065l"`) is `level`.
 pub fn lookup<'a, K: AsRef<[u8]>>(
     buf: &'a [u8],
     mut i: usize,
@@ -126,7 +126,7 @@ pub fn lookup<'a, K: AsRef<[u8]>>(
             return Err(Malformed);
         }
         i = skip_ws(buf, i + 1);
-        if key == want.as_ref() {
+        if key_is(key, want.as_ref()) {
             return match (rest.is_empty(), buf.get(i)) {
                 (false, Some(b'{')) => lookup(buf, i, rest),
                 (false, _) => skip_value(buf, i).map(|_| None),
@@ -152,6 +152,30 @@ pub fn lookup<'a, K: AsRef<[u8]>>(
             _ => return Err(Malformed),
         }
     }
+}
+
+/// True when the key written as `raw` (between its quotes) is `want`. A key with escapes is
+/// unescaped first, as every JSON parser reads it, so that `"lev\u0065l"` cannot hide a record's
+/// level from the guard while the upstream reads it. Rare, so that may allocate: at most 6 bytes
+/// per byte of `want` (`\uXXXX`), longer keys cannot be it.
+fn key_is(raw: &[u8], want: &[u8]) -> bool {
+    if raw == want {
+        return true;
+    }
+    if raw.len() > 6 * want.len() || memchr(b'\\', raw).is_none() {
+        return false;
+    }
+    unescape(raw).is_some_and(|key| key.as_bytes() == want)
+}
+
+/// The text of a JSON string written as `raw` (between its quotes); `None` if it is not a
+/// valid string.
+fn unescape(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
 }
 
 /// Splits a JSON array into its elements' byte ranges, in order, into `out`. The whole input
@@ -257,17 +281,10 @@ impl Classifier<'_> {
     }
 }
 
-/// A level written with escapes (`"w\u0061rn"`): rare, so decoding it may allocate.
+/// A level written with escapes (`"w\u0061rn"`): rare, so decoding it may allocate. The whole
+/// string is decoded, however long: spaces around a level are trimmed, and may be escaped too.
 pub(super) fn unescaped_level(raw: &[u8]) -> Option<Level> {
-    if raw.len() > 64 {
-        return None;
-    }
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    let text: String = serde_json::from_slice(&quoted).ok()?;
-    Level::from_text(text.as_bytes())
+    Level::from_text(unescape(raw)?.as_bytes())
 }
 
 #[cfg(test)]
@@ -324,6 +341,36 @@ mod tests {
         assert_eq!(find(rec, "level"), Ok(None));
         let rec = r#"{"msg":"a \\","level":"warn"}"#;
         assert_eq!(find(rec, "level"), Ok(s("warn")));
+    }
+
+    /// Found by the `batch_ndjson` fuzz target's differential check: serde_json (and so the
+    /// upstream) reads an escaped key as its text, the scanner did not, and a record's level
+    /// went unseen.
+    #[test]
+    fn escaped_keys_are_read_as_their_text() {
+        assert_eq!(find(r#"{"lev\u0065l":"error"}"#, "level"), Ok(s("error")));
+        assert_eq!(
+            find(r#"{"\u006cevel":1,"x":2}"#, "level"),
+            Ok(Some(Scalar::Bare(b"1")))
+        );
+        assert_eq!(
+            find(r#"{"log":{"\u006c\u0065vel":"warn"}}"#, "log.level"),
+            Ok(s("warn"))
+        );
+        // Escapes of other text, or broken escapes, are not the key.
+        assert_eq!(find(r#"{"lev\u0065ls":"error"}"#, "level"), Ok(None));
+        assert_eq!(find(r#"{"lev\x65l":"error"}"#, "level"), Ok(None));
+    }
+
+    /// Found next to it: a level written with escapes was read only up to 64 bytes, so
+    /// `"\u0077\u0061\u0072\u006e"` followed by escaped spaces was no level to the guard
+    /// and `warn` to serde_json.
+    #[test]
+    fn long_escaped_levels_are_decoded_whole() {
+        let raw = format!("\\u0077\\u0061\\u0072\\u006e{}", "\\u0020".repeat(20));
+        assert_eq!(unescaped_level(raw.as_bytes()), Some(Level::Warn));
+        assert_eq!(unescaped_level(br"w\u0061rn"), Some(Level::Warn));
+        assert_eq!(unescaped_level(br"\ud800"), None);
     }
 
     #[test]
