@@ -34,8 +34,9 @@ for target in $(cargo +nightly fuzz list); do
         echo "FAILED: fuzz target $target (the input is under fuzz/artifacts/$target/)"
         exit 1
     fi
-    stats=$(grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$work/$target.log" |
-        awk -F': *' '{printf "%s=%s ", $1, $2}' | sed 's/stat:://g')
-    cov=$(grep -oE 'cov: [0-9]+' "$work/$target.log" | tail -n 1)
-    echo "ok: $target, $(($(date +%s) - started)) s, $cov, $stats"
+    # libFuzzer's last line: "#N DONE cov: C ft: F corp: K/SIZE lim: L exec/s: E rss: R".
+    done_line=$(grep -E 'DONE +cov:' "$work/$target.log" | tail -n 1)
+    cov=$(grep -oE 'cov: [0-9]+' <<<"$done_line")
+    rate=$(grep -oE 'exec/s: [0-9]+' <<<"$done_line")
+    echo "ok: $target, $(($(date +%s) - started)) s, $cov, $rate"
 done
