@@ -171,16 +171,18 @@ fn remove_dot_segments(p: &[u8]) -> String {
             s => segments.push(s),
         }
     }
-    let mut out = String::with_capacity(p.len());
+    let mut out = Vec::with_capacity(p.len());
     for s in &segments {
-        out.push('/');
-        // Input came from a URI (ASCII) and decoding only produced ASCII.
-        out.extend(s.iter().map(|&b| char::from(b)));
+        out.push(b'/');
+        out.extend_from_slice(s);
     }
     if segments.is_empty() || trailing_slash {
-        out.push('/');
+        out.push(b'/');
     }
-    out
+    // A path may hold UTF-8 (hyper and `http` accept it). It stays whole: segments are split at
+    // '/', and decoding turned escapes into ASCII only, so the bytes are still UTF-8; the lossy
+    // branch is never taken.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// A set of HTTP methods as a bitmask over the nine standard methods.
@@ -440,6 +442,16 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(norm(input).as_deref(), Ok(want), "{input}");
         }
+    }
+
+    /// Found by the `path` fuzz target: a non-normal path with UTF-8 in it came out with each
+    /// byte turned into a character of its own (`/é/./x` became `/Ã©/x`), so the guard routed,
+    /// and the upstream received, another path.
+    #[test]
+    fn utf8_survives_normalization() {
+        assert_eq!(norm("/é/./x").as_deref(), Ok("/é/x"));
+        assert_eq!(norm("//車/../ß%41/").as_deref(), Ok("/ßA/"));
+        assert_eq!(norm("/a/😀/..").as_deref(), Ok("/a/"));
     }
 
     #[test]

@@ -186,11 +186,17 @@ fn key_is(key: &[u8], want: &[u8]) -> bool {
     if !key.contains(&b'\\') || key.len() > 6 * want.len() {
         return false;
     }
-    let mut quoted = Vec::with_capacity(key.len() + 2);
+    unescape(key).is_some_and(|k| k.as_bytes() == want)
+}
+
+/// The text of a JSON string written as `raw` (between its quotes); `None` if it is not a
+/// valid string.
+fn unescape(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
     quoted.push(b'"');
-    quoted.extend_from_slice(key);
+    quoted.extend_from_slice(raw);
     quoted.push(b'"');
-    serde_json::from_slice::<String>(&quoted).is_ok_and(|k| k.as_bytes() == want)
+    serde_json::from_slice(&quoted).ok()
 }
 
 /// Splits a JSON array into its elements' byte ranges, in order, into `out`. The whole input
@@ -296,17 +302,10 @@ impl Classifier<'_> {
     }
 }
 
-/// A level written with escapes (`"w\u0061rn"`): rare, so decoding it may allocate.
+/// A level written with escapes (`"w\u0061rn"`): rare, so decoding it may allocate. The whole
+/// string is decoded, however long: spaces around a level are trimmed, and may be escaped too.
 pub(super) fn unescaped_level(raw: &[u8]) -> Option<Level> {
-    if raw.len() > 64 {
-        return None;
-    }
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    let text: String = serde_json::from_slice(&quoted).ok()?;
-    Level::from_text(text.as_bytes())
+    Level::from_text(unescape(raw)?.as_bytes())
 }
 
 #[cfg(test)]
@@ -363,6 +362,36 @@ mod tests {
         assert_eq!(find(rec, "level"), Ok(None));
         let rec = r#"{"msg":"a \\","level":"warn"}"#;
         assert_eq!(find(rec, "level"), Ok(s("warn")));
+    }
+
+    /// Found by the `batch_ndjson` fuzz target's differential check: serde_json (and so the
+    /// upstream) reads an escaped key as its text, the scanner did not, and a record's level
+    /// went unseen.
+    #[test]
+    fn escaped_keys_are_read_as_their_text() {
+        assert_eq!(find(r#"{"lev\u0065l":"error"}"#, "level"), Ok(s("error")));
+        assert_eq!(
+            find(r#"{"\u006cevel":1,"x":2}"#, "level"),
+            Ok(Some(Scalar::Bare(b"1")))
+        );
+        assert_eq!(
+            find(r#"{"log":{"\u006c\u0065vel":"warn"}}"#, "log.level"),
+            Ok(s("warn"))
+        );
+        // Escapes of other text, or broken escapes, are not the key.
+        assert_eq!(find(r#"{"lev\u0065ls":"error"}"#, "level"), Ok(None));
+        assert_eq!(find(r#"{"lev\x65l":"error"}"#, "level"), Ok(None));
+    }
+
+    /// Found next to it: a level written with escapes was read only up to 64 bytes, so
+    /// `"\u0077\u0061\u0072\u006e"` followed by escaped spaces was no level to the guard
+    /// and `warn` to serde_json.
+    #[test]
+    fn long_escaped_levels_are_decoded_whole() {
+        let raw = format!("\\u0077\\u0061\\u0072\\u006e{}", "\\u0020".repeat(20));
+        assert_eq!(unescaped_level(raw.as_bytes()), Some(Level::Warn));
+        assert_eq!(unescaped_level(br"w\u0061rn"), Some(Level::Warn));
+        assert_eq!(unescaped_level(br"\ud800"), None);
     }
 
     #[test]
