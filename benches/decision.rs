@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Method, Request};
@@ -46,7 +47,7 @@ fn fleet_policy(warm: impl Fn(&policy::Policy)) -> policy::Policy {
     while let Ok(r) = refills.try_recv() {
         if let Some(ask) = r.leases.ask(r.key) {
             r.leases
-                .grant(r.key, ask, 1 << 50, std::time::Duration::ZERO);
+                .grant(r.key, ask, 1 << 50, Duration::ZERO, Duration::ZERO);
         }
     }
     p

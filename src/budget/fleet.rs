@@ -196,7 +196,7 @@ pub struct Lease {
     /// A refused charge larger than a lease: the next refill tops up to this instead.
     wanted: AtomicU64,
     /// The worker's clock (ns since its start) before which the next refill is not sent.
-    pub not_before_ns: AtomicU64,
+    not_before_ns: AtomicU64,
 }
 
 /// What a refill asks of the store for one key.
@@ -336,10 +336,17 @@ impl Leases {
         Some(Ask { owed, want })
     }
 
-    /// Applies the store's answer to `ask`: the debt is settled, `granted` tokens added, and the
-    /// key may be refilled again.
-    pub fn grant(&self, key: u64, ask: Ask, granted: u64, retry: Duration) {
+    /// Applies the store's answer to `ask`, received at `now` on the worker's clock: the debt is
+    /// settled, `granted` tokens added, and the key may be refilled again. When the fleet is
+    /// short (fewer granted than wanted), not before a refill interval, or the store's own
+    /// `retry` if later: a hot key costs one call per interval, whatever its request rate.
+    pub fn grant(&self, key: u64, ask: Ask, granted: u64, retry: Duration, now: Duration) {
         if let Some(lease) = self.map.get(&key) {
+            if granted < ask.want {
+                let next = now + self.spec.refill_interval.max(retry);
+                let ns = u64::try_from(next.as_nanos()).unwrap_or(u64::MAX);
+                lease.not_before_ns.store(ns, Ordering::Relaxed);
+            }
             let add = ask.owed.saturating_add(granted);
             lease
                 .balance
@@ -352,16 +359,18 @@ impl Leases {
         }
     }
 
+    /// When, on the worker's clock, `key` may be refilled next (zero: at once).
+    pub fn not_before(&self, key: u64) -> Duration {
+        self.map.get(&key).map_or(Duration::ZERO, |l| {
+            Duration::from_nanos(l.not_before_ns.load(Ordering::Relaxed))
+        })
+    }
+
     /// Ends a refill that got no answer; the next request may ask again.
     pub fn abandon(&self, key: u64) {
         if let Some(lease) = self.map.get(&key) {
             lease.pending.store(false, Ordering::Release);
         }
-    }
-
-    /// The lease of `key`, for the worker's bookkeeping.
-    pub fn lease(&self, key: u64) -> Option<dashmap::mapref::one::Ref<'_, u64, Lease>> {
-        self.map.get(&key)
     }
 
     /// One expiry sweep (run every refill interval): drops the leases unused for two sweeps in

@@ -186,7 +186,7 @@ mod fleet {
         let (b, leases) = budget(link);
         assert_eq!(b.check(7, 1), Verdict::Allow);
         let ask = leases.ask(7).unwrap();
-        leases.grant(7, ask, 3, Duration::ZERO);
+        leases.grant(7, ask, 3, Duration::ZERO, Duration::ZERO);
         (b, leases)
     }
 
@@ -231,7 +231,7 @@ mod fleet {
         let ask = leases.ask(7).unwrap();
         assert_eq!(ask, Ask { owed: 2, want: 3 });
         // The store settles the debt and grants the lease: the balance alone decides now.
-        leases.grant(7, ask, 3, Duration::ZERO);
+        leases.grant(7, ask, 3, Duration::ZERO, Duration::ZERO);
         let admitted = (0..10).filter(|_| b.check(7, 1) == Verdict::Allow).count();
         assert_eq!(admitted, 3);
         assert!(matches!(b.check(7, 1), Verdict::RetryAfter(d) if d >= Duration::from_millis(100)));
@@ -253,7 +253,7 @@ mod fleet {
         assert!(matches!(b.check(7, 5), Verdict::RetryAfter(_)));
         let ask = leases.ask(7).unwrap();
         assert_eq!(ask, Ask { owed: 0, want: 5 });
-        leases.grant(7, ask, 5, Duration::ZERO);
+        leases.grant(7, ask, 5, Duration::ZERO, Duration::ZERO);
         assert_eq!(b.check(7, 5), Verdict::Allow);
         assert_eq!(leases.ask(7).unwrap().want, 3, "back to plain leases");
     }

@@ -110,12 +110,11 @@ impl Worker {
                     let now = Instant::now();
                     let mut ready = Vec::with_capacity(batch.len());
                     for r in batch {
-                        let due = r.leases.lease(r.key).map(|l| {
-                            epoch + Duration::from_nanos(l.not_before_ns.load(std::sync::atomic::Ordering::Relaxed))
-                        });
-                        match due {
-                            Some(due) if due > now => delayed.push(Reverse(Delayed { due, refill: r })),
-                            _ => ready.push(r),
+                        let due = epoch + r.leases.not_before(r.key);
+                        if due > now {
+                            delayed.push(Reverse(Delayed { due, refill: r }));
+                        } else {
+                            ready.push(r);
                         }
                     }
                     self.refill(ready, epoch).await;
@@ -248,20 +247,9 @@ impl Worker {
             .collect();
         match self.store.lease(&calls, &self.metrics.fleet).await {
             Ok(granted) => {
-                let now = Instant::now();
+                let now = epoch.elapsed();
                 for ((r, ask), g) in asks.iter().zip(granted) {
-                    let t = r.leases.spec.refill_interval;
-                    r.leases.grant(r.key, *ask, g.tokens, g.retry);
-                    if g.tokens < ask.want
-                        && let Some(l) = r.leases.lease(r.key)
-                    {
-                        // The fleet is short: not again before a refill interval (or the store's
-                        // own estimate, if later), so a hot key costs one call per interval.
-                        let next = now + t.max(g.retry) - epoch;
-                        let ns = u64::try_from(next.as_nanos()).unwrap_or(u64::MAX);
-                        l.not_before_ns
-                            .store(ns, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    r.leases.grant(r.key, *ask, g.tokens, g.retry, now);
                     self.metrics
                         .fleet
                         .lease_tokens
