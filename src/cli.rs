@@ -176,14 +176,16 @@ pub struct ServeArgs {
     /// available to the process).
     #[arg(long, env = "VERBOSITY_GUARD_WORKERS")]
     pub workers: Option<usize>,
-    /// Client connections served at once; more wait in the kernel's accept queue.
+    /// Client connections open at once; at the cap the longest-idle ones are closed for a new
+    /// client, and with none idle more wait in the kernel's accept queue.
     #[arg(
         long,
         env = "VERBOSITY_GUARD_MAX_CONNECTIONS",
         default_value_t = 10_000
     )]
     pub max_connections: usize,
-    /// Time for a request's headers to arrive; also the idle limit of HTTP/1 keep-alive.
+    /// Time for a request's headers to arrive; also the idle limit of a keep-alive connection
+    /// (HTTP/1 and HTTP/2).
     #[arg(
         long,
         env = "VERBOSITY_GUARD_HEADER_READ_TIMEOUT",

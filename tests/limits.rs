@@ -115,15 +115,21 @@ async fn stalled_request_bodies_get_408() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn connections_over_the_cap_wait_while_every_slot_is_busy() {
     let up = TestUpstream::start().await;
     let g = TestGuard::start_with(&policy_with_route(ROUTE), &up.url, |c| {
         c.server.max_connections = 1;
     })
     .await;
     let addr = g.app.proxy_addr();
-    let (first, head) = raw_exchange(addr, b"GET /api/a HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The only slot is held by a request in flight (idle connections would make room; see
+    // tests/connections.rs).
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET /__hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    up.next_request().await;
 
     // The kernel accepts the second connection, but the guard does not serve it while the
     // first holds the only slot.
@@ -139,7 +145,10 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         "second connection was served while the cap was reached"
     );
 
-    drop(first);
+    // Once the first request is answered, its connection is idle and gives up the slot.
+    up.release();
+    let head = support::read_head(&mut first).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let rest = read_to_close(&mut second).await;
     assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
 }

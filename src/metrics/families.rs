@@ -121,6 +121,14 @@ pub const CONNECTION_ERRORS: Family = family!(
     "Client connections ended by an error, by kind (header_timeout, header_too_large, \
      malformed, incomplete, io)."
 );
+pub const CONNECTIONS_CLOSED: Family = family!(
+    "connections_closed_total",
+    Counter,
+    ["reason"],
+    "Client connections the guard closed itself, by reason: idle_timeout (HTTP/2 with no \
+     stream for the header read timeout) or evicted (idle when a new client needed a slot \
+     under --max-connections)."
+);
 
 // The policy.
 pub const POLICY_INFO: Family = family!(
@@ -405,6 +413,7 @@ pub const FAMILIES: &[Family] = &[
     CONNECTIONS_OPEN,
     CONNECTIONS,
     CONNECTION_ERRORS,
+    CONNECTIONS_CLOSED,
     POLICY_INFO,
     POLICY_LOADED,
     POLICY_RELOADS,

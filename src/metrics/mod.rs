@@ -45,6 +45,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections: IntCounter,
     pub connection_errors: IntCounterVec,
+    pub connections_closed: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub policy_loaded: Gauge,
     /// Reload attempts by result; see [`ReloadResult`].
@@ -247,6 +248,7 @@ impl Metrics {
             connections_open: r.gauge(&f::CONNECTIONS_OPEN)?,
             connections: r.counter(&f::CONNECTIONS)?,
             connection_errors: r.counters(&f::CONNECTION_ERRORS)?,
+            connections_closed: r.counters(&f::CONNECTIONS_CLOSED)?,
             policy_info: r.gauges(&f::POLICY_INFO)?,
             policy_loaded: r.float_gauge(&f::POLICY_LOADED)?,
             policy_reloads: {

@@ -14,10 +14,12 @@
 //!
 //! The lingering happens in a task started when the stream is dropped, after the connection's
 //! outcome has been counted, so a client that sees the connection end can read its metric.
-//! A connection that hyper drops without a shutdown (header timeout, I/O error) closes at once.
+//! A connection that hyper drops without a shutdown (header timeout, I/O error) closes at once,
+//! unless the guard dropped it after a GOAWAY (see `conns`), which lingers too.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::conns::ConnState;
 
 /// Longest time spent discarding a closing client's data.
 pub const LINGER_MAX: Duration = Duration::from_secs(5);
@@ -60,14 +64,16 @@ pub struct ClientIo {
     // Only `None` once dropped.
     stream: Option<TcpStream>,
     closing: bool,
+    conn: Arc<ConnState>,
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, replay: Bytes) -> Self {
+    pub fn new(stream: TcpStream, replay: Bytes, conn: Arc<ConnState>) -> Self {
         ClientIo {
             replay,
             stream: Some(stream),
             closing: false,
+            conn,
         }
     }
 
@@ -135,7 +141,7 @@ impl Drop for ClientIo {
         let Some(stream) = self.stream.take() else {
             return;
         };
-        if !self.closing {
+        if !self.closing && !self.conn.lingers() {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -144,7 +150,8 @@ impl Drop for ClientIo {
     }
 }
 
-async fn linger(mut stream: TcpStream) {
+/// Closes `stream` gently: FIN, then discards what the client still sends; see the module docs.
+pub async fn linger(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }

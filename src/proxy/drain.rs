@@ -78,6 +78,7 @@ impl Watch {
         Watched {
             conn,
             stopped: &mut self.stopped,
+            stopping: false,
         }
     }
 }
@@ -88,6 +89,21 @@ pin_project! {
         #[pin]
         conn: C,
         stopped: &'w mut Option<oneshot::Receiver<()>>,
+        stopping: bool,
+    }
+}
+
+impl<C: GracefulConnection> Watched<'_, C> {
+    /// Starts the connection's graceful shutdown now (the drain's own signal does the same).
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.stopping = true;
+        this.conn.graceful_shutdown();
+    }
+
+    /// Whether a graceful shutdown has started.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
     }
 }
 
@@ -101,7 +117,8 @@ impl<C: GracefulConnection> Future for Watched<'_, C> {
         {
             **this.stopped = None;
             // A dropped sender (the worker gone without a drain) is not a shutdown signal.
-            if signal.is_ok() {
+            if signal.is_ok() && !*this.stopping {
+                *this.stopping = true;
                 this.conn.as_mut().graceful_shutdown();
             }
         }

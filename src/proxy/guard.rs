@@ -21,11 +21,13 @@ use http::{HeaderMap, Request, Response, Uri, Version, request};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::batch::{self, Filtered, Summary};
 use super::body::{GuardedBody, UpstreamBody};
+use super::conns::ConnState;
 use super::error::{Cause, ProxyError};
 use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
 use super::shadow::Judge;
@@ -41,6 +43,53 @@ use crate::records::filter::Tighten;
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+pin_project! {
+    /// A response body on its way to the client. It keeps its request counted as in the
+    /// connection's service (see `conns`) until hyper is done with it.
+    pub struct ClientBody {
+        #[pin]
+        inner: ResponseBody,
+        active: Active,
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request in the service of its connection, from the call until its response body is done
+/// (or the call is dropped).
+struct Active(Arc<ConnGuard>);
+
+impl Active {
+    fn enter(conn: Arc<ConnGuard>) -> Active {
+        conn.activity.enter();
+        Active(conn)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.activity.leave();
+    }
+}
 
 /// A request that was not refused: answered by the upstream, or by the guard itself because
 /// every record of its batch was dropped.
@@ -73,21 +122,29 @@ pub struct Guard(Arc<ConnGuard>);
 struct ConnGuard {
     shared: Arc<Shared>,
     conn: ConnInfo,
+    /// Whether the connection has a request in the service, for idle handling.
+    activity: Arc<ConnState>,
     upstream: Upstream,
 }
 
 impl Guard {
-    pub fn new(shared: Arc<Shared>, conn: ConnInfo, upstream: Upstream) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: ConnInfo,
+        activity: Arc<ConnState>,
+        upstream: Upstream,
+    ) -> Self {
         Guard(Arc::new(ConnGuard {
             shared,
             conn,
+            activity,
             upstream,
         }))
     }
 }
 
 impl Service<Request<Incoming>> for Guard {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ClientBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -96,17 +153,21 @@ impl Service<Request<Incoming>> for Guard {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.0.clone();
+        let active = Active::enter(self.0.clone());
         Box::pin(async move {
-            let snapshot = this.shared.policy.load();
-            let metrics = &this.shared.metrics;
-            let _in_flight = InFlight::enter(metrics);
-            let mut ctx = RequestCtx {
-                body_unread: req.version() < Version::HTTP_2 && !req.body().is_end_stream(),
-                ..RequestCtx::default()
+            let response = {
+                let this = &active.0;
+                let snapshot = this.shared.policy.load();
+                let metrics = &this.shared.metrics;
+                let _in_flight = InFlight::enter(metrics);
+                let mut ctx = RequestCtx {
+                    body_unread: req.version() < Version::HTTP_2 && !req.body().is_end_stream(),
+                    ..RequestCtx::default()
+                };
+                let result = this.run(&snapshot, &mut ctx, req).await;
+                record_outcome(metrics, &snapshot, ctx, result)
             };
-            let result = this.run(&snapshot, &mut ctx, req).await;
-            Ok(record_outcome(metrics, &snapshot, ctx, result))
+            Ok(response.map(|inner| ClientBody { inner, active }))
         })
     }
 }

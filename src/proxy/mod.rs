@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod body;
 mod client_io;
+mod conns;
 mod drain;
 mod error;
 pub mod guard;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{ProxyError, REFUSED};
 pub use guard::{ConnInfo, Guard};
@@ -36,15 +37,17 @@ pub use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 use crate::warn_limited;
 use client_io::{ClientIo, sniff};
+use conns::{ConnTable, EvictSignal, Registered};
 use drain::{Drain, Watch};
 
 /// Listener-level bounds, set from the command line.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Client connections served at once; further clients wait in the kernel's accept queue.
+    /// Client connections served at once. At the cap, idle ones are closed to make room for a
+    /// new client (see `conns`); with none idle, further clients wait in the accept queue.
     pub max_connections: usize,
-    /// Time allowed for a request's headers to arrive, also the idle limit of an HTTP/1
-    /// keep-alive connection between requests.
+    /// Time allowed for a request's headers to arrive, also the idle limit of a keep-alive
+    /// connection between requests (HTTP/1 and HTTP/2).
     pub header_read_timeout: Duration,
     /// Largest HTTP/1 request head and HTTP/2 header list, in bytes (hyper's floor is 8 KiB).
     pub max_header_bytes: usize,
@@ -70,7 +73,8 @@ impl Default for ServerLimits {
 struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    conn: Registered,
+    evicted: EvictSignal,
 }
 
 /// Where the accept loop sends a worker its connections.
@@ -134,6 +138,10 @@ pub async fn spawn_workers(
 
 /// Accepts until `shutdown` flips, spreading connections over `workers`. Returning drops the
 /// listener (new clients are refused) and the workers' queues (each then drains).
+///
+/// A client is accepted first and then given a slot under `max_connections`: only a client
+/// actually waiting is a reason to close idle connections (see `conns`). At most one accepted
+/// client waits for its slot here; the others wait in the kernel's accept queue.
 pub async fn accept(
     listener: TcpListener,
     queues: Vec<WorkerQueue>,
@@ -141,16 +149,9 @@ pub async fn accept(
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let table = Arc::new(ConnTable::new(max_connections));
     let mut next = 0;
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -163,15 +164,32 @@ pub async fn accept(
             },
             _ = shutdown.changed() => return,
         };
+        let slot = match table.try_slot() {
+            Ok(slot) => slot,
+            Err(true) => return,
+            Err(false) => tokio::select! {
+                (slot, evicted) = table.slot() => {
+                    shared
+                        .metrics
+                        .connections_closed
+                        .with_label_values(&["evicted"])
+                        .inc_by(evicted);
+                    slot
+                }
+                _ = shutdown.changed() => return,
+            },
+        };
         let Ok(stream) = stream.into_std() else {
             continue;
         };
         shared.metrics.connections.inc();
         shared.metrics.connections_open.inc();
+        let (conn, evicted) = table.register(slot);
         let _ = queues[next].0.send(Accepted {
             stream,
             peer,
-            permit,
+            conn,
+            evicted,
         });
         next = (next + 1) % queues.len();
     }
@@ -260,7 +278,8 @@ async fn serve_client(
     Accepted {
         stream,
         peer,
-        permit,
+        conn,
+        mut evicted,
     }: Accepted,
     shared: Arc<Shared>,
     upstream: Upstream,
@@ -269,30 +288,46 @@ async fn serve_client(
 ) {
     let metrics = shared.metrics.clone();
     let count = |kind: &str| metrics.connection_errors.with_label_values(&[kind]).inc();
+    let state = &conn.state;
     match TcpStream::from_std(stream) {
         Ok(mut stream) => {
             let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(builders.sniff_timeout, sniff(&mut stream)).await {
-                Err(_) => count("header_timeout"),
-                Ok(Err(_)) => count("io"),
-                Ok(Ok((h2, replay))) => {
-                    let io = TokioIo::new(ClientIo::new(stream, replay));
-                    let service = stack(shared, ConnInfo::new(peer.ip()), upstream);
+            // A client that has not sent its first bytes yet is idle: it can be evicted.
+            let sniffed = tokio::select! {
+                biased;
+                sniffed = tokio::time::timeout(builders.sniff_timeout, sniff(&mut stream)) => {
+                    Some(sniffed)
+                }
+                () = &mut evicted => None,
+            };
+            match sniffed {
+                None => {
+                    closed(&metrics, conns::Closed::Evicted);
+                    tokio::spawn(client_io::linger(stream));
+                }
+                Some(Err(_)) => count("header_timeout"),
+                Some(Ok(Err(_))) => count("io"),
+                Some(Ok(Ok((h2, replay)))) => {
+                    let io = TokioIo::new(ClientIo::new(stream, replay, state.clone()));
+                    let service = stack(shared, ConnInfo::new(peer.ip()), state.clone(), upstream);
                     // Each connection is pinned here and counted before it is dropped: the
                     // socket closes (and a lingering close starts) only after that, so whoever
                     // sees the connection end can read its metric.
-                    if h2 {
+                    let ending = if h2 {
                         let conn = watch.watch(builders.h2.serve_connection(io, service));
-                        let mut conn = std::pin::pin!(conn);
-                        if let Err(e) = conn.as_mut().await {
-                            count(connection_error_kind(&e));
-                        }
+                        let conn = std::pin::pin!(conn);
+                        let idle = Some(builders.sniff_timeout);
+                        conns::drive(conn, state, &mut evicted, idle).await
                     } else {
                         let conn = watch.watch(builders.h1.serve_connection(io, service));
-                        let mut conn = std::pin::pin!(conn);
-                        if let Err(e) = conn.as_mut().await {
-                            count(connection_error_kind(&e));
-                        }
+                        let conn = std::pin::pin!(conn);
+                        conns::drive(conn, state, &mut evicted, None).await
+                    };
+                    if let Some(Err(e)) = ending.result {
+                        count(connection_error_kind(&e));
+                    }
+                    if let Some(reason) = ending.closed {
+                        closed(&metrics, reason);
                     }
                 }
             }
@@ -303,7 +338,17 @@ async fn serve_client(
         }
     }
     metrics.connections_open.dec();
-    drop(permit);
+    drop(conn);
+}
+
+/// Counts a connection the guard closed itself (an eviction is counted when asked for).
+fn closed(metrics: &crate::metrics::Metrics, reason: conns::Closed) {
+    if reason != conns::Closed::Evicted {
+        metrics
+            .connections_closed
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
 }
 
 /// Labels a connection's failure. hyper answers malformed heads (400/431) itself before the

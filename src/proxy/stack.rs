@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use hyper_util::service::TowerToHyperService;
 
+use super::conns::ConnState;
 use super::guard::{ConnInfo, Guard};
 use super::state::Shared;
 use super::upstream::Upstream;
@@ -16,7 +17,8 @@ use super::upstream::Upstream;
 pub fn stack(
     shared: Arc<Shared>,
     conn: ConnInfo,
+    activity: Arc<ConnState>,
     upstream: Upstream,
 ) -> TowerToHyperService<Guard> {
-    TowerToHyperService::new(Guard::new(shared, conn, upstream))
+    TowerToHyperService::new(Guard::new(shared, conn, activity, upstream))
 }
