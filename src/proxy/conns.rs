@@ -34,7 +34,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
@@ -50,12 +50,50 @@ pub const H2_CLOSE_GRACE: Duration = Duration::from_millis(250);
 /// How often a client waiting for a slot looks again for idle connections to close.
 pub const RESCAN: Duration = Duration::from_millis(100);
 
+/// The resolution of the clock HTTP/1 idle times are read from.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the table started: precise, or read from a value a task refreshes every
+/// [`TICK`]. A request's end reads the coarse one (an atomic load instead of a clock read on
+/// every HTTP/1 request); it only orders HTTP/1 connections by idleness. HTTP/2 connections,
+/// whose idle time is a timeout, read the precise one.
+struct Clock {
+    epoch: Instant,
+    /// The elapsed time at the last tick plus one tick: never behind the time while ticks run
+    /// on schedule.
+    coarse: AtomicU64,
+}
+
+impl Clock {
+    fn precise(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn tick(&self) {
+        let ahead = self.precise().saturating_add(TICK.as_millis() as u64);
+        self.coarse.store(ahead, Ordering::Relaxed);
+    }
+
+    async fn run(clock: std::sync::Weak<Clock>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(clock) = clock.upgrade() else {
+                return;
+            };
+            clock.tick();
+        }
+    }
+}
+
 /// The live client connections of the proxy listener, across workers.
 pub struct ConnTable {
     slots: Arc<Semaphore>,
     live: Mutex<Live>,
     evict_batch: usize,
-    epoch: Instant,
+    clock: Arc<Clock>,
 }
 
 #[derive(Default)]
@@ -69,11 +107,16 @@ pub struct ConnState {
     id: u64,
     /// Requests or streams in the service now.
     busy: AtomicU32,
-    /// When `busy` last fell to zero (or the connection was accepted), in ms since `epoch`.
+    /// When `busy` last fell to zero (or the connection was accepted), in ms of `clock`.
     idle_since: AtomicU64,
-    epoch: Instant,
-    /// The table's way to ask the connection to close; taken once.
-    evict: Mutex<Option<oneshot::Sender<()>>>,
+    clock: Arc<Clock>,
+    /// Idle times are timed precisely (HTTP/2).
+    precise: AtomicBool,
+    /// Asks the connection to shut down gracefully (an eviction, or the worker's drain); taken
+    /// once. `None` before the connection is watched and once asked.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Whether it was asked.
+    stopped: AtomicBool,
     /// Set when the guard closes the connection itself: the socket then closes gently (see
     /// `client_io`'s lingering close) instead of at once.
     linger: AtomicBool,
@@ -87,14 +130,21 @@ pub struct Registered {
 }
 
 impl ConnTable {
-    pub fn new(max_connections: usize) -> ConnTable {
+    /// A table for `max_connections`; its clock runs on the current runtime until it is dropped.
+    pub fn start(max_connections: usize) -> Arc<ConnTable> {
         let max = max_connections.max(1);
-        ConnTable {
+        let clock = Arc::new(Clock {
+            epoch: Instant::now(),
+            coarse: AtomicU64::new(0),
+        });
+        clock.tick();
+        tokio::spawn(Clock::run(Arc::downgrade(&clock)));
+        Arc::new(ConnTable {
             slots: Arc::new(Semaphore::new(max)),
             live: Mutex::default(),
             evict_batch: Self::batch_for(max),
-            epoch: Instant::now(),
-        }
+            clock,
+        })
     }
 
     /// Idle connections closed at once when the cap is reached: an eighth of the cap, between 1
@@ -136,10 +186,9 @@ impl ConnTable {
         }
     }
 
-    /// Lists a new connection that holds `slot`, with the signal the table asks it to close by.
-    pub fn register(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> (Registered, EvictSignal) {
-        let (evict, evicted) = oneshot::channel();
-        let now = self.millis(Instant::now());
+    /// Lists a new connection that holds `slot`.
+    pub fn register(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> Registered {
+        let now = self.clock.precise();
         let mut live = self.live();
         let id = live.next;
         live.next += 1;
@@ -147,18 +196,19 @@ impl ConnTable {
             id,
             busy: AtomicU32::new(0),
             idle_since: AtomicU64::new(now),
-            epoch: self.epoch,
-            evict: Mutex::new(Some(evict)),
+            clock: self.clock.clone(),
+            precise: AtomicBool::new(false),
+            stop: Mutex::new(None),
+            stopped: AtomicBool::new(false),
             linger: AtomicBool::new(false),
         });
         live.conns.insert(id, state.clone());
         drop(live);
-        let registered = Registered {
+        Registered {
             state,
             table: self.clone(),
             _slot: slot,
-        };
-        (registered, EvictSignal(Some(evicted)))
+        }
     }
 
     /// Asks the connections idle longest to close, up to the batch size less those already
@@ -168,12 +218,7 @@ impl ConnTable {
         let mut idle = Vec::new();
         let mut closing = 0;
         for (id, conn) in &live.conns {
-            let asked = conn
-                .evict
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_none();
-            if asked {
+            if conn.stopped.load(Ordering::Relaxed) {
                 closing += 1;
             } else if conn.busy.load(Ordering::Acquire) == 0 {
                 idle.push((conn.idle_since.load(Ordering::Relaxed), *id));
@@ -189,21 +234,12 @@ impl ConnTable {
         let mut asked = 0;
         for (_, id) in &idle[..want] {
             if let Some(conn) = live.conns.get(id)
-                && let Some(evict) = conn
-                    .evict
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-                && evict.send(()).is_ok()
+                && conn.stop()
             {
                 asked += 1;
             }
         }
         asked
-    }
-
-    fn millis(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -214,6 +250,28 @@ impl Drop for Registered {
 }
 
 impl ConnState {
+    /// The receiving end of [`ConnState::stop`]; a second call replaces the first.
+    pub fn stop_signal(&self) -> oneshot::Receiver<()> {
+        let (stop, stopped) = oneshot::channel();
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(stop);
+        stopped
+    }
+
+    /// Asks the connection to shut down gracefully; says whether this call did (the first one,
+    /// on a connection still served).
+    pub fn stop(&self) -> bool {
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let asked = stop.is_some_and(|stop| stop.send(()).is_ok());
+        if asked {
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        asked
+    }
+
     /// A request or stream enters the service.
     pub fn enter(&self) {
         self.busy.fetch_add(1, Ordering::AcqRel);
@@ -222,9 +280,12 @@ impl ConnState {
     /// A request or stream is done: its response body ended or was dropped.
     pub fn leave(&self) {
         if self.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let now = Instant::now().saturating_duration_since(self.epoch);
-            let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
-            self.idle_since.store(ms, Ordering::Relaxed);
+            let now = if self.precise.load(Ordering::Relaxed) {
+                self.clock.precise()
+            } else {
+                self.clock.coarse.load(Ordering::Relaxed)
+            };
+            self.idle_since.store(now, Ordering::Relaxed);
         }
     }
 
@@ -235,7 +296,7 @@ impl ConnState {
     /// When the connection will have been idle for `timeout`, if it stays so.
     fn idle_deadline(&self, timeout: Duration) -> Instant {
         let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
-        self.epoch + since + timeout
+        self.clock.epoch + since + timeout
     }
 
     pub fn lingers(&self) -> bool {
@@ -243,83 +304,33 @@ impl ConnState {
     }
 }
 
-/// Completes once when the table asks the connection to close; pending otherwise (also after
-/// that, so it can be polled again).
-pub struct EvictSignal(Option<oneshot::Receiver<()>>);
-
-impl Future for EvictSignal {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(rx) = self.0.as_mut() else {
-            return Poll::Pending;
-        };
-        match Pin::new(rx).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(asked) => {
-                self.0 = None;
-                if asked.is_ok() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-}
-
-/// Why the guard closed a connection itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closed {
-    /// An HTTP/2 connection with no stream for the header read timeout.
-    IdleTimeout,
-    /// Idle when a new client needed its slot.
-    Evicted,
-}
-
-impl Closed {
-    pub fn label(self) -> &'static str {
-        match self {
-            Closed::IdleTimeout => "idle_timeout",
-            Closed::Evicted => "evicted",
-        }
-    }
-}
-
-/// How [`drive`] ended: hyper's own result unless the guard dropped the connection first, and
-/// whether the guard started the close.
+/// How [`drive_h2`] ended: hyper's own result unless the guard dropped the connection first, and
+/// whether the idle timeout closed it.
 pub struct Ending<T> {
     pub result: Option<T>,
-    pub closed: Option<Closed>,
+    pub idle_timeout: bool,
 }
 
-/// Serves `conn` to its end, closing it when the table asks (`evicted`) and, for HTTP/2
-/// (`h2_idle` is the idle limit), when it has had no stream for that long; see the module docs.
-pub async fn drive<C: GracefulConnection>(
+/// Serves an HTTP/2 connection to its end, closing it when it has had no stream for `idle`, and
+/// at most [`H2_CLOSE_GRACE`] after a GOAWAY once no stream is left; see the module docs.
+/// (Stop signals, evictions included, reach it through its [`Watched`].)
+pub async fn drive_h2<C: GracefulConnection>(
     mut conn: Pin<&mut Watched<'_, C>>,
     state: &ConnState,
-    evicted: &mut EvictSignal,
-    h2_idle: Option<Duration>,
+    idle: Duration,
 ) -> Ending<C::Output> {
-    let mut closed = None;
-    // HTTP/2 only: the idle deadline, then, once closing, the grace after the GOAWAY.
-    let mut timer =
-        h2_idle.map(|idle| Box::pin(tokio::time::sleep_until(state.idle_deadline(idle))));
+    state.precise.store(true, Ordering::Relaxed);
+    let mut idle_timeout = false;
+    // The idle deadline, then, once closing, the grace after the GOAWAY.
+    let mut timer = Box::pin(tokio::time::sleep_until(state.idle_deadline(idle)));
     let mut grace = false;
     poll_fn(|cx| {
-        if Pin::new(&mut *evicted).poll(cx).is_ready() && !conn.is_stopping() {
-            closed = Some(Closed::Evicted);
-            conn.as_mut().graceful_shutdown();
-        }
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(Ending {
                 result: Some(result),
-                closed,
+                idle_timeout,
             });
         }
-        let (Some(timer), Some(idle)) = (timer.as_mut(), h2_idle) else {
-            return Poll::Pending;
-        };
         if !grace && conn.is_stopping() {
             grace = true;
             timer.as_mut().reset(Instant::now() + H2_CLOSE_GRACE);
@@ -331,12 +342,12 @@ pub async fn drive<C: GracefulConnection>(
                     state.linger.store(true, Ordering::Relaxed);
                     return Poll::Ready(Ending {
                         result: None,
-                        closed,
+                        idle_timeout,
                     });
                 }
                 timer.as_mut().reset(now + H2_CLOSE_GRACE);
             } else if !state.busy() && state.idle_deadline(idle) <= now {
-                closed = Some(Closed::IdleTimeout);
+                idle_timeout = true;
                 conn.as_mut().graceful_shutdown();
                 grace = true;
                 timer.as_mut().reset(now + H2_CLOSE_GRACE);

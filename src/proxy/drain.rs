@@ -9,17 +9,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use tokio::sync::{mpsc, oneshot};
 
+use super::conns::ConnState;
+
 /// One worker's connections, as far as shutting them down goes.
 pub struct Drain {
-    /// One per connection watched; a connection that has ended leaves a closed sender, which
-    /// is pruned before the list grows.
-    stops: Vec<oneshot::Sender<()>>,
+    /// One per connection watched; a connection that has ended leaves a dead reference, pruned
+    /// before the list grows.
+    conns: Vec<Weak<ConnState>>,
     /// Every watched connection holds a clone; `recv` returns `None` once all are gone.
     live: mpsc::Sender<()>,
     gone: mpsc::Receiver<()>,
@@ -29,7 +32,7 @@ impl Default for Drain {
     fn default() -> Self {
         let (live, gone) = mpsc::channel(1);
         Drain {
-            stops: Vec::new(),
+            conns: Vec::new(),
             live,
             gone,
         }
@@ -37,15 +40,15 @@ impl Default for Drain {
 }
 
 impl Drain {
-    /// A watch for a new connection, to hold until the connection is counted and dropped.
-    pub fn watch(&mut self) -> Watch {
-        if self.stops.len() == self.stops.capacity() {
-            self.stops.retain(|stop| !stop.is_closed());
+    /// A watch for a new connection, to hold until the connection is counted and dropped. Its
+    /// signal is the connection's stop signal, which the connection table also uses to evict it.
+    pub fn watch(&mut self, conn: &Arc<ConnState>) -> Watch {
+        if self.conns.len() == self.conns.capacity() {
+            self.conns.retain(|conn| conn.strong_count() > 0);
         }
-        let (stop, stopped) = oneshot::channel();
-        self.stops.push(stop);
+        self.conns.push(Arc::downgrade(conn));
         Watch {
-            stopped: Some(stopped),
+            stopped: Some(conn.stop_signal()),
             _live: self.live.clone(),
         }
     }
@@ -53,12 +56,12 @@ impl Drain {
     /// Tells every connection to shut down gracefully, and waits until all have ended.
     pub async fn shutdown(self) {
         let Drain {
-            stops,
+            conns,
             live,
             mut gone,
         } = self;
-        for stop in stops {
-            let _ = stop.send(());
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            conn.stop();
         }
         drop(live);
         // Nothing is ever sent: this returns once the last watch is dropped.
@@ -80,6 +83,19 @@ impl Watch {
             stopped: &mut self.stopped,
             stopping: false,
         }
+    }
+
+    /// Completes when the connection is told to stop (before it is served: see `sniff`).
+    pub async fn stopped(&mut self) {
+        if let Some(rx) = self.stopped.as_mut() {
+            let signal = rx.await;
+            self.stopped = None;
+            if signal.is_ok() {
+                return;
+            }
+        }
+        // A dropped sender (the connection's state gone without a stop) is not a stop signal.
+        std::future::pending().await
     }
 }
 

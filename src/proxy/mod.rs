@@ -37,7 +37,7 @@ pub use upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 use crate::warn_limited;
 use client_io::{ClientIo, sniff};
-use conns::{ConnTable, EvictSignal, Registered};
+use conns::{ConnTable, Registered};
 use drain::{Drain, Watch};
 
 /// Listener-level bounds, set from the command line.
@@ -74,7 +74,6 @@ struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     conn: Registered,
-    evicted: EvictSignal,
 }
 
 /// Where the accept loop sends a worker its connections.
@@ -149,7 +148,7 @@ pub async fn accept(
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let table = Arc::new(ConnTable::new(max_connections));
+    let table = ConnTable::start(max_connections);
     let mut next = 0;
     loop {
         let (stream, peer) = tokio::select! {
@@ -184,12 +183,10 @@ pub async fn accept(
         };
         shared.metrics.connections.inc();
         shared.metrics.connections_open.inc();
-        let (conn, evicted) = table.register(slot);
         let _ = queues[next].0.send(Accepted {
             stream,
             peer,
-            conn,
-            evicted,
+            conn: table.register(slot),
         });
         next = (next + 1) % queues.len();
     }
@@ -258,13 +255,8 @@ async fn run_worker(
     let mut connections = Drain::default();
     while let Some(accepted) = conns.recv().await {
         let (shared, upstream, builders) = (shared.clone(), upstream.clone(), builders.clone());
-        tokio::spawn(serve_client(
-            accepted,
-            shared,
-            upstream,
-            builders,
-            connections.watch(),
-        ));
+        let watch = connections.watch(&accepted.conn.state);
+        tokio::spawn(serve_client(accepted, shared, upstream, builders, watch));
     }
     let drained = tokio::time::timeout(drain, connections.shutdown())
         .await
@@ -275,12 +267,7 @@ async fn run_worker(
 
 /// Serves one client connection to its end, then counts how it ended.
 async fn serve_client(
-    Accepted {
-        stream,
-        peer,
-        conn,
-        mut evicted,
-    }: Accepted,
+    Accepted { stream, peer, conn }: Accepted,
     shared: Arc<Shared>,
     upstream: Upstream,
     builders: Arc<Builders>,
@@ -298,11 +285,10 @@ async fn serve_client(
                 sniffed = tokio::time::timeout(builders.sniff_timeout, sniff(&mut stream)) => {
                     Some(sniffed)
                 }
-                () = &mut evicted => None,
+                () = watch.stopped() => None,
             };
             match sniffed {
                 None => {
-                    closed(&metrics, conns::Closed::Evicted);
                     tokio::spawn(client_io::linger(stream));
                 }
                 Some(Err(_)) => count("header_timeout"),
@@ -313,21 +299,26 @@ async fn serve_client(
                     // Each connection is pinned here and counted before it is dropped: the
                     // socket closes (and a lingering close starts) only after that, so whoever
                     // sees the connection end can read its metric.
-                    let ending = if h2 {
+                    if h2 {
                         let conn = watch.watch(builders.h2.serve_connection(io, service));
                         let conn = std::pin::pin!(conn);
-                        let idle = Some(builders.sniff_timeout);
-                        conns::drive(conn, state, &mut evicted, idle).await
+                        // hyper has no HTTP/2 idle timeout: `drive_h2` keeps one.
+                        let ending = conns::drive_h2(conn, state, builders.sniff_timeout).await;
+                        if let Some(Err(e)) = ending.result {
+                            count(connection_error_kind(&e));
+                        }
+                        if ending.idle_timeout {
+                            metrics
+                                .connections_closed
+                                .with_label_values(&["idle_timeout"])
+                                .inc();
+                        }
                     } else {
                         let conn = watch.watch(builders.h1.serve_connection(io, service));
-                        let conn = std::pin::pin!(conn);
-                        conns::drive(conn, state, &mut evicted, None).await
-                    };
-                    if let Some(Err(e)) = ending.result {
-                        count(connection_error_kind(&e));
-                    }
-                    if let Some(reason) = ending.closed {
-                        closed(&metrics, reason);
+                        let mut conn = std::pin::pin!(conn);
+                        if let Err(e) = conn.as_mut().await {
+                            count(connection_error_kind(&e));
+                        }
                     }
                 }
             }
@@ -339,16 +330,6 @@ async fn serve_client(
     }
     metrics.connections_open.dec();
     drop(conn);
-}
-
-/// Counts a connection the guard closed itself (an eviction is counted when asked for).
-fn closed(metrics: &crate::metrics::Metrics, reason: conns::Closed) {
-    if reason != conns::Closed::Evicted {
-        metrics
-            .connections_closed
-            .with_label_values(&[reason.label()])
-            .inc();
-    }
 }
 
 /// Labels a connection's failure. hyper answers malformed heads (400/431) itself before the
