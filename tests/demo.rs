@@ -45,13 +45,12 @@ async fn guard_keeps_every_command_working_through_a_surge_and_an_api_incident()
     assert_eq!(guarded.command_success_rate(), Some(1.0), "{table}");
     let surge = guarded.phase(Phase::Surge);
     assert!(surge.backend.utilization < 0.9, "{table}");
-    // The policy never leaves an error record out of a batch. (Whole batches the guard refuses
-    // are sent again by the vehicles, as OTLP exporters do; on this small API under a x40
-    // surge some can still be lost after their retries, or dropped in a vehicle whose queue
-    // is full of them: keeping their error records when shedding is open in issue 15. The
-    // default demo loses none.)
+    // The policy never leaves an error record out of a batch, and the guard's own shedding
+    // keeps a shed batch's error records (forwarded at normal priority) or refuses it whole
+    // for the vehicle to send again: no error record is lost.
     let r = &surge.records;
     assert_eq!(r.downsampled(Level::Error), 0, "{table}");
+    assert_eq!(r.lost[Level::Error], 0, "{table}");
     assert!(
         r.fraction(Level::Debug, r.undelivered(Level::Debug))
             .unwrap()
@@ -82,4 +81,6 @@ async fn guard_keeps_every_command_working_through_a_surge_and_an_api_incident()
     assert_eq!(report.guarded.command_success_rate(), Some(1.0), "{table}");
     let surge = report.guarded.phase(Phase::Surge);
     assert!(surge.peak_brownout >= Some(1), "{table}");
+    assert_eq!(surge.records.downsampled(Level::Error), 0, "{table}");
+    assert_eq!(surge.records.lost[Level::Error], 0, "{table}");
 }

@@ -1,12 +1,13 @@
 //! Properties of the batch filter over random batches and random level rules: every record is
 //! either forwarded or dropped, kept records come out in order and unchanged, the output is a
 //! valid document of the same format, and the same input under the same policy keeps the same
-//! records.
+//! records; cutting a decided batch down to its error records (the guard's own shedding) keeps
+//! exactly the kept error and fatal records and accounts for the rest.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; see Cargo.toml [lints]
 
 use proptest::prelude::*;
 use verbosity_guard::policy;
-use verbosity_guard::records::filter::decide;
+use verbosity_guard::records::filter::{DropReason, cut_below, decide};
 use verbosity_guard::records::{Batch, Level, RecordsPolicy};
 
 /// How one record names its level.
@@ -142,5 +143,35 @@ proptest! {
         let want: Vec<&str> = elems.iter().zip(&keep).filter(|(_, k)| **k).map(|(e, _)| e.as_str()).collect();
         let got: Vec<&str> = parsed.iter().map(|r| r.get()).collect();
         prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn cutting_a_batch_to_its_errors_keeps_exactly_its_kept_error_records(
+        recs in prop::collection::vec((spelling(), "[ -~]{0,20}"), 1..60),
+        rules in prop::collection::vec(rule(), Level::COUNT),
+    ) {
+        let mut lines: Vec<String> = recs.iter().map(|(s, m)| render(s, m)).collect();
+        lines.push(render(&LevelSpelling::Name("error"), "anchor"));
+        let body = lines.join("\n");
+        let p = compile(&policy_yaml("ndjson", &rules));
+        let p = records_of(&p);
+        let mut batch = Batch::parse(p, body.as_bytes()).expect("a batch of records");
+        let mut tally = decide(&mut batch.records, p, Some(7));
+        let before: Vec<bool> = batch.records.iter().map(|r| r.keep).collect();
+
+        let left = cut_below(&mut batch.records, &mut tally, Level::Error);
+
+        let mut shed = 0;
+        for (r, was) in batch.records.iter().zip(&before) {
+            prop_assert_eq!(r.keep, *was && r.level >= Level::Error);
+            shed += u64::from(*was && !r.keep);
+        }
+        prop_assert_eq!(left, batch.records.iter().filter(|r| r.keep).count() as u64);
+        prop_assert_eq!(tally.forwarded(), left);
+        for l in &tally.levels {
+            prop_assert_eq!(l.received, l.forwarded + l.dropped());
+        }
+        let cut: u64 = tally.levels.iter().map(|l| l.dropped_by(DropReason::Shed)).sum();
+        prop_assert_eq!(cut, shed);
     }
 }

@@ -139,6 +139,20 @@ pub struct Admitted<C: Clock = governor::clock::DefaultClock> {
     pub tighten: Tighten,
     /// Byte budgets still to charge as the body streams (bodies without a Content-Length).
     pub charge: ByteCharge<C>,
+    /// A bulk batch the brownout would have shed, cut to its error and fatal records by
+    /// `tighten` instead: it goes upstream at normal priority, and is shed with this after all
+    /// if nothing is left of it (see [`records::salvaged`]).
+    pub salvage: Option<Shed>,
+}
+
+impl<C: Clock> Admitted<C> {
+    /// The priority its upstream slot is taken at: a salvaged bulk batch goes as normal.
+    pub fn class(&self, route: Priority) -> Priority {
+        match self.salvage {
+            Some(_) => Priority::Normal,
+            None => route,
+        }
+    }
 }
 
 impl<C: Clock> Default for Admitted<C> {
@@ -147,6 +161,7 @@ impl<C: Clock> Default for Admitted<C> {
         Admitted {
             tighten: Tighten::NONE,
             charge: ByteCharge::default(),
+            salvage: None,
         }
     }
 }
@@ -169,22 +184,32 @@ pub fn admit<C: Clock>(
     declared: Option<u64>,
     untracked: impl FnMut(BudgetKind),
 ) -> Result<Admitted<C>, Reject> {
-    let tighten = match route.priority {
+    let (tighten, salvage) = match route.priority {
         Priority::Bulk => match brownout {
-            Brownout::Off => Tighten::NONE,
+            Brownout::Off => (Tighten::NONE, None),
             level if level >= Brownout::ShedBulk => {
-                return Err(Reject::Shed(Shed {
+                let shed = Shed {
                     class: Priority::Bulk,
                     reason: ShedReason::Brownout,
                     retry_after: protect::retry_after(cfg),
-                }));
+                };
+                // A telemetry batch goes on with its error and fatal records only; any other
+                // bulk request is shed whole.
+                if route.records.is_none() {
+                    return Err(Reject::Shed(shed));
+                }
+                (protect::errors_only(), Some(shed))
             }
-            level => protect::tighten(level, cfg),
+            level => (protect::tighten(level, cfg), None),
         },
-        _ => Tighten::NONE,
+        _ => (Tighten::NONE, None),
     };
     let charge = budget::admit(&route.payload, key, declared, untracked)?;
-    Ok(Admitted { tighten, charge })
+    Ok(Admitted {
+        tighten,
+        charge,
+        salvage,
+    })
 }
 
 /// Hashes client identities into the 64-bit keys per-client budgets are kept under.

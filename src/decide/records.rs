@@ -12,6 +12,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 
 use super::Reject;
 use crate::codec::{self, Encoding};
+use crate::protect::Shed;
 use crate::records::filter::{self, Tally, Tighten};
 use crate::records::{Batch, Format, Level, NotFormat, OnMalformed, RecordsPolicy};
 
@@ -124,6 +125,16 @@ impl Judged {
         }
     }
 
+    /// Cuts the batch down to its error and fatal records (the guard's own shedding; see
+    /// [`filter::cut_below`]). Returns how many records are left to forward: 0 for a batch
+    /// that was not read as records.
+    pub fn cut_to_errors(&mut self) -> u64 {
+        match &mut self.parsed {
+            Ok((batch, tally)) => filter::cut_below(&mut batch.records, tally, Level::Error),
+            Err(_) => 0,
+        }
+    }
+
     /// The counts of a batch that was read.
     pub fn tally(&self) -> Option<&Tally> {
         self.parsed.as_ref().ok().map(|(_, tally)| tally)
@@ -142,6 +153,18 @@ impl Judged {
             (_, 0) => None,
             _ => Some(Bytes::from(rewrite(batch, &self.decoded, self.encoding)?)),
         })
+    }
+}
+
+/// A bulk batch salvaged from a shed (see [`Admitted::salvage`](super::Admitted)) with nothing
+/// left to forward is shed after all: its sender retries it whole, and no record is lost. So is
+/// one that could not be read as records: there is no error record to tell apart, and
+/// forwarding it whole would let any malformed body past the shed.
+pub fn salvaged(judged: &Judged, salvage: Option<&Shed>) -> Result<(), Reject> {
+    match (salvage, judged.tally()) {
+        (None, _) => Ok(()),
+        (Some(_), Some(tally)) if tally.forwarded() > 0 => Ok(()),
+        (Some(shed), _) => Err(Reject::Shed(*shed)),
     }
 }
 

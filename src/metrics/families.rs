@@ -183,7 +183,15 @@ pub const RECORDS_DROPPED: Family = family!(
     Counter,
     ["route", "level", "reason"],
     "Log records dropped, by route, level and reason (drop_rule, sample, rate, malformed, \
-     brownout)."
+     brownout, shed)."
+);
+pub const RECORDS_REFUSED: Family = family!(
+    "records_refused_total",
+    Counter,
+    ["route", "level", "reason"],
+    "Log records of batches refused whole (503, retried by their senders) after they were \
+     read, by route, level and shed reason (queue_full, queue_timeout, brownout). Not in \
+     records_received_total."
 );
 pub const RECORD_BYTES_RECEIVED: Family = family!(
     "record_bytes_received_total",
@@ -236,6 +244,14 @@ pub const SHED: Family = family!(
     ["class", "reason"],
     "Requests refused with 503 to protect the upstream, by priority class and reason \
      (queue_full, queue_timeout, brownout)."
+);
+pub const SALVAGED: Family = family!(
+    "shed_salvaged_total",
+    Counter,
+    ["reason"],
+    "Bulk telemetry batches the guard would have shed (reason: queue_full, queue_timeout, \
+     brownout), forwarded instead cut down to their error and fatal records, at normal \
+     priority."
 );
 pub const UPSTREAM_EXCHANGES: Family = family!(
     "upstream_exchanges_total",
@@ -422,6 +438,7 @@ pub const FAMILIES: &[Family] = &[
     RECORDS_RECEIVED,
     RECORDS_FORWARDED,
     RECORDS_DROPPED,
+    RECORDS_REFUSED,
     RECORD_BYTES_RECEIVED,
     RECORD_BYTES_FORWARDED,
     RECORD_BYTES_DROPPED,
@@ -430,6 +447,7 @@ pub const FAMILIES: &[Family] = &[
     DECODED_BODIES,
     VERBOSITY_CLAMPED,
     SHED,
+    SALVAGED,
     UPSTREAM_EXCHANGES,
     UPSTREAM_IN_FLIGHT,
     UPSTREAM_QUEUED,

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub records_received: IntCounterVec,
     pub records_forwarded: IntCounterVec,
     pub records_dropped: IntCounterVec,
+    pub records_refused: IntCounterVec,
     pub record_bytes_received: IntCounterVec,
     pub record_bytes_forwarded: IntCounterVec,
     pub record_bytes_dropped: IntCounterVec,
@@ -92,6 +93,8 @@ pub struct ProtectMetrics {
     pub shed: IntCounterVec,
     /// `shed` by class and reason, resolved up front (every series exists from the start).
     pub shed_series: [[IntCounter; ShedReason::COUNT]; Priority::COUNT],
+    /// `shed_salvaged_total` by reason.
+    pub salvaged: [IntCounter; ShedReason::COUNT],
     pub brownout_level: IntGauge,
     pub brownout_transitions: IntCounterVec,
     pub upstream_p90: GaugeVec,
@@ -216,6 +219,10 @@ impl ProtectMetrics {
                     .map(|reason| shed.with_label_values(&[class.as_str(), reason.as_str()]))
             }),
             shed,
+            salvaged: {
+                let salvaged = r.counters(&f::SALVAGED)?;
+                ShedReason::ALL.map(|reason| salvaged.with_label_values(&[reason.as_str()]))
+            },
             exchanges: r.counters(&f::UPSTREAM_EXCHANGES)?,
             in_flight: r.gauges(&f::UPSTREAM_IN_FLIGHT)?,
             queued: r.gauges(&f::UPSTREAM_QUEUED)?,
@@ -268,6 +275,7 @@ impl Metrics {
             records_received: r.counters(&f::RECORDS_RECEIVED)?,
             records_forwarded: r.counters(&f::RECORDS_FORWARDED)?,
             records_dropped: r.counters(&f::RECORDS_DROPPED)?,
+            records_refused: r.counters(&f::RECORDS_REFUSED)?,
             record_bytes_received: r.counters(&f::RECORD_BYTES_RECEIVED)?,
             record_bytes_forwarded: r.counters(&f::RECORD_BYTES_FORWARDED)?,
             record_bytes_dropped: r.counters(&f::RECORD_BYTES_DROPPED)?,
@@ -362,6 +370,12 @@ impl Metrics {
             received: per_level(&self.records_received),
             forwarded: per_level(&self.records_forwarded),
             dropped: Drops::new(&self.records_dropped, &self.record_bytes_dropped, route),
+            refused: Level::ALL.map(|l| {
+                ShedReason::ALL.map(|r| {
+                    self.records_refused
+                        .with_label_values(&[route, l.as_str(), r.as_str()])
+                })
+            }),
             bytes_received: per_level(&self.record_bytes_received),
             bytes_forwarded: per_level(&self.record_bytes_forwarded),
             malformed: self.records_malformed.with_label_values(&[route]),
@@ -571,6 +585,8 @@ pub struct RecordsMetrics {
     pub received: [IntCounter; Level::COUNT],
     pub forwarded: [IntCounter; Level::COUNT],
     dropped: Drops,
+    /// By level, then [`ShedReason`].
+    refused: [[IntCounter; ShedReason::COUNT]; Level::COUNT],
     pub bytes_received: [IntCounter; Level::COUNT],
     pub bytes_forwarded: [IntCounter; Level::COUNT],
     pub malformed: IntCounter,
@@ -591,6 +607,16 @@ impl RecordsMetrics {
     /// Counts a batch the rules were carried out on.
     pub fn record(&self, tally: &Tally) {
         self.count(tally, false);
+    }
+
+    /// Counts the records of a batch refused whole after it was read.
+    pub fn refused(&self, tally: &Tally, reason: ShedReason) {
+        for level in Level::ALL {
+            let n = tally.level(level).received;
+            if n > 0 {
+                self.refused[level.index()][reason.index()].inc_by(n);
+            }
+        }
     }
 
     fn count(&self, tally: &Tally, whole: bool) {

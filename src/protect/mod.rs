@@ -66,6 +66,16 @@ pub fn tighten(level: Brownout, cfg: &BrownoutConfig) -> Tighten {
     t
 }
 
+/// The tightening that keeps a bulk batch's error and fatal records only: what is left of a
+/// batch the guard would otherwise shed.
+pub fn errors_only() -> Tighten {
+    let mut t = Tighten::NONE;
+    for level in [Level::Trace, Level::Debug, Level::Info, Level::Warn] {
+        t.0[level.index()] = Some(Sample::per_million(0));
+    }
+    t
+}
+
 /// Why a request was shed; the names are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShedReason {

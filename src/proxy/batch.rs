@@ -15,6 +15,7 @@ use super::body::GuardedBody;
 use crate::decide::records::Judged;
 use crate::decide::{BatchOutcome, Reject};
 use crate::metrics::{RecordsMetrics, ShadowRecords};
+use crate::protect::ShedReason;
 use crate::records::filter::{Tally, Tighten};
 use crate::records::{Format, Level, RecordsPolicy, otlp};
 
@@ -103,10 +104,14 @@ pub async fn read_to_end(body: &mut GuardedBody, capacity: usize) -> Result<Byte
 }
 
 /// Enforce mode: carries out what [`judge`](crate::decide::records::judge) decided about
-/// `received` and counts it. The batch goes upstream as received when nothing is dropped (or it is malformed and the
-/// route forwards such bodies), rewritten and re-encoded when some records are dropped; when
-/// every record is dropped the guard answers itself; a malformed batch on a route that rejects
-/// them is refused.
+/// `received`. The batch goes upstream as received when nothing is dropped (or it is malformed
+/// and the route forwards such bodies), rewritten and re-encoded when some records are dropped;
+/// when every record is dropped the guard answers itself; a malformed batch on a route that
+/// rejects them is refused.
+///
+/// Every outcome is counted here except a batch of records on its way upstream: the caller
+/// counts that one ([`count`]) once it has its upstream slot, since a bulk batch that finds
+/// none is cut further ([`cut_to_errors`]) or refused.
 pub fn carry_out(
     policy: &RecordsPolicy,
     metrics: &RecordsMetrics,
@@ -114,24 +119,73 @@ pub fn carry_out(
     received: Bytes,
     tighten: &Tighten,
 ) -> Result<Filtered, Reject> {
-    metrics.decoded(judged.encoding);
-    metrics.batch(judged.outcome());
     if let Some(refusal) = judged.refusal() {
+        count(metrics, judged);
         return Err(refusal);
     }
     let Some(tally) = judged.tally() else {
         // Malformed, and forwarded as received: there are no records to count.
+        count(metrics, judged);
         return Ok(Filtered::unread(received));
     };
-    metrics.record(tally);
     let summary = Summary::new(policy, tally, tighten);
     match judged.forward(received)? {
         Some(body) => Ok(Filtered::Forward {
             body,
             summary: Some(summary),
         }),
-        None => Ok(Filtered::Answer(all_dropped(judged.format, tally, summary))),
+        None => {
+            count(metrics, judged);
+            Ok(Filtered::Answer(all_dropped(judged.format, tally, summary)))
+        }
     }
+}
+
+/// Counts a judged batch whose fate is settled: forwarded (in part), answered or refused for
+/// being malformed.
+pub fn count(metrics: &RecordsMetrics, judged: &Judged) {
+    metrics.decoded(judged.encoding);
+    metrics.batch(judged.outcome());
+    if let Some(tally) = judged.tally() {
+        metrics.record(tally);
+    }
+}
+
+/// Counts a batch of records refused whole after it was read (shed with 503: its sender
+/// retries it), per level under `reason`.
+pub fn count_refused(metrics: &RecordsMetrics, judged: &Judged, reason: ShedReason) {
+    metrics.decoded(judged.encoding);
+    if let Some(tally) = judged.tally() {
+        metrics.refused(tally, reason);
+    }
+}
+
+/// What is left of a batch cut down to its error and fatal records.
+pub enum Cut {
+    /// Nothing: the batch had no error or fatal record.
+    Nothing,
+    /// All of it: every record it forwarded is an error or fatal one.
+    Whole,
+    /// The kept records, re-encoded, and the new counts.
+    Rewritten(Bytes, Summary),
+}
+
+/// A bulk batch on its way upstream that found no upstream slot in time, cut down to its error
+/// and fatal records.
+pub fn cut_to_errors(policy: &RecordsPolicy, judged: &mut Judged) -> Result<Cut, Reject> {
+    let before = judged.tally().map_or(0, Tally::forwarded);
+    let left = judged.cut_to_errors();
+    if left == 0 {
+        return Ok(Cut::Nothing);
+    }
+    if left == before {
+        return Ok(Cut::Whole);
+    }
+    let (Some(tally), Some(body)) = (judged.tally(), judged.forward(Bytes::new())?) else {
+        return Ok(Cut::Nothing);
+    };
+    let summary = Summary::new(policy, tally, &crate::protect::errors_only());
+    Ok(Cut::Rewritten(body, summary))
 }
 
 /// Shadow mode: counts what enforce mode would have done with a batch that is forwarded as

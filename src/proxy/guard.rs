@@ -25,7 +25,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::batch::{self, Filtered, Summary};
+use super::batch::{self, Cut, Filtered, Summary};
 use super::body::{GuardedBody, UpstreamBody};
 use super::conns::ConnState;
 use super::error::{Cause, ProxyError};
@@ -33,10 +33,11 @@ use super::headers::{Forwarded, append_forwarded, strip, strip_hop_by_hop};
 use super::shadow::Judge;
 use super::state::{Shared, Snapshot};
 use super::upstream::{PooledBody, Upstream, UpstreamError};
+use crate::decide::records::Judged;
 use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
 use crate::metrics::{Metrics, RecordsMetrics, RouteMetrics, ShadowRecords};
 use crate::policy::Route;
-use crate::protect::{Priority, Slot};
+use crate::protect::{Priority, Shed, ShedReason, Slot};
 use crate::record::Capture;
 use crate::records::RecordsPolicy;
 use crate::records::filter::Tighten;
@@ -213,7 +214,8 @@ impl ConnGuard {
         let capture = self.capture(&identified, &parts, declared);
         let key = judge.verdict(identified, || None)?;
 
-        // 4-5. Brownout, then the payload budgets.
+        // 4-5. Brownout, then the payload budgets. A bulk batch the brownout sheds is salvaged:
+        //    cut to its error and fatal records, it goes on at normal priority.
         let admitted = self.admit(&mut judge, snap, route, key, declared)?;
 
         // 6. Rewrite for the upstream: normalized URI, hop-by-hop out, X-Forwarded-* in, and a
@@ -222,32 +224,52 @@ impl ConnGuard {
         clamp(&mut judge, route, rm, &mut parts);
 
         // 7. The body: a telemetry batch is read whole and judged record by record; any other
-        //    body streams through, checked frame by frame.
+        //    body streams through, checked frame by frame. A batch on its way upstream is
+        //    counted once it has its upstream slot (`held`).
+        let class = admitted.class(route.priority);
+        let salvaged = admitted.salvage.is_some();
         let input = BodyInput::new(body, key, admitted, capture, declared);
-        let (body, summary) = if reads_batch(&judge, route, &input.body) {
+        let (mut body, mut summary, mut held) = if reads_batch(&judge, route, &input.body) {
             // Boxed: only records routes wait here, and every request's state would otherwise
             // carry room for this future.
             let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
-            let filtered = read.await?;
+            let (filtered, held) = read.await?;
             ctx.body_unread = false;
+            if salvaged && held.is_some() {
+                let counter = &self.shared.metrics.protect.salvaged;
+                counter[ShedReason::Brownout.index()].inc();
+            }
             match filtered {
                 Filtered::Forward { body, summary } => {
-                    (self.buffered(&mut parts, rm, body), summary)
+                    (self.buffered(&mut parts, body), summary, held)
                 }
                 Filtered::Answer(response) => return Ok(Reply::Guard(response)),
             }
         } else {
-            (self.body(&judge, route, rm, input), None)
+            (self.body(&judge, route, rm, input), None, None)
         };
 
-        // 8. An upstream slot of the route's class (see `free_slot`); only a wait is boxed.
-        let slot = match self.free_slot(&mut judge, route.priority) {
+        // 8. An upstream slot of the request's class (see `free_slot`); only a wait is boxed.
+        let slot = match self.free_slot(&mut judge, class) {
             Ok(slot) => slot,
             Err(class) => {
-                let wait = Box::pin(self.shared.protection.slot(class));
-                Some(wait.await.map_err(Reject::from)?)
+                let batch = HeldBatch {
+                    records: route.records.as_ref(),
+                    metrics: rm.records.as_ref(),
+                    judged: held.as_mut(),
+                    parts: &mut parts,
+                    body: &mut body,
+                    summary: &mut summary,
+                };
+                Some(Box::pin(self.wait_slot(class, batch)).await?)
             }
         };
+        if let UpstreamBody::Full { data: Some(data) } = &body {
+            rm.forwarded_bytes.inc_by(data.len() as u64);
+        }
+        if let (Some(judged), Some(metrics)) = (&held, &rm.records) {
+            batch::count(metrics, judged);
+        }
         judge.mark(&mut parts.headers);
 
         // 9-10. Forward, bounded by the route's timeout for the response headers, and respond
@@ -284,6 +306,63 @@ impl ConnGuard {
             (None, true) => {
                 judge.would_refuse(Reason::ShedSlotBusy);
                 Ok(None)
+            }
+        }
+    }
+
+    /// Waits for an upstream slot of `class`. A bulk batch of records that finds none in time
+    /// is cut down to its error and fatal records, which wait again at normal priority; the
+    /// sender learns what was kept from the summary. Only when nothing is left, or no normal slot
+    /// comes either, is the batch shed (503 with Retry-After), its records counted as refused.
+    async fn wait_slot(
+        &self,
+        class: Priority,
+        held: HeldBatch<'_, '_>,
+    ) -> Result<Slot<'_>, Reject> {
+        let protection = &self.shared.protection;
+        let shed = match protection.slot(class).await {
+            Ok(slot) => return Ok(slot),
+            Err(no_slot) => Reject::from(no_slot),
+        };
+        let (Some(judged), Some(records), Some(metrics)) =
+            (held.judged, held.records, held.metrics)
+        else {
+            return Err(shed);
+        };
+        let reason = match &shed {
+            Reject::Shed(s) => s.reason,
+            _ => return Err(shed),
+        };
+        if class != Priority::Bulk {
+            batch::count_refused(metrics, judged, reason);
+            return Err(shed);
+        }
+        match batch::cut_to_errors(records, judged)? {
+            Cut::Nothing => {
+                batch::count_refused(metrics, judged, reason);
+                return Err(shed);
+            }
+            Cut::Whole => {}
+            Cut::Rewritten(data, summary) => {
+                summary.write(&mut held.parts.headers, false);
+                held.parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+                *held.body = UpstreamBody::Full { data: Some(data) };
+                *held.summary = Some(summary);
+            }
+        }
+        match protection.slot(Priority::Normal).await {
+            Ok(slot) => {
+                self.shared.metrics.protect.salvaged[reason.index()].inc();
+                Ok(slot)
+            }
+            Err(no_slot) => {
+                let shed = Reject::from(no_slot);
+                if let Reject::Shed(s) = &shed {
+                    batch::count_refused(metrics, judged, s.reason);
+                }
+                Err(shed)
             }
         }
     }
@@ -363,7 +442,7 @@ impl ConnGuard {
         rm: &RouteMetrics,
         parts: &mut request::Parts,
         input: BodyInput,
-    ) -> Result<Filtered, ProxyError> {
+    ) -> Result<(Filtered, Option<Judged>), ProxyError> {
         let (Some(records), Some(metrics)) = (&route.records, &rm.records) else {
             return Err(Reject::Internal("a records route without its records series").into());
         };
@@ -382,7 +461,7 @@ impl ConnGuard {
         let raw = batch::read_to_end(&mut body, capacity.unwrap_or(0)).await?;
         judge.body_judged(body.judge());
         if !judge.deciding() {
-            return Ok(Filtered::unread(raw));
+            return Ok((Filtered::unread(raw), None));
         }
         let rules = BatchRules {
             records,
@@ -390,16 +469,17 @@ impl ConnGuard {
             shadow: rm.shadow.as_ref().and_then(|s| s.records.as_ref()),
             key: input.key,
             tighten: &input.admitted.tighten,
+            salvage: input.admitted.salvage.as_ref(),
         };
         Ok(judge_batch(judge, &rules, &mut parts.headers, raw)?)
     }
 
     /// A buffered body on its way upstream, with its length.
-    fn buffered(&self, parts: &mut request::Parts, rm: &RouteMetrics, body: Bytes) -> UpstreamBody {
+    /// (Its bytes are counted as forwarded once it has its upstream slot.)
+    fn buffered(&self, parts: &mut request::Parts, body: Bytes) -> UpstreamBody {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        rm.forwarded_bytes.inc_by(body.len() as u64);
         UpstreamBody::Full { data: Some(body) }
     }
 
@@ -515,6 +595,18 @@ impl BodyInput {
     }
 }
 
+/// A request's buffered batch while it waits for an upstream slot (see `wait_slot`): what a
+/// bulk batch cut down to its error records needs rewritten.
+struct HeldBatch<'r, 'p> {
+    records: Option<&'r RecordsPolicy>,
+    metrics: Option<&'r RecordsMetrics>,
+    /// A batch of records on its way upstream, not counted yet.
+    judged: Option<&'p mut Judged>,
+    parts: &'p mut request::Parts,
+    body: &'p mut UpstreamBody,
+    summary: &'p mut Option<Summary>,
+}
+
 /// What judging a batch needs of its route and of the phases before it.
 struct BatchRules<'a> {
     records: &'a RecordsPolicy,
@@ -523,6 +615,8 @@ struct BatchRules<'a> {
     shadow: Option<&'a ShadowRecords>,
     key: Option<u64>,
     tighten: &'a Tighten,
+    /// A bulk batch salvaged from the brownout's shed (see `Admitted::salvage`).
+    salvage: Option<&'a Shed>,
 }
 
 /// Judges a batch read whole: enforce mode carries the judgment out (forward as received,
@@ -533,27 +627,34 @@ fn judge_batch(
     rules: &BatchRules<'_>,
     headers: &mut HeaderMap,
     raw: Bytes,
-) -> Result<Filtered, Reject> {
+) -> Result<(Filtered, Option<Judged>), Reject> {
     let judged = decide::records::judge(rules.records, headers, rules.key, rules.tighten, &raw);
     let Some(judged) = judge.verdict(judged.map(Some), || None)? else {
-        return Ok(Filtered::unread(raw));
+        return Ok((Filtered::unread(raw), None));
     };
+    let salvaged = decide::records::salvaged(&judged, rules.salvage);
     if !judge.is_shadow() {
+        if let Err(shed) = salvaged {
+            batch::count_refused(rules.metrics, &judged, ShedReason::Brownout);
+            return Err(shed);
+        }
         let filtered = batch::carry_out(rules.records, rules.metrics, &judged, raw, rules.tighten)?;
         if let Filtered::Forward {
             summary: Some(s), ..
         } = &filtered
         {
             s.write(headers, false);
+            return Ok((filtered, Some(judged)));
         }
-        return Ok(filtered);
+        return Ok((filtered, None));
     }
     batch::count_shadow(rules.metrics, rules.shadow, &judged);
     judge.verdict(judged.refusal().map_or(Ok(()), Err), || ())?;
+    judge.verdict(salvaged, || ())?;
     if let Some(tally) = judged.tally() {
         judge.batch(tally.forwarded(), tally.dropped());
     }
-    Ok(Filtered::unread(raw))
+    Ok((Filtered::unread(raw), None))
 }
 
 /// True when the body phase reads the body whole and judges it: a telemetry batch (a records

@@ -23,10 +23,13 @@ pub enum DropReason {
     Malformed,
     /// Tightened away by the brownout controller while the upstream is in distress.
     Brownout,
+    /// Cut by the guard's own shedding: a bulk batch with no upstream slot in time goes on
+    /// with its error and fatal records only (see [`cut_below`]).
+    Shed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     /// In the order of the enum: `ALL[r as usize] == r`.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Rule,
@@ -34,6 +37,7 @@ impl DropReason {
         DropReason::Rate,
         DropReason::Malformed,
         DropReason::Brownout,
+        DropReason::Shed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +47,7 @@ impl DropReason {
             DropReason::Rate => "rate",
             DropReason::Malformed => "malformed",
             DropReason::Brownout => "brownout",
+            DropReason::Shed => "shed",
         }
     }
 }
@@ -59,6 +64,7 @@ pub struct LevelTally {
     pub dropped_rate: u64,
     pub dropped_malformed: u64,
     pub dropped_brownout: u64,
+    pub dropped_shed: u64,
     /// Bytes of the dropped records, by reason, indexed like [`DropReason::ALL`].
     pub dropped_bytes: [u64; DropReason::COUNT],
     /// Records whose level could not be read (counted in `received` of the unknown level).
@@ -72,6 +78,7 @@ impl LevelTally {
             + self.dropped_rate
             + self.dropped_malformed
             + self.dropped_brownout
+            + self.dropped_shed
     }
 
     pub fn dropped_by(&self, reason: DropReason) -> u64 {
@@ -81,6 +88,7 @@ impl LevelTally {
             DropReason::Rate => self.dropped_rate,
             DropReason::Malformed => self.dropped_malformed,
             DropReason::Brownout => self.dropped_brownout,
+            DropReason::Shed => self.dropped_shed,
         }
     }
 
@@ -97,6 +105,7 @@ impl LevelTally {
             DropReason::Rate => self.dropped_rate += 1,
             DropReason::Malformed => self.dropped_malformed += 1,
             DropReason::Brownout => self.dropped_brownout += 1,
+            DropReason::Shed => self.dropped_shed += 1,
         }
     }
 }
@@ -251,6 +260,19 @@ pub fn decide_tightened<C: Clock>(
         t.forwarded_bytes += r.bytes();
     }
     tally
+}
+
+/// Drops every kept record less severe than `from` for [`DropReason::Shed`], moving its counts
+/// in `tally` from forwarded to dropped. Returns how many records are still kept.
+pub fn cut_below(records: &mut [Record], tally: &mut Tally, from: Level) -> u64 {
+    for r in records.iter_mut().filter(|r| r.keep && r.level < from) {
+        r.keep = false;
+        let t = &mut tally.levels[r.level.index()];
+        t.forwarded -= 1;
+        t.forwarded_bytes -= r.bytes();
+        t.drop(DropReason::Shed, r.bytes());
+    }
+    tally.forwarded()
 }
 
 fn candidate_lens(records: &[Record], level: Level) -> impl Iterator<Item = u64> + '_ {

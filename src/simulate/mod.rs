@@ -26,7 +26,7 @@ use crate::decide::records as batch;
 use crate::decide::{self, Admitted, Reject, UNROUTED};
 use crate::policy::{self, Policy, PolicyError, Route};
 use crate::protect::{Brownout, Priority};
-use crate::records::RecordsPolicy;
+use crate::records::{Level, RecordsPolicy};
 use crate::traffic::{self, Entry, Traffic, TrafficError};
 use bytes::Bytes;
 pub use fail_if::{Condition, ConditionError};
@@ -282,6 +282,15 @@ fn judge_batch<C: Clock>(
     r: &mut report::RouteReport,
 ) -> Result<Option<u64>, Reject> {
     let judged = batch::judge(records, headers, key, &admitted.tighten, &body)?;
+    if let Err(shed) = batch::salvaged(&judged, admitted.salvage.as_ref()) {
+        // A salvaged bulk batch with no error record left is shed whole after all.
+        if let Some(tally) = judged.tally() {
+            let counts =
+                Level::ALL.map(|l| (tally.level(l).received, tally.level(l).received_bytes));
+            r.refused_records(at, &counts);
+        }
+        return Err(shed);
+    }
     if let Some(refusal) = judged.refusal() {
         r.batch(judged.outcome());
         return Err(refusal);
