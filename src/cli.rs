@@ -206,6 +206,26 @@ pub struct ServeArgs {
     /// Most concurrent streams per HTTP/2 connection.
     #[arg(long, env = "VERBOSITY_GUARD_H2_MAX_STREAMS", default_value_t = 256)]
     pub h2_max_streams: u32,
+    /// Overload: a worker whose event loop runs later than this sheds bulk requests right
+    /// after their head (503, Retry-After); `off` turns the check off.
+    #[arg(long, env = "VERBOSITY_GUARD_OVERLOAD_MAX_LAG", default_value = "20ms")]
+    pub overload_max_lag: OrOff<HumanDuration>,
+    /// Overload: with more telemetry batch bytes than this held in memory, bulk requests are
+    /// shed right after their head; `off` turns the check off.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_OVERLOAD_MAX_BUFFERED",
+        default_value = "256MiB"
+    )]
+    pub overload_max_buffered: OrOff<ByteSize>,
+    /// Overload: with more resident memory than this, bulk requests are shed right after their
+    /// head; `off` (default) turns the check off. Set it under the container's memory limit.
+    #[arg(
+        long,
+        env = "VERBOSITY_GUARD_OVERLOAD_MAX_MEMORY",
+        default_value = "off"
+    )]
+    pub overload_max_memory: OrOff<ByteSize>,
     /// Longest pause between two frames of a request body (408 after).
     #[arg(long, env = "VERBOSITY_GUARD_BODY_IDLE_TIMEOUT", default_value = "30s")]
     pub body_idle_timeout: HumanDuration,
@@ -287,3 +307,21 @@ macro_rules! value_parser_from_str {
 }
 
 value_parser_from_str!(ByteSize, Fraction, HumanDuration);
+
+/// A flag value that may be `off` (`None`) instead of a `T`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrOff<T>(pub Option<T>);
+
+impl<T: std::str::FromStr<Err: std::fmt::Display>> std::str::FromStr for OrOff<T> {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(OrOff(None)),
+            s => s
+                .parse::<T>()
+                .map(|v| OrOff(Some(v)))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}

@@ -224,6 +224,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<bool> {
                 .max(8 * 1024),
         };
         cfg.body_idle_timeout = args.body_idle_timeout.0;
+        cfg.overload = verbosity_guard::protect::overload::OverloadLimits {
+            max_lag: args.overload_max_lag.0.map(|d| d.0),
+            max_buffered: args.overload_max_buffered.0.map(|b| b.0),
+            max_memory: args.overload_max_memory.0.map(|b| b.0),
+        };
         cfg.drain_timeout = args.drain_timeout.0;
         cfg.watch_policy = !args.no_watch;
         cfg.fleet_redis = args.fleet_redis;

@@ -50,6 +50,8 @@ pub struct Config {
     pub upstream_settings: UpstreamSettings,
     /// Longest pause between two frames of a request body (408 after).
     pub body_idle_timeout: Duration,
+    /// The guard's own pressure thresholds, past which bulk is shed after its head.
+    pub overload: crate::protect::overload::OverloadLimits,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
     /// Reload a policy file when it changes (a policy given as text is never watched).
@@ -76,6 +78,7 @@ impl Config {
             server: ServerLimits::default(),
             upstream_settings: UpstreamSettings::default(),
             body_idle_timeout: Duration::from_secs(30),
+            overload: crate::protect::overload::OverloadLimits::default(),
             drain_timeout: Duration::from_secs(30),
             watch_policy: true,
             policy_debounce: DEFAULT_POLICY_DEBOUNCE,
@@ -254,6 +257,13 @@ impl App {
             tokio::spawn(admin::serve(admin.listener, ready.clone())),
             tokio::spawn(tasks::evict_idle_keys(shared.clone())),
             tokio::spawn(tasks::run_controller(shared.clone())),
+            tokio::spawn({
+                let shared = shared.clone();
+                async move {
+                    let gauge = shared.metrics.protect.resident_memory.clone();
+                    shared.overload.watch_memory(gauge).await;
+                }
+            }),
         ];
         if let Some(worker) = fleet.worker(&shared) {
             background.push(tokio::spawn(worker.run(shutdown.subscribe())));
@@ -359,6 +369,10 @@ fn shared_state(cfg: &Config, policy: Policy, registry: &Registry) -> Result<Sha
         ),
         None => None,
     };
+    let overload = crate::protect::overload::Overload::new(
+        cfg.overload.clone(),
+        metrics.protect.buffered_bytes.clone(),
+    );
     Ok(Shared {
         protection,
         recorder,
@@ -367,6 +381,7 @@ fn shared_state(cfg: &Config, policy: Policy, registry: &Registry) -> Result<Sha
         target,
         body_idle_timeout: cfg.body_idle_timeout,
         key_hasher: crate::decide::KeyHasher,
+        overload,
     })
 }
 

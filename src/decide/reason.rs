@@ -35,10 +35,11 @@ pub enum Reason {
     UnsupportedTransferCoding,
     BadHost,
     AmbiguousClientKey,
+    ShedOverload,
 }
 
 impl Reason {
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::InvalidPath,
         Reason::MissingClientKey,
@@ -63,6 +64,7 @@ impl Reason {
         Reason::UnsupportedTransferCoding,
         Reason::BadHost,
         Reason::AmbiguousClientKey,
+        Reason::ShedOverload,
     ];
 
     /// Position in [`Reason::ALL`].
@@ -95,6 +97,7 @@ impl Reason {
             Reason::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Reason::BadHost => "bad_host",
             Reason::AmbiguousClientKey => "ambiguous_client_key",
+            Reason::ShedOverload => "shed_overload",
         }
     }
 
@@ -112,10 +115,12 @@ impl Reason {
     /// `records`), so `max_body` bounds the guard's memory there and holds in every mode. The
     /// others that hold in every mode are not the policy's decisions: the request cannot be
     /// routed or forwarded safely (its framing, host or client key is ambiguous, and guard and
-    /// upstream could read it differently), or its body never fully arrived.
+    /// upstream could read it differently), or its body never fully arrived, or the guard itself
+    /// is overloaded (protecting the guard is not the policy's decision either).
     pub fn binds_in_shadow(self, buffered: bool) -> bool {
         match self {
-            Reason::InvalidPath
+            Reason::ShedOverload
+            | Reason::InvalidPath
             | Reason::BadTarget
             | Reason::BodyTimeout
             | Reason::BodyIncomplete
@@ -159,6 +164,7 @@ impl From<ShedReason> for Reason {
             ShedReason::QueueFull => Reason::ShedQueueFull,
             ShedReason::QueueTimeout => Reason::ShedQueueTimeout,
             ShedReason::Brownout => Reason::ShedBrownout,
+            ShedReason::Overload => Reason::ShedOverload,
         }
     }
 }

@@ -253,6 +253,33 @@ pub const SALVAGED: Family = family!(
      brownout), forwarded instead cut down to their error and fatal records, at normal \
      priority."
 );
+pub const EVENT_LOOP_LAG: Family = family!(
+    "worker_event_loop_lag_seconds",
+    Gauge,
+    ["worker"],
+    "How late each worker's 10 ms timer fires (a spike decays by half per sample): the wait \
+     every request on that worker has for its turn. Over --overload-max-lag, bulk is shed."
+);
+pub const BUFFERED_BYTES: Family = family!(
+    "buffered_body_bytes",
+    Gauge,
+    [],
+    "Bytes of telemetry batches held in memory to be judged and forwarded. Over \
+     --overload-max-buffered, bulk is shed."
+);
+pub const RESIDENT_MEMORY: Family = family!(
+    "resident_memory_bytes",
+    Gauge,
+    [],
+    "The guard's resident memory, read every 250 ms. Over --overload-max-memory, bulk is shed."
+);
+pub const OVERLOAD_SHED: Family = family!(
+    "overload_shed_total",
+    Counter,
+    ["pressure"],
+    "Bulk requests shed right after their head because the guard itself was overloaded, by \
+     the pressure over its threshold (event_loop_lag, buffered_bytes, memory)."
+);
 pub const UPSTREAM_EXCHANGES: Family = family!(
     "upstream_exchanges_total",
     Counter,
@@ -448,6 +475,10 @@ pub const FAMILIES: &[Family] = &[
     VERBOSITY_CLAMPED,
     SHED,
     SALVAGED,
+    EVENT_LOOP_LAG,
+    BUFFERED_BYTES,
+    RESIDENT_MEMORY,
+    OVERLOAD_SHED,
     UPSTREAM_EXCHANGES,
     UPSTREAM_IN_FLIGHT,
     UPSTREAM_QUEUED,

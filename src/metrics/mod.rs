@@ -95,6 +95,11 @@ pub struct ProtectMetrics {
     pub shed_series: [[IntCounter; ShedReason::COUNT]; Priority::COUNT],
     /// `shed_salvaged_total` by reason.
     pub salvaged: [IntCounter; ShedReason::COUNT],
+    pub event_loop_lag: GaugeVec,
+    pub buffered_bytes: IntGauge,
+    pub resident_memory: IntGauge,
+    /// `overload_shed_total` by pressure.
+    pub overload_shed: [IntCounter; crate::protect::overload::Pressure::COUNT],
     pub brownout_level: IntGauge,
     pub brownout_transitions: IntCounterVec,
     pub upstream_p90: GaugeVec,
@@ -222,6 +227,14 @@ impl ProtectMetrics {
             salvaged: {
                 let salvaged = r.counters(&f::SALVAGED)?;
                 ShedReason::ALL.map(|reason| salvaged.with_label_values(&[reason.as_str()]))
+            },
+            event_loop_lag: r.float_gauges(&f::EVENT_LOOP_LAG)?,
+            buffered_bytes: r.gauge(&f::BUFFERED_BYTES)?,
+            resident_memory: r.gauge(&f::RESIDENT_MEMORY)?,
+            overload_shed: {
+                let shed = r.counters(&f::OVERLOAD_SHED)?;
+                crate::protect::overload::Pressure::ALL
+                    .map(|p| shed.with_label_values(&[p.as_str()]))
             },
             exchanges: r.counters(&f::UPSTREAM_EXCHANGES)?,
             in_flight: r.gauges(&f::UPSTREAM_IN_FLIGHT)?,

@@ -15,6 +15,7 @@
 
 pub mod controller;
 mod health;
+pub mod overload;
 mod priority;
 pub mod slots;
 pub mod surge;
@@ -85,14 +86,17 @@ pub enum ShedReason {
     QueueTimeout,
     /// A bulk request while the brownout level is `shed_bulk`.
     Brownout,
+    /// A bulk request while the guard itself is overloaded (see `protect::overload`).
+    Overload,
 }
 
 impl ShedReason {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     pub const ALL: [ShedReason; ShedReason::COUNT] = [
         ShedReason::QueueFull,
         ShedReason::QueueTimeout,
         ShedReason::Brownout,
+        ShedReason::Overload,
     ];
 
     pub fn index(self) -> usize {
@@ -104,6 +108,7 @@ impl ShedReason {
             ShedReason::QueueFull => "queue_full",
             ShedReason::QueueTimeout => "queue_timeout",
             ShedReason::Brownout => "brownout",
+            ShedReason::Overload => "overload",
         }
     }
 }

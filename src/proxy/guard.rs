@@ -42,6 +42,9 @@ use crate::record::Capture;
 use crate::records::RecordsPolicy;
 use crate::records::filter::Tighten;
 
+/// What a bulk request shed for the guard's own overload is told to wait.
+const OVERLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
@@ -206,6 +209,9 @@ impl ConnGuard {
         (ctx.route, ctx.style) = (Some(routed.index), routed.style);
         decide::framing(&parts)?;
         let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
+        if route.priority == Priority::Bulk {
+            self.overloaded()?;
+        }
         let mut judge = Judge::new(rm, route.records.is_some());
         bound_buffer(&judge, route, declared)?;
 
@@ -229,7 +235,15 @@ impl ConnGuard {
         let class = admitted.class(route.priority);
         let salvaged = admitted.salvage.is_some();
         let input = BodyInput::new(body, key, admitted, capture, declared);
-        let (mut body, mut summary, mut held) = if reads_batch(&judge, route, &input.body) {
+        let reads = reads_batch(&judge, route, &input.body);
+        // A batch is counted as buffered from before it is read (its declared length, or
+        // `max_body` when it declares none) until the request ends.
+        let _buffered = reads.then(|| {
+            let max_body = route.payload.max_body.unwrap_or(u64::MAX);
+            let bytes = input.declared.unwrap_or(max_body).min(max_body);
+            self.shared.overload.hold(bytes)
+        });
+        let (mut body, mut summary, mut held) = if reads {
             // Boxed: only records routes wait here, and every request's state would otherwise
             // carry room for this future.
             let read = Box::pin(self.read_batch(&mut judge, route, rm, &mut parts, input));
@@ -308,6 +322,21 @@ impl ConnGuard {
                 Ok(None)
             }
         }
+    }
+
+    /// Sheds a bulk request while the guard itself is overloaded, right after its head: nothing
+    /// read, parsed or charged (see `protect::overload`). In every mode: it protects the guard.
+    #[inline]
+    fn overloaded(&self) -> Result<(), Reject> {
+        let Some(pressure) = self.shared.overload.pressure() else {
+            return Ok(());
+        };
+        self.shared.metrics.protect.overload_shed[pressure.index()].inc();
+        Err(Reject::Shed(Shed {
+            class: Priority::Bulk,
+            reason: ShedReason::Overload,
+            retry_after: OVERLOAD_RETRY_AFTER,
+        }))
     }
 
     /// Waits for an upstream slot of `class`. A bulk batch of records that finds none in time

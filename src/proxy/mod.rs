@@ -113,7 +113,12 @@ pub async fn spawn_workers(
                     {
                         Ok(rt) => {
                             let _ = ready.send(Ok(()));
-                            rt.block_on(run_worker(rx, shared, upstream, limits, drain))
+                            let lag = shared
+                                .metrics
+                                .protect
+                                .event_loop_lag
+                                .with_label_values(&[&i.to_string()]);
+                            rt.block_on(run_worker(rx, shared, upstream, limits, drain, lag))
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -240,7 +245,9 @@ async fn run_worker(
     upstream: Upstream,
     limits: ServerLimits,
     drain: Duration,
+    lag: prometheus::Gauge,
 ) -> bool {
+    let lag_watch = tokio::spawn(crate::protect::overload::watch_lag(lag));
     let sweeper = tokio::spawn({
         let upstream = upstream.clone();
         async move {
@@ -262,6 +269,7 @@ async fn run_worker(
         .await
         .is_ok();
     sweeper.abort();
+    lag_watch.abort();
     drained
 }
 

@@ -36,6 +36,8 @@ pub struct Shared {
     pub protection: Protection,
     /// `serve --record`: samples requests into a traffic file.
     pub recorder: Option<Recorder>,
+    /// The guard's own pressure (see `protect::overload`).
+    pub overload: crate::protect::overload::Overload,
 }
 
 pub struct Snapshot {
