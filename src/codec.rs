@@ -65,10 +65,14 @@ pub fn decode(encoding: Encoding, body: &[u8], cap: u64) -> Result<Vec<u8>, Code
     let reader: Box<dyn Read + '_> = match encoding {
         Encoding::Identity => return Ok(body.to_vec()),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        Encoding::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(body)
-                .map_err(|_| CodecError::Corrupt("zstd"))?,
-        ),
+        Encoding::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(body)
+                .map_err(|_| CodecError::Corrupt("zstd"))?;
+            decoder
+                .window_log_max(zstd_window_log(cap))
+                .map_err(|_| CodecError::Corrupt("zstd"))?;
+            Box::new(decoder)
+        }
     };
     // Guess the output size from a typical ratio, within the cap.
     let guess = (body.len() as u64).saturating_mul(8).min(cap);
@@ -81,6 +85,16 @@ pub fn decode(encoding: Encoding, body: &[u8], cap: u64) -> Result<Vec<u8>, Code
         return Err(CodecError::TooLarge { limit: cap });
     }
     Ok(out)
+}
+
+/// The largest zstd window a frame may ask for when decoding up to `cap` bytes: the cap, and at
+/// least 8 MiB (what encoders up to level 19 use without knowing the size). libzstd allocates
+/// the window the frame header asks for before decoding anything (up to 128 MiB by default), so
+/// without this a few bytes could make the guard allocate 128 MiB per request. A frame asking
+/// for more is refused as corrupt.
+fn zstd_window_log(cap: u64) -> u32 {
+    let needed = u64::BITS - cap.saturating_sub(1).leading_zeros();
+    needed.clamp(23, 31)
 }
 
 /// Encodes `data` for the upstream. Fast settings: the batch is on its way to a neighbour on
@@ -133,6 +147,28 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_window_over_the_cap_is_refused() {
+        use std::io::Write;
+        let data = b"{\"level\":\"debug\"}\n".repeat(64);
+        // Streamed without a pledged size, the frame declares the whole 128 MiB window.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(27).unwrap();
+        enc.write_all(&data).unwrap();
+        let greedy = enc.finish().unwrap();
+        assert!(matches!(
+            decode(Encoding::Zstd, &greedy, 8 << 20),
+            Err(CodecError::Corrupt("zstd"))
+        ));
+        // A cap that large allows it, and a normal frame decodes under any cap that fits it.
+        assert_eq!(decode(Encoding::Zstd, &greedy, 128 << 20).unwrap(), data);
+        let normal = encode(Encoding::Zstd, &data).unwrap();
+        assert_eq!(decode(Encoding::Zstd, &normal, 2048).unwrap(), data);
+        assert_eq!(zstd_window_log(8 << 20), 23);
+        assert_eq!(zstd_window_log((8 << 20) + 1), 24);
+        assert_eq!(zstd_window_log(1), 23);
     }
 
     #[test]
