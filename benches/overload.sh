@@ -7,6 +7,7 @@
 #
 #   benches/overload.sh                     # ~1 min after the build
 #   BENCH_DURATION=20 benches/overload.sh   # seconds of flood per mode (default 10)
+#   BENCH_LAGS="20ms 5ms 2ms" benches/overload.sh   # --overload-max-lag values to run (default 5ms)
 #
 # Topology, everything on 127.0.0.1: the guard (`serve --workers 1`) alone on CPU 0; the
 # upstream nginx (`return 200`) and both wrk instances on CPU 1 (override with
@@ -131,5 +132,7 @@ print(f"{name:<12} command p99 quiet {quiet:7.2f} ms  flood {loaded:7.2f} ms  ra
 PY
 }
 
-run_mode protected
+for lag in ${BENCH_LAGS:-5ms}; do
+    run_mode "lag<$lag" --overload-max-lag "$lag"
+done
 run_mode unprotected --overload-max-lag off --overload-max-buffered off

@@ -208,7 +208,7 @@ pub struct ServeArgs {
     pub h2_max_streams: u32,
     /// Overload: a worker whose event loop runs later than this sheds bulk requests right
     /// after their head (503, Retry-After); `off` turns the check off.
-    #[arg(long, env = "VERBOSITY_GUARD_OVERLOAD_MAX_LAG", default_value = "20ms")]
+    #[arg(long, env = "VERBOSITY_GUARD_OVERLOAD_MAX_LAG", default_value = "5ms")]
     pub overload_max_lag: OrOff<HumanDuration>,
     /// Overload: with more telemetry batch bytes than this held in memory, bulk requests are
     /// shed right after their head; `off` turns the check off.

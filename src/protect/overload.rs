@@ -42,7 +42,7 @@ pub struct OverloadLimits {
 impl Default for OverloadLimits {
     fn default() -> Self {
         OverloadLimits {
-            max_lag: Some(Duration::from_millis(20)),
+            max_lag: Some(Duration::from_millis(5)),
             max_buffered: Some(256 << 20),
             max_memory: None,
         }

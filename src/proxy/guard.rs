@@ -37,6 +37,7 @@ use crate::decide::records::Judged;
 use crate::decide::{self, Admitted, BodyRules, ErrorStyle, Reason, Reject, UNROUTED};
 use crate::metrics::{Metrics, RecordsMetrics, RouteMetrics, ShadowRecords};
 use crate::policy::Route;
+use crate::protect::overload::Pressure;
 use crate::protect::{Priority, Shed, ShedReason, Slot};
 use crate::record::Capture;
 use crate::records::RecordsPolicy;
@@ -44,6 +45,21 @@ use crate::records::filter::Tighten;
 
 /// What a bulk request shed for the guard's own overload is told to wait.
 const OVERLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the answer to a bulk request shed for overload is held (see `shed_for_overload`).
+const OVERLOAD_PACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// The largest declared body read and discarded to keep a shed request's connection open.
+const OVERLOAD_DRAIN_MAX: u64 = 64 * 1024;
+/// How long that body may take to arrive.
+const OVERLOAD_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The refusal of a bulk request while the guard itself is overloaded.
+fn overload_shed() -> Reject {
+    Reject::Shed(Shed {
+        class: Priority::Bulk,
+        reason: ShedReason::Overload,
+        retry_after: OVERLOAD_RETRY_AFTER,
+    })
+}
 
 /// What the client gets back: the upstream's body, streamed, or the guard's own JSON.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -209,8 +225,14 @@ impl ConnGuard {
         (ctx.route, ctx.style) = (Some(routed.index), routed.style);
         decide::framing(&parts)?;
         let (route, rm) = (routed.route, &snap.route_metrics[routed.index]);
-        if route.priority == Priority::Bulk {
-            self.overloaded()?;
+        if route.priority == Priority::Bulk
+            && let Some(pressure) = self.shared.overload.pressure()
+        {
+            // Cold: boxed so every request's future does not carry room for it.
+            if Box::pin(self.shed_for_overload(pressure, body, declared)).await {
+                ctx.body_unread = false;
+            }
+            return Err(overload_shed().into());
         }
         let mut judge = Judge::new(rm, route.records.is_some());
         bound_buffer(&judge, route, declared)?;
@@ -325,18 +347,38 @@ impl ConnGuard {
     }
 
     /// Sheds a bulk request while the guard itself is overloaded, right after its head: nothing
-    /// read, parsed or charged (see `protect::overload`). In every mode: it protects the guard.
-    #[inline]
-    fn overloaded(&self) -> Result<(), Reject> {
-        let Some(pressure) = self.shared.overload.pressure() else {
-            return Ok(());
-        };
+    /// parsed or charged (see `protect::overload`), in every mode, since it protects the guard.
+    ///
+    /// The answer is paced: it waits [`OVERLOAD_PACE`], and a connection waiting for its answer
+    /// sends nothing more, so a flood of keep-alive connections retrying at once costs the worker
+    /// one cheap refusal per connection per pace instead of a busy loop of them (a client that
+    /// honours `Retry-After` waits longer anyway). Then a small declared body, by then usually in
+    /// the read buffer already, is read and discarded, so the connection stays open for the
+    /// client's next request; a body that is large, undeclared or slow is left unread and the
+    /// answer closes the connection. Returns whether the body was read.
+    async fn shed_for_overload(
+        &self,
+        pressure: Pressure,
+        body: Incoming,
+        declared: Option<u64>,
+    ) -> bool {
         self.shared.metrics.protect.overload_shed[pressure.index()].inc();
-        Err(Reject::Shed(Shed {
-            class: Priority::Bulk,
-            reason: ShedReason::Overload,
-            retry_after: OVERLOAD_RETRY_AFTER,
-        }))
+        tokio::time::sleep(OVERLOAD_PACE).await;
+        if !declared.is_some_and(|n| n <= OVERLOAD_DRAIN_MAX) {
+            return body.is_end_stream();
+        }
+        let drain = async {
+            let mut body = body;
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if frame.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(OVERLOAD_DRAIN_WAIT, drain)
+            .await
+            .unwrap_or(false)
     }
 
     /// Waits for an upstream slot of `class`. A bulk batch of records that finds none in time
