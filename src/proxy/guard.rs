@@ -364,7 +364,7 @@ impl ConnGuard {
     ) -> bool {
         self.shared.metrics.protect.overload_shed[pressure.index()].inc();
         tokio::time::sleep(OVERLOAD_PACE).await;
-        if !declared.is_some_and(|n| n <= OVERLOAD_DRAIN_MAX) {
+        if declared.is_none_or(|n| n > OVERLOAD_DRAIN_MAX) {
             return body.is_end_stream();
         }
         let drain = async {
