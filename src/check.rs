@@ -158,7 +158,8 @@ fn write_fleet(p: &Policy, out: &mut String) {
     }
 }
 
-/// Writes the `protect:` line (upstream slots and waits) and the `brownout:` line.
+/// Writes the `protect:` line (upstream slots and waits), the `brownout:` line and the
+/// `adaptive concurrency:` line.
 fn write_protect(pr: &ProtectConfig, out: &mut String) {
     let s = &pr.slots;
     let wait = |c: Priority| HumanDuration(s.queue_timeout[c.index()]).to_string();
@@ -178,6 +179,20 @@ fn write_protect(pr: &ProtectConfig, out: &mut String) {
         brownout(&pr.brownout),
         surge(&pr.surge),
     );
+    let a = &pr.adaptive;
+    if a.enabled {
+        let [normal, bulk] = pr.class_max();
+        let _ = writeln!(
+            out,
+            "  adaptive concurrency: normal {}..{normal}, bulk {}..{bulk} in flight, from latency over min RTT x{} (min RTT every {})",
+            a.min_limit.min(normal),
+            a.min_limit.min(bulk),
+            a.tolerance,
+            HumanDuration(a.min_rtt_interval),
+        );
+    } else {
+        let _ = writeln!(out, "  adaptive concurrency: off");
+    }
 }
 
 /// The `brownout:` part of the brownout line: its highest level and interval, or `off`.

@@ -94,27 +94,32 @@ impl Surges {
     }
 }
 
-/// The controller task: ticks the brownout controller every `protect.brownout.interval` and
-/// the surge detectors every `protect.surge.interval`, reading the settings of the policy in
-/// force at each tick.
+/// The controller task: ticks the brownout controller every `protect.brownout.interval`, the
+/// surge detectors every `protect.surge.interval` and the adaptive concurrency limiters every
+/// `protect.adaptive.interval`, reading the settings of the policy in force at each tick.
 pub async fn run_controller(shared: Arc<Shared>) {
     let mut surges = Surges::default();
     let start = tokio::time::Instant::now();
     let mut next_brownout = start;
     let mut next_surge = start;
     let mut last_surge = start;
+    let mut next_adaptive = start;
     loop {
-        let (brownout_every, surge_every) = {
+        let (brownout_every, surge_every, adaptive_every) = {
             let snap = shared.policy.load();
             let p = &snap.policy.protect;
-            (p.brownout.interval, p.surge.interval)
+            (p.brownout.interval, p.surge.interval, p.adaptive.interval)
         };
-        let next = next_brownout.min(next_surge);
+        let next = next_brownout.min(next_surge).min(next_adaptive);
         tokio::time::sleep_until(next).await;
         let now = tokio::time::Instant::now();
         if now >= next_brownout {
             shared.protection.tick();
             next_brownout = now + brownout_every;
+        }
+        if now >= next_adaptive {
+            shared.protection.adapt();
+            next_adaptive = now + adaptive_every;
         }
         if now >= next_surge {
             let snap = shared.policy.load();

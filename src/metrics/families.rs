@@ -323,6 +323,20 @@ pub const UPSTREAM_BASELINE: Family = family!(
     ["class"],
     "The brownout controller's learned p90 latency baseline, by priority class."
 );
+pub const UPSTREAM_CONCURRENCY_LIMIT: Family = family!(
+    "upstream_concurrency_limit",
+    Gauge,
+    ["class"],
+    "Upstream requests of a class (normal, bulk) allowed in flight at once: the adaptive \
+     limit, or the configured maximum with protect.adaptive off."
+);
+pub const UPSTREAM_MIN_RTT: Family = family!(
+    "upstream_min_rtt_seconds",
+    Gauge,
+    ["class"],
+    "The adaptive limiter's no-load upstream latency (median at min_limit in flight, or the \
+     lowest window median seen since), by class (normal, bulk)."
+);
 pub const UPSTREAM_FAILURE_RATIO: Family = family!(
     "upstream_failure_ratio",
     Gauge,
@@ -487,6 +501,8 @@ pub const FAMILIES: &[Family] = &[
     UPSTREAM_P90,
     UPSTREAM_BASELINE,
     UPSTREAM_FAILURE_RATIO,
+    UPSTREAM_CONCURRENCY_LIMIT,
+    UPSTREAM_MIN_RTT,
     SURGE_ACTIVE,
     SURGE_RATIO,
     SURGES,

@@ -19,7 +19,7 @@ use crate::budget::BudgetKind;
 use crate::codec::Encoding;
 use crate::decide::{BatchOutcome, Reason, UpstreamFailure};
 use crate::policy::{Mode, Route};
-use crate::protect::{self, Priority, ShedReason};
+use crate::protect::{self, Priority, ShedReason, adaptive};
 use crate::records::Level;
 use crate::records::filter::{DropReason, LevelTally, Tally};
 
@@ -104,6 +104,8 @@ pub struct ProtectMetrics {
     pub brownout_transitions: IntCounterVec,
     pub upstream_p90: GaugeVec,
     pub upstream_baseline: GaugeVec,
+    pub concurrency_limit: IntGaugeVec,
+    pub min_rtt: GaugeVec,
     pub upstream_failure_ratio: GaugeVec,
     pub surge_active: IntGaugeVec,
     pub surge_ratio: GaugeVec,
@@ -213,6 +215,9 @@ impl ProtectMetrics {
             p90: float(&self.upstream_p90),
             baseline: float(&self.upstream_baseline),
             failures: float(&self.upstream_failure_ratio),
+            concurrency_limit: adaptive::CLASSES
+                .map(|p| self.concurrency_limit.with_label_values(&[p.as_str()])),
+            min_rtt: adaptive::CLASSES.map(|p| self.min_rtt.with_label_values(&[p.as_str()])),
         }
     }
 
@@ -243,6 +248,8 @@ impl ProtectMetrics {
             brownout_transitions: r.counters(&f::BROWNOUT_TRANSITIONS)?,
             upstream_p90: r.float_gauges(&f::UPSTREAM_P90)?,
             upstream_baseline: r.float_gauges(&f::UPSTREAM_BASELINE)?,
+            concurrency_limit: r.gauges(&f::UPSTREAM_CONCURRENCY_LIMIT)?,
+            min_rtt: r.float_gauges(&f::UPSTREAM_MIN_RTT)?,
             upstream_failure_ratio: r.float_gauges(&f::UPSTREAM_FAILURE_RATIO)?,
             surge_active: r.gauges(&f::SURGE_ACTIVE)?,
             surge_ratio: r.float_gauges(&f::SURGE_RATIO)?,

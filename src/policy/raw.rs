@@ -152,6 +152,9 @@ pub struct RawProtect {
     /// Verbosity surge detection.
     #[serde(default)]
     pub surge: RawSurge,
+    /// Adaptive upstream concurrency for normal and bulk routes.
+    #[serde(default)]
+    pub adaptive: RawAdaptive,
 }
 
 /// One value per route priority; absent ones keep their default.
@@ -243,6 +246,44 @@ pub struct RawSurge {
     pub baseline_half_life: Option<HumanDuration>,
     /// Records per second under which a level never surges, e.g. `1/s` (default).
     pub min_rate: Option<Rate>,
+}
+
+/// Adaptive upstream concurrency: how many `normal` and how many `bulk` requests may be in
+/// flight to the upstream follows the upstream's own latency, between `min_limit` and the
+/// class's maximum (`bulk_max_in_flight`; for normal, the slots not reserved for critical). Each
+/// class's no-load latency (min RTT) is measured at `min_limit` in flight when it first carries
+/// traffic and every `min_rtt_interval`; its limit shrinks in proportion while its median latency is above
+/// `max(min RTT × tolerance, min RTT + jitter)`, and grows by about √limit per `interval` while
+/// it is not. Critical routes are never limited by it. Every field has a default.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Adaptive")]
+pub struct RawAdaptive {
+    /// `false` keeps normal and bulk at their configured maximums, as without this section.
+    /// Default `true`.
+    pub enabled: Option<bool>,
+    /// How often the limits are updated (default 100ms; 10ms to 1h).
+    pub interval: Option<HumanDuration>,
+    /// Median latency up to this multiple of the min RTT is not queueing (default 1.5; above 1,
+    /// at most 100).
+    #[schemars(with = "Option<f64>")]
+    pub tolerance: Option<Spanned<f64>>,
+    /// ... nor is latency up to this much above the min RTT, so that scheduling noise over a
+    /// fast upstream is not taken for queueing (default 2ms).
+    pub jitter: Option<HumanDuration>,
+    /// Lowest limit of each class, and the concurrency the min RTT is measured at (default 3;
+    /// at most `bulk_max_in_flight`). A request held long (a slow endpoint) takes one of them
+    /// for as long; 1 suits an upstream that can degrade to a single worker.
+    #[schemars(with = "Option<u32>")]
+    pub min_limit: Option<Spanned<u32>>,
+    /// Fewest answered exchanges for a class's latency to be judged (default 5). A quieter
+    /// class gathers for up to ten intervals, then is judged on what it has.
+    #[schemars(with = "Option<u64>")]
+    pub min_samples: Option<Spanned<u64>>,
+    /// Time between two measurements of the min RTT (default 30s; at least ten `interval`s).
+    /// Each holds the class at `min_limit` for three windows of `min_samples` (about three
+    /// intervals).
+    pub min_rtt_interval: Option<HumanDuration>,
 }
 
 /// One route: which requests it takes and the budgets they are held to.

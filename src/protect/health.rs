@@ -76,24 +76,70 @@ impl Window {
         let shed = self.shed.swap(0, Ordering::Relaxed);
         let counts: [u32; BUCKETS] =
             std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed));
-        let answered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
-        let p90 = (answered > 0).then(|| {
-            let rank = answered.saturating_mul(9).div_ceil(10);
-            let mut seen = 0;
-            let i = counts
-                .iter()
-                .position(|&c| {
-                    seen += u64::from(c);
-                    seen >= rank
-                })
-                .unwrap_or(BUCKETS - 1);
-            upper_edge(i)
-        });
+        let p90 = quantile(&counts, 9, 10);
         ClassSignal {
             responses,
             failures,
             shed,
             p90,
+        }
+    }
+}
+
+/// The latency under which `num/den` of the counted exchanges fall, as the upper edge of its
+/// bucket; `None` for no exchange.
+fn quantile(counts: &[u32; BUCKETS], num: u64, den: u64) -> Option<Duration> {
+    let answered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    (answered > 0).then(|| {
+        let rank = answered.saturating_mul(num).div_ceil(den).max(1);
+        let mut seen = 0;
+        let i = counts
+            .iter()
+            .position(|&c| {
+                seen += u64::from(c);
+                seen >= rank
+            })
+            .unwrap_or(BUCKETS - 1);
+        upper_edge(i)
+    })
+}
+
+/// The adaptive limiter's view of one class: answered exchanges and their latency histogram,
+/// over a window the limiter takes when it holds enough of them.
+pub struct LatencyWindow {
+    answered: AtomicU64,
+    buckets: [AtomicU32; BUCKETS],
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        LatencyWindow {
+            answered: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+impl LatencyWindow {
+    /// One answered exchange (failures carry no service latency and are not counted).
+    pub fn observe(&self, latency: Duration) {
+        self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answered exchanges in the window so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// The window's count and median; the window starts over.
+    pub fn take(&self) -> super::adaptive::Window {
+        self.answered.swap(0, Ordering::Relaxed);
+        let counts: [u32; BUCKETS] =
+            std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed));
+        super::adaptive::Window {
+            answered: counts.iter().map(|&c| u64::from(c)).sum(),
+            median: quantile(&counts, 1, 2),
         }
     }
 }
@@ -142,5 +188,23 @@ mod tests {
             "{p90:?}"
         );
         assert_eq!(w.take(), ClassSignal::default());
+    }
+
+    #[test]
+    fn a_latency_window_takes_its_median_and_starts_over() {
+        let w = LatencyWindow::default();
+        for i in 0..9u64 {
+            w.observe(Duration::from_millis(if i < 5 { 4 } else { 100 }));
+        }
+        assert_eq!(w.answered(), 9);
+        let got = w.take();
+        assert_eq!(got.answered, 9);
+        let median = got.median.unwrap();
+        assert!(
+            median >= Duration::from_millis(4) && median < Duration::from_millis(5),
+            "{median:?}"
+        );
+        assert_eq!(w.answered(), 0);
+        assert_eq!(w.take(), crate::protect::adaptive::Window::default());
     }
 }

@@ -6,13 +6,17 @@
 //! - [`controller`]: a brownout level set from the upstream's health (latency against a learned
 //!   baseline, failure share), which tightens bulk traffic from the least valuable data up and
 //!   relaxes with hysteresis;
-//! - [`surge`]: per route and level, a verbosity surge detector against an EWMA baseline.
+//! - [`surge`]: per route and level, a verbosity surge detector against an EWMA baseline;
+//! - [`adaptive`]: per class (normal, bulk), a gradient limiter that sets how many requests may
+//!   be in flight to the upstream from the upstream's own latency.
 //!
 //! [`Protection`] ties them to the running guard: request threads take slots and report each
 //! upstream exchange; one background task ([`run_controller`]) ticks the controller and the
-//! surge detectors, publishes the level through an atomic and updates the gauges. Its state
-//! lives as long as the process, across policy reloads.
+//! surge detectors, publishes the level through an atomic and updates the gauges; the same
+//! task calls [`Protection::adapt`] every `adaptive.interval`, which resizes the class pools.
+//! Its state lives as long as the process, across policy reloads.
 
+pub mod adaptive;
 pub mod controller;
 mod health;
 pub mod overload;
@@ -29,6 +33,7 @@ use std::time::Duration;
 use prometheus::{Gauge, IntCounter, IntGauge};
 use serde::Serialize;
 
+pub use adaptive::AdaptiveConfig;
 pub use controller::{Brownout, BrownoutConfig, ClassSignal, Controller, Transition, Verdict};
 pub use priority::Priority;
 pub use slots::{NoSlot, Slot, SlotsConfig};
@@ -36,7 +41,7 @@ pub use surge::{SurgeConfig, SurgeDetector, SurgeEvent};
 
 use crate::records::filter::Tighten;
 use crate::records::{Level, Sample};
-use health::Window;
+use health::{LatencyWindow, Window};
 
 /// What a request shed for want of an upstream slot is told to wait: slots free up as fast as
 /// the upstream answers, so a second is a sane retry.
@@ -49,6 +54,19 @@ pub struct ProtectConfig {
     pub slots: SlotsConfig,
     pub brownout: BrownoutConfig,
     pub surge: SurgeConfig,
+    pub adaptive: AdaptiveConfig,
+}
+
+impl ProtectConfig {
+    /// The ceiling of each adaptive class, as [`adaptive::CLASSES`]: normal may use every slot
+    /// not reserved for critical, bulk its `bulk_max_in_flight`.
+    pub fn class_max(&self) -> [u32; 2] {
+        let s = &self.slots;
+        [
+            s.max_in_flight.saturating_sub(s.critical_reserved).max(1),
+            s.bulk_max_in_flight.max(1),
+        ]
+    }
 }
 
 /// The brownout's tightening of bulk batches at `level`.
@@ -129,7 +147,28 @@ pub struct Protection {
     level: AtomicU8,
     /// Locked only by the controller task, once per tick.
     controller: Mutex<Controller>,
+    /// Adaptive concurrency: the latency windows of normal and bulk, and their limiters
+    /// (locked by the controller task and by a reload).
+    latency: [LatencyWindow; 2],
+    adaptive: Mutex<Adaptive>,
     gauges: Gauges,
+}
+
+/// The limiters of [`adaptive::CLASSES`] and how many intervals each one's window has been
+/// gathering for.
+struct Adaptive {
+    cfg: AdaptiveConfig,
+    max: [u32; 2],
+    limiters: [adaptive::Limiter; 2],
+    gathering: [u32; 2],
+    /// The time origin the limiters count from.
+    origin: std::time::Instant,
+}
+
+impl Adaptive {
+    fn limits(&self) -> [u32; 2] {
+        [0, 1].map(|i| self.limiters[i].limit(&self.cfg, self.max[i]))
+    }
 }
 
 /// The series protection keeps current, one per class where indexed by [`Priority::index`]
@@ -145,15 +184,37 @@ pub struct Gauges {
     pub p90: [Gauge; Priority::COUNT],
     pub baseline: [Gauge; Priority::COUNT],
     pub failures: [Gauge; Priority::COUNT],
+    /// Adaptive concurrency, per [`adaptive::CLASSES`]: the limit in force, and the min RTT.
+    pub concurrency_limit: [IntGauge; 2],
+    pub min_rtt: [Gauge; 2],
 }
 
 impl Protection {
     pub fn new(cfg: &ProtectConfig, gauges: Gauges) -> Protection {
+        let max = cfg.class_max();
+        let on = cfg.adaptive.enabled;
+        let adaptive = Adaptive {
+            cfg: cfg.adaptive.clone(),
+            max,
+            limiters: max.map(adaptive::Limiter::new),
+            gathering: [0; 2],
+            origin: std::time::Instant::now(),
+        };
+        for (g, m) in gauges.concurrency_limit.iter().zip(max) {
+            g.set(i64::from(m));
+        }
         Protection {
-            slots: slots::Slots::new(&cfg.slots, gauges.in_flight.clone(), gauges.queued.clone()),
+            slots: slots::Slots::new(
+                &cfg.slots,
+                on,
+                gauges.in_flight.clone(),
+                gauges.queued.clone(),
+            ),
             windows: std::array::from_fn(|_| Window::default()),
             level: AtomicU8::new(Brownout::Off as u8),
             controller: Mutex::new(Controller::new(cfg.brownout.clone())),
+            latency: std::array::from_fn(|_| LatencyWindow::default()),
+            adaptive: Mutex::new(adaptive),
             gauges,
         }
     }
@@ -161,7 +222,26 @@ impl Protection {
     /// New settings from a reloaded policy; slots in flight, the level and the learned
     /// baselines are kept.
     pub fn reconfigure(&self, cfg: &ProtectConfig) {
-        self.slots.reconfigure(&cfg.slots);
+        let limits = match self.adaptive.lock() {
+            Ok(mut a) => {
+                if cfg.adaptive.enabled && !a.cfg.enabled {
+                    // Turned (back) on: what the limiters knew is stale, and the windows hold
+                    // what the exchanges did while it was off.
+                    a.limiters = cfg.class_max().map(adaptive::Limiter::new);
+                    a.gathering = [0; 2];
+                    for w in &self.latency {
+                        w.take();
+                    }
+                }
+                a.cfg = cfg.adaptive.clone();
+                a.max = cfg.class_max();
+                let limits = a.limits();
+                self.publish_limits(cfg.adaptive.enabled.then_some(limits), a.max);
+                cfg.adaptive.enabled.then_some(limits)
+            }
+            Err(_) => None,
+        };
+        self.slots.reconfigure(&cfg.slots, limits);
         if let Ok(mut c) = self.controller.lock() {
             c.reconfigure(cfg.brownout.clone());
             self.publish(c.level());
@@ -198,6 +278,9 @@ impl Protection {
     /// refused, reset or timed-out exchange.
     pub fn observe(&self, class: Priority, latency: Duration, failed: bool) {
         self.windows[class.index()].observe(latency, failed);
+        if let (Some(i), false) = (adaptive::slot_of(class), failed) {
+            self.latency[i].observe(latency);
+        }
         self.gauges.exchanges[class.index()][usize::from(failed)].inc();
     }
 
@@ -239,6 +322,50 @@ impl Protection {
             }
         }
         (verdict, transition)
+    }
+
+    /// Runs the adaptive limiters once (every `adaptive.interval`): each class whose window
+    /// holds enough answered exchanges is judged, and the class pools are resized to the
+    /// limits. Does nothing with adaptive concurrency off.
+    pub fn adapt(&self) {
+        let Ok(mut a) = self.adaptive.lock() else {
+            return;
+        };
+        if !a.cfg.enabled {
+            return;
+        }
+        let now = a.origin.elapsed();
+        for i in 0..adaptive::CLASSES.len() {
+            a.gathering[i] = a.gathering[i].saturating_add(1);
+            let window =
+                if adaptive::Limiter::ready(&a.cfg, self.latency[i].answered(), a.gathering[i]) {
+                    a.gathering[i] = 0;
+                    self.latency[i].take()
+                } else {
+                    // Not judged yet; an empty window only lets a due probe start.
+                    adaptive::Window::default()
+                };
+            let Adaptive {
+                cfg, max, limiters, ..
+            } = &mut *a;
+            limiters[i].update(cfg, max[i], now, window);
+        }
+        let limits = a.limits();
+        self.slots.set_limits(limits);
+        self.publish_limits(Some(limits), a.max);
+        for (i, l) in a.limiters.iter().enumerate() {
+            if let Some(rtt) = l.min_rtt() {
+                self.gauges.min_rtt[i].set(rtt.as_secs_f64());
+            }
+        }
+    }
+
+    /// Sets the limit gauges: the limits, or the ceilings with adaptive concurrency off.
+    fn publish_limits(&self, limits: Option<[u32; 2]>, max: [u32; 2]) {
+        let shown = limits.unwrap_or(max);
+        for (g, l) in self.gauges.concurrency_limit.iter().zip(shown) {
+            g.set(i64::from(l));
+        }
     }
 
     fn publish(&self, level: Brownout) {

@@ -13,8 +13,13 @@
 //!
 //! A policy reload may resize the pools: growing adds permits at once; shrinking forgets idle
 //! permits at once and the rest as requests in flight give theirs back (`debt`).
+//!
+//! With adaptive concurrency on (see [`super::adaptive`]), the bulk pool is sized to bulk's
+//! adaptive limit instead of `bulk_max_in_flight`, and normal requests also hold a permit of a
+//! `normal` pool sized to normal's limit, the way bulk holds one of its own. The shared pool
+//! and the reserve keep their configured sizes, so critical requests are never limited by it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -124,6 +129,9 @@ pub struct Slots {
     reserved: Pool,
     shared: Pool,
     bulk: Pool,
+    /// Normal's adaptive limit; only taken while `limit_normal` is set.
+    normal: Pool,
+    limit_normal: AtomicBool,
     waits: std::sync::RwLock<([Duration; Priority::COUNT], [u32; Priority::COUNT])>,
     in_flight: [IntGauge; Priority::COUNT],
     queued: [IntGauge; Priority::COUNT],
@@ -134,7 +142,10 @@ pub struct Slot<'a> {
     slots: &'a Slots,
     class: Priority,
     main: Option<(&'a Pool, SemaphorePermit<'a>)>,
-    bulk: Option<SemaphorePermit<'a>>,
+    /// The pool of the class's own limit (bulk; normal while adaptive), decided when the
+    /// request asks, so that a reload turning the limit on or off never unbalances a pool.
+    own_pool: Option<&'a Pool>,
+    own: Option<SemaphorePermit<'a>>,
 }
 
 impl Slot<'_> {
@@ -147,8 +158,8 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(permit) = self.bulk.take() {
-            self.slots.bulk.release(permit);
+        if let (Some(pool), Some(permit)) = (self.own_pool, self.own.take()) {
+            pool.release(permit);
         }
         if let Some((pool, permit)) = self.main.take() {
             pool.release(permit);
@@ -167,8 +178,11 @@ impl Drop for Queued<'_> {
 }
 
 impl Slots {
+    /// Pools at their configured sizes; `adaptive` makes normal requests hold a permit of
+    /// normal's limit (at its ceiling until [`Slots::set_limits`] says otherwise).
     pub fn new(
         cfg: &SlotsConfig,
+        adaptive: bool,
         in_flight: [IntGauge; Priority::COUNT],
         queued: [IntGauge; Priority::COUNT],
     ) -> Slots {
@@ -177,21 +191,39 @@ impl Slots {
             reserved: Pool::new(cfg.critical_reserved),
             shared: Pool::new(shared),
             bulk: Pool::new(cfg.bulk_max_in_flight),
+            normal: Pool::new(shared),
+            limit_normal: AtomicBool::new(adaptive),
             waits: std::sync::RwLock::new((cfg.queue_timeout, cfg.max_queued)),
             in_flight,
             queued,
         }
     }
 
-    /// New sizes and waits (a policy reload); requests in flight keep their slots.
-    pub fn reconfigure(&self, cfg: &SlotsConfig) {
+    /// New sizes and waits (a policy reload); requests in flight keep their slots. `limits`
+    /// are the adaptive [normal, bulk] limits, `None` with adaptive concurrency off (bulk's
+    /// pool is then `bulk_max_in_flight` and normal has no limit of its own).
+    pub fn reconfigure(&self, cfg: &SlotsConfig, limits: Option<[u32; 2]>) {
         self.reserved.resize(cfg.critical_reserved);
-        self.shared
-            .resize(cfg.max_in_flight.saturating_sub(cfg.critical_reserved));
-        self.bulk.resize(cfg.bulk_max_in_flight);
+        let shared = cfg.max_in_flight.saturating_sub(cfg.critical_reserved);
+        self.shared.resize(shared);
+        match limits {
+            Some(l) => self.set_limits(l),
+            None => {
+                self.bulk.resize(cfg.bulk_max_in_flight);
+                self.normal.resize(shared);
+            }
+        }
+        self.limit_normal.store(limits.is_some(), Ordering::Relaxed);
         if let Ok(mut w) = self.waits.write() {
             *w = (cfg.queue_timeout, cfg.max_queued);
         }
+    }
+
+    /// The adaptive [normal, bulk] limits: resizes the two class pools (a shrink takes effect
+    /// as requests in flight return their permits).
+    pub fn set_limits(&self, [normal, bulk]: [u32; 2]) {
+        self.normal.resize(normal);
+        self.bulk.resize(bulk);
     }
 
     fn waits(&self, class: Priority) -> (Duration, u32) {
@@ -217,8 +249,10 @@ impl Slots {
         queued.inc();
         let _queued = Queued(queued);
         let wait = async {
-            if class == Priority::Bulk && slot.bulk.is_none() {
-                slot.bulk = self.bulk.sem.acquire().await.ok();
+            if let Some(pool) = slot.own_pool
+                && slot.own.is_none()
+            {
+                slot.own = pool.sem.acquire().await.ok();
             }
             slot.main = match class {
                 Priority::Critical => tokio::select! {
@@ -250,21 +284,30 @@ impl Slots {
     }
 
     fn empty(&self, class: Priority) -> Slot<'_> {
+        let own_pool = match class {
+            Priority::Bulk => Some(&self.bulk),
+            Priority::Normal if self.limit_normal.load(Ordering::Relaxed) => Some(&self.normal),
+            _ => None,
+        };
         Slot {
             slots: self,
             class,
             main: None,
-            bulk: None,
+            own_pool,
+            own: None,
         }
     }
 
-    /// Takes, if free now, what `slot` still lacks: bulk's own permit first, then a main one.
-    /// True when the slot is complete. A bulk permit taken stays in `slot` even when no main
-    /// permit is free, so a wait that follows only waits for the main one.
+    /// Takes, if free now, what `slot` still lacks: its class's own permit first (bulk; normal
+    /// under adaptive concurrency), then a main one. True when the slot is complete. An own
+    /// permit taken stays in `slot` even when no main permit is free, so a wait that follows
+    /// only waits for the main one.
     fn try_fill<'a>(&'a self, slot: &mut Slot<'a>) -> bool {
-        if slot.class == Priority::Bulk && slot.bulk.is_none() {
-            slot.bulk = self.bulk.sem.try_acquire().ok();
-            if slot.bulk.is_none() {
+        if let Some(pool) = slot.own_pool
+            && slot.own.is_none()
+        {
+            slot.own = pool.sem.try_acquire().ok();
+            if slot.own.is_none() {
                 return false;
             }
         }

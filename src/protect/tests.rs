@@ -320,7 +320,7 @@ fn slots(max: u32, reserved: u32, bulk: u32) -> Slots {
         max_queued: [8, 8, 2],
     };
     let gauges = || Priority::ALL.map(|_| prometheus::IntGauge::new("g", "g").unwrap());
-    Slots::new(&cfg, gauges(), gauges())
+    Slots::new(&cfg, false, gauges(), gauges())
 }
 
 #[tokio::test(start_paused = true)]
@@ -392,13 +392,16 @@ async fn shrinking_the_pools_takes_effect_as_slots_come_back() {
     for _ in 0..3 {
         held.push(s.acquire(Priority::Normal).await.unwrap());
     }
-    s.reconfigure(&SlotsConfig {
-        max_in_flight: 2,
-        critical_reserved: 0,
-        bulk_max_in_flight: 2,
-        queue_timeout: [ms(10); 3],
-        max_queued: [8; 3],
-    });
+    s.reconfigure(
+        &SlotsConfig {
+            max_in_flight: 2,
+            critical_reserved: 0,
+            bulk_max_in_flight: 2,
+            queue_timeout: [ms(10); 3],
+            max_queued: [8; 3],
+        },
+        None,
+    );
     // 3 in flight against a new size of 2: nothing more until two have come back.
     drop(held);
     let a = s.acquire(Priority::Normal).await.unwrap();
@@ -461,4 +464,329 @@ fn the_accepted_level_told_to_senders_follows_the_brownout() {
     assert_eq!(accepted(Brownout::DropVerbose), Some(Level::Info));
     assert_eq!(accepted(Brownout::SampleInfo), Some(Level::Warn));
     assert_eq!(accepted(Brownout::SampleWarn), Some(Level::Error));
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_limits_bound_normal_and_bulk_but_never_critical() {
+    let cfg = SlotsConfig {
+        max_in_flight: 8,
+        critical_reserved: 2,
+        bulk_max_in_flight: 4,
+        queue_timeout: [ms(1000), ms(20), ms(20)],
+        max_queued: [8, 8, 8],
+    };
+    let gauges = || Priority::ALL.map(|_| prometheus::IntGauge::new("g", "g").unwrap());
+    let s = Slots::new(&cfg, true, gauges(), gauges());
+    s.set_limits([2, 1]);
+    let _b = s.acquire(Priority::Bulk).await.unwrap();
+    assert_eq!(
+        s.acquire(Priority::Bulk).await.err(),
+        Some(NoSlot::QueueTimeout)
+    );
+    let n1 = s.acquire(Priority::Normal).await.unwrap();
+    let _n2 = s.acquire(Priority::Normal).await.unwrap();
+    assert!(s.try_acquire(Priority::Normal).is_none());
+    // Critical takes its reserve and every shared slot left idle (2 + 3): the limits only
+    // ever hold normal and bulk back.
+    let critical: Vec<_> = (0..5).map(|_| s.try_acquire(Priority::Critical)).collect();
+    assert!(critical.iter().all(Option::is_some));
+    drop(critical);
+    // A limit raised takes effect at once; shrunk, as slots come back.
+    s.set_limits([3, 1]);
+    let n3 = s.acquire(Priority::Normal).await.unwrap();
+    s.set_limits([1, 1]);
+    drop((n1, n3));
+    assert!(s.try_acquire(Priority::Normal).is_none());
+    // Turned off by a reload: normal is bounded by the shared pool only, bulk by its maximum.
+    s.reconfigure(&cfg, None);
+    let more: Vec<_> = (0..3).map(|_| s.try_acquire(Priority::Bulk)).collect();
+    assert!(
+        more.iter().all(Option::is_some),
+        "bulk back at 4 with one held"
+    );
+    assert!(s.try_acquire(Priority::Normal).is_some());
+}
+
+// --- adaptive concurrency ------------------------------------------------------------------
+
+mod adaptive {
+    use std::time::Duration;
+
+    use super::ms;
+    use crate::protect::adaptive::{AdaptiveConfig, Limiter, PROBE_WINDOWS, Step, Window, target};
+
+    const MAX: u32 = 64;
+
+    /// The defaults, with a floor of one request in flight.
+    fn one() -> AdaptiveConfig {
+        AdaptiveConfig {
+            min_limit: 1,
+            ..AdaptiveConfig::default()
+        }
+    }
+
+    fn window(n: u64, median: Duration) -> Window {
+        Window {
+            answered: n,
+            median: Some(median),
+        }
+    }
+
+    /// Runs a probe that `start`s at `t` and whose windows see `medians`; returns the time after.
+    fn probe(l: &mut Limiter, cfg: &AdaptiveConfig, mut t: Duration, medians: &[u64]) -> Duration {
+        assert_eq!(
+            l.update(cfg, MAX, t, window(20, ms(500))),
+            Step::ProbeStarted
+        );
+        assert_eq!(l.limit(cfg, MAX), cfg.min_limit);
+        for (i, &m) in medians.iter().enumerate() {
+            t += ms(100);
+            let step = l.update(cfg, MAX, t, window(20, ms(m)));
+            let last = i + 1 == PROBE_WINDOWS as usize;
+            assert_eq!(step, if last { Step::Probed } else { Step::Hold });
+            if !last {
+                assert_eq!(l.limit(cfg, MAX), cfg.min_limit);
+            }
+        }
+        t
+    }
+
+    /// A limiter whose first probe measured a 10 ms min RTT; back at `MAX`.
+    fn learned(cfg: &AdaptiveConfig) -> (Limiter, Duration) {
+        let mut l = Limiter::new(MAX);
+        assert_eq!(l.limit(cfg, MAX), MAX);
+        assert_eq!(l.update(cfg, MAX, ms(100), Window::default()), Step::Hold);
+        let t = probe(&mut l, cfg, ms(200), &[40, 10, 12]);
+        assert_eq!(l.min_rtt(), Some(ms(10)));
+        assert_eq!(l.limit(cfg, MAX), MAX);
+        (l, t)
+    }
+
+    #[test]
+    fn the_target_is_the_larger_of_the_factor_and_the_jitter() {
+        let cfg = one();
+        assert_eq!(target(&cfg, ms(10)), ms(15));
+        assert_eq!(
+            target(&cfg, Duration::from_micros(200)),
+            Duration::from_micros(2200)
+        );
+    }
+
+    #[test]
+    fn the_first_traffic_is_probed_at_min_limit_and_the_drained_windows_do_not_count() {
+        let cfg = AdaptiveConfig {
+            min_limit: 2,
+            ..AdaptiveConfig::default()
+        };
+        let mut l = Limiter::new(MAX);
+        // No traffic: nothing to measure, no probe.
+        for i in 1..5 {
+            assert_eq!(
+                l.update(&cfg, MAX, ms(100 * i), Window::default()),
+                Step::Hold
+            );
+        }
+        assert_eq!(l.limit(&cfg, MAX), MAX);
+        // The first window (a surge at the full limit) starts the probe; the slowest windows,
+        // still draining it, do not set the baseline.
+        probe(&mut l, &cfg, ms(500), &[300, 9, 20]);
+        assert_eq!(l.min_rtt(), Some(ms(9)));
+        assert_eq!(l.limit(&cfg, MAX), MAX);
+    }
+
+    #[test]
+    fn a_probe_of_a_class_without_traffic_gives_up_and_leaves_it_unheld() {
+        let cfg = one();
+        let mut l = Limiter::new(MAX);
+        // A few exchanges, then nothing: the probe they started cannot gather its windows.
+        assert_eq!(
+            l.update(&cfg, MAX, ms(100), window(2, ms(3))),
+            Step::ProbeStarted
+        );
+        let mut t = ms(100);
+        let mut held = 0;
+        while l.limit(&cfg, MAX) == 1 {
+            t += ms(100);
+            l.update(&cfg, MAX, t, Window::default());
+            held += 1;
+            assert!(held <= 30, "held at min_limit for more than 30 intervals");
+        }
+        assert_eq!(l.limit(&cfg, MAX), MAX);
+        assert_eq!(l.min_rtt(), None);
+        // Given up on with a window or two seen, what they saw is the baseline.
+        l.update(&cfg, MAX, t, window(2, ms(3)));
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        t += ms(100);
+        l.update(&cfg, MAX, t, window(2, ms(4)));
+        while l.limit(&cfg, MAX) == 1 {
+            t += ms(100);
+            l.update(&cfg, MAX, t, Window::default());
+        }
+        assert_eq!(l.min_rtt(), Some(ms(4)));
+    }
+
+    #[test]
+    fn the_limit_shrinks_as_latency_grows_and_at_most_quarters_per_window() {
+        let cfg = one();
+        let (mut l, mut t) = learned(&cfg);
+        // 20 ms against a 15 ms target: a gradient of 0.75.
+        t += ms(100);
+        assert_eq!(l.update(&cfg, MAX, t, window(20, ms(20))), Step::Shrank);
+        assert_eq!(l.limit(&cfg, MAX), 48);
+        // Far past the target: quartered, not more.
+        t += ms(100);
+        assert_eq!(l.update(&cfg, MAX, t, window(20, ms(500))), Step::Shrank);
+        assert_eq!(l.limit(&cfg, MAX), 12);
+        // Rising latency keeps shrinking it down to min_limit, never under.
+        for _ in 0..20 {
+            t += ms(100);
+            l.update(&cfg, MAX, t, window(20, ms(500)));
+        }
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        assert_eq!(AdaptiveConfig::default().min_limit, 3);
+        assert_eq!(l.limit(&AdaptiveConfig::default(), MAX), 3);
+    }
+
+    #[test]
+    fn the_limit_grows_back_additively_while_healthy_up_to_the_ceiling() {
+        let cfg = one();
+        let (mut l, mut t) = learned(&cfg);
+        for _ in 0..20 {
+            t += ms(100);
+            l.update(&cfg, MAX, t, window(20, ms(500)));
+        }
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        let mut seen = vec![1];
+        while l.limit(&cfg, MAX) < MAX {
+            t += ms(100);
+            assert_eq!(l.update(&cfg, MAX, t, window(20, ms(12))), Step::Grew);
+            seen.push(l.limit(&cfg, MAX));
+            assert!(
+                seen.len() < 30,
+                "grows in a bounded number of windows: {seen:?}"
+            );
+        }
+        assert_eq!(&seen[..6], &[1, 2, 4, 6, 9, 12]);
+        // Healthy windows at the ceiling stay at the ceiling, and a lower ceiling (a reload)
+        // bounds it at once.
+        t += ms(100);
+        l.update(&cfg, MAX, t, window(20, ms(12)));
+        assert_eq!(l.limit(&cfg, MAX), MAX);
+        assert_eq!(l.limit(&cfg, 8), 8);
+        t += ms(100);
+        l.update(&cfg, 8, t, window(20, ms(20)));
+        assert_eq!(l.limit(&cfg, 8), 6);
+    }
+
+    #[test]
+    fn an_empty_window_holds_and_a_thin_one_waits() {
+        let cfg = one();
+        let (mut l, t) = learned(&cfg);
+        assert_eq!(l.update(&cfg, MAX, t, Window::default()), Step::Hold);
+        assert_eq!(l.limit(&cfg, MAX), MAX);
+        assert!(!Limiter::ready(&cfg, 4, 1));
+        assert!(Limiter::ready(&cfg, 5, 1));
+        assert!(!Limiter::ready(&cfg, 0, 100));
+        assert!(Limiter::ready(&cfg, 1, 10));
+    }
+
+    #[test]
+    fn a_lower_median_lowers_the_min_rtt_at_once() {
+        let cfg = one();
+        let (mut l, t) = learned(&cfg);
+        assert_eq!(
+            l.update(&cfg, MAX, t + ms(100), window(20, ms(4))),
+            Step::Grew
+        );
+        assert_eq!(l.min_rtt(), Some(ms(4)));
+    }
+
+    #[test]
+    fn the_min_rtt_is_measured_again_at_min_limit_every_min_rtt_interval() {
+        let cfg = one();
+        let (mut l, mut t) = learned(&cfg);
+        let probed_at = t;
+        // The upstream became 4x slower for good: the stale 10 ms baseline drives the limit to
+        // its floor...
+        while t + ms(100) < probed_at + cfg.min_rtt_interval {
+            t += ms(100);
+            assert_eq!(l.update(&cfg, MAX, t, window(20, ms(40))), Step::Shrank);
+        }
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        // ... until the next probe measures the new one: 40 ms is healthy again, and the limit
+        // probes back up from where the probe found it.
+        t = probe(&mut l, &cfg, t + ms(100), &[45, 40, 42]);
+        assert_eq!(l.min_rtt(), Some(ms(40)));
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        let probed_at = t;
+        for _ in 0..5 {
+            t += ms(100);
+            assert_eq!(l.update(&cfg, MAX, t, window(20, ms(40))), Step::Grew);
+        }
+        assert!(l.limit(&cfg, MAX) > 4, "{}", l.limit(&cfg, MAX));
+        // And the next probe is a whole min_rtt_interval after the last one.
+        while t + ms(100) < probed_at + cfg.min_rtt_interval {
+            t += ms(100);
+            assert_ne!(
+                l.update(&cfg, MAX, t, window(20, ms(40))),
+                Step::ProbeStarted
+            );
+        }
+        t += ms(100);
+        assert_eq!(
+            l.update(&cfg, MAX, t, window(20, ms(40))),
+            Step::ProbeStarted
+        );
+    }
+
+    #[test]
+    fn a_probe_resumes_at_the_limit_it_interrupted() {
+        let cfg = one();
+        let (mut l, mut t) = learned(&cfg);
+        t += ms(100);
+        l.update(&cfg, MAX, t, window(20, ms(20)));
+        assert_eq!(l.limit(&cfg, MAX), 48);
+        l.probe_now(t);
+        assert_eq!(
+            l.update(&cfg, MAX, t, Window::default()),
+            Step::ProbeStarted
+        );
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        // An empty window during a probe holds it.
+        t += ms(100);
+        assert_eq!(l.update(&cfg, MAX, t, Window::default()), Step::Hold);
+        assert_eq!(l.limit(&cfg, MAX), 1);
+        for _ in 0..PROBE_WINDOWS {
+            t += ms(100);
+            l.update(&cfg, MAX, t, window(20, ms(9)));
+        }
+        assert_eq!(l.limit(&cfg, MAX), 48);
+        assert_eq!(l.min_rtt(), Some(ms(9)));
+    }
+
+    #[test]
+    fn the_limit_is_bounded_for_any_window() {
+        let cfg = AdaptiveConfig {
+            min_limit: 2,
+            ..AdaptiveConfig::default()
+        };
+        let mut l = Limiter::new(10);
+        let mut t = Duration::ZERO;
+        let mut rng = crate::demo::rng::Rng::new(7, 0);
+        for i in 0..5000u64 {
+            t += ms(100);
+            let max = 1 + (rng.next_u64() % 12) as u32;
+            let median = Duration::from_micros(1 + rng.next_u64() % 2_000_000);
+            let n = rng.next_u64() % 30;
+            if i % 997 == 0 {
+                l.probe_now(t);
+            }
+            l.update(&cfg, max, t, window(n, median));
+            let got = l.limit(&cfg, max);
+            assert!(
+                got >= cfg.min_limit.min(max) && got <= max,
+                "{got} of {max}"
+            );
+        }
+    }
 }

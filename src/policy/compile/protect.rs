@@ -11,8 +11,10 @@ use crate::budget::BudgetClock;
 use serde_saphyr::Spanned;
 
 use super::{Compiler, line};
-use crate::policy::raw::{RawBrownout, RawProtect, RawSurge};
-use crate::protect::{Brownout, BrownoutConfig, Priority, ProtectConfig, SlotsConfig, SurgeConfig};
+use crate::policy::raw::{RawAdaptive, RawBrownout, RawProtect, RawSurge};
+use crate::protect::{
+    AdaptiveConfig, Brownout, BrownoutConfig, Priority, ProtectConfig, SlotsConfig, SurgeConfig,
+};
 use crate::records::Sample;
 use crate::units::HumanDuration;
 
@@ -32,6 +34,7 @@ pub(super) fn compile_protect<C: BudgetClock>(
     brownout_ticks(c, &raw.brownout, &mut cfg.brownout);
     brownout_thresholds(c, &raw.brownout, &mut cfg.brownout);
     surge(c, &raw.surge, &mut cfg.surge);
+    adaptive(c, &raw.adaptive, &cfg.slots, &mut cfg.adaptive);
     cfg
 }
 
@@ -215,6 +218,72 @@ fn surge<C: BudgetClock>(c: &mut Compiler<C>, r: &RawSurge, out: &mut SurgeConfi
     }
     if let Some(rate) = r.min_rate {
         out.min_rate = rate.per_second();
+    }
+}
+
+/// Most `tolerance`: past it the limiter would never see queueing.
+const MAX_TOLERANCE: f64 = 100.0;
+
+/// Resolves `adaptive`: its timing, tolerance and floor.
+fn adaptive<C: BudgetClock>(
+    c: &mut Compiler<C>,
+    r: &RawAdaptive,
+    slots: &SlotsConfig,
+    out: &mut AdaptiveConfig,
+) {
+    out.enabled = r.enabled.unwrap_or(true);
+    if let Some(d) = r.interval {
+        out.interval = d.0;
+    }
+    tick_in_range(c, out.interval, "protect.adaptive.interval");
+    if let Some(t) = &r.tolerance {
+        if !(t.value > 1.0 && t.value <= MAX_TOLERANCE) {
+            c.problem(
+                line(t),
+                "protect.adaptive.tolerance",
+                format!("must be a number above 1 and at most {MAX_TOLERANCE}"),
+            );
+        }
+        out.tolerance = t.value;
+    }
+    if let Some(d) = r.jitter {
+        out.jitter = d.0;
+    }
+    if let Some(m) = &r.min_limit {
+        if m.value == 0 || m.value > slots.bulk_max_in_flight {
+            c.problem(
+                line(m),
+                "protect.adaptive.min_limit",
+                format!(
+                    "must be at least 1 and at most bulk_max_in_flight ({})",
+                    slots.bulk_max_in_flight
+                ),
+            );
+        }
+        out.min_limit = m.value.max(1);
+    }
+    if let Some(n) = &r.min_samples {
+        if n.value == 0 {
+            c.problem(
+                line(n),
+                "protect.adaptive.min_samples",
+                "must be at least 1",
+            );
+        }
+        out.min_samples = n.value.max(1);
+    }
+    if let Some(d) = r.min_rtt_interval {
+        out.min_rtt_interval = d.0;
+    }
+    let ten = out.interval.checked_mul(10).unwrap_or(Duration::MAX);
+    if out.min_rtt_interval < ten {
+        c.problem(
+            None,
+            "protect.adaptive.min_rtt_interval",
+            format!(
+                "must be at least ten intervals ({ten:?}): each measurement holds the limit down"
+            ),
+        );
     }
 }
 
