@@ -17,7 +17,7 @@
 #
 # The guard runs the policy below once per mode:
 #   on       protect.adaptive with min_limit: 1 (an API that can degrade to one worker);
-#   default  protect.adaptive as shipped (min_limit 3);
+#   default  protect.adaptive turned on with its other defaults (min_limit 3);
 #   off      adaptive: { enabled: false }: bulk may keep bulk_max_in_flight = 32 batches at the
 #            ill API, as before adaptive concurrency.
 # The brownout is off in every mode, so that what is measured is the concurrency limit alone

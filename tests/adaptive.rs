@@ -20,7 +20,7 @@ protect:
   bulk_max_in_flight: 12
   queue_timeout: { bulk: 2s }
   brownout: { enabled: false }
-  adaptive: { interval: 50ms, min_samples: 3 }
+  adaptive: { enabled: true, interval: 50ms, min_samples: 3 }
 routes:
   - name: commands
     match: { path_prefix: /__slow/1/ }
@@ -115,7 +115,7 @@ async fn the_bulk_limit_falls_while_the_upstream_is_slow_and_recovers_when_it_is
 async fn turned_off_the_limits_are_the_configured_maximums_and_stay_there() {
     let upstream = TestUpstream::start().await;
     let policy = POLICY.replace(
-        "adaptive: { interval: 50ms, min_samples: 3 }",
+        "adaptive: { enabled: true, interval: 50ms, min_samples: 3 }",
         "adaptive: { enabled: false }",
     );
     let guard = TestGuard::start(&policy, &upstream.url).await;

@@ -259,8 +259,9 @@ pub struct RawSurge {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Adaptive")]
 pub struct RawAdaptive {
-    /// `false` keeps normal and bulk at their configured maximums, as without this section.
-    /// Default `true`.
+    /// `true` turns it on. Default `false`: normal and bulk stay at their configured maximums.
+    /// Opt-in, as Envoy's filter is: its min-RTT probe holds a class at `min_limit` for a few
+    /// windows every `min_rtt_interval`, which a busy normal route feels.
     pub enabled: Option<bool>,
     /// How often the limits are updated (default 100ms; 10ms to 1h).
     pub interval: Option<HumanDuration>,

@@ -70,7 +70,7 @@ pub struct AdaptiveConfig {
 impl Default for AdaptiveConfig {
     fn default() -> Self {
         AdaptiveConfig {
-            enabled: true,
+            enabled: false,
             interval: Duration::from_millis(100),
             tolerance: 1.5,
             jitter: Duration::from_millis(2),

@@ -231,7 +231,7 @@ fn adaptive<C: BudgetClock>(
     slots: &SlotsConfig,
     out: &mut AdaptiveConfig,
 ) {
-    out.enabled = r.enabled.unwrap_or(true);
+    out.enabled = r.enabled.unwrap_or(false);
     if let Some(d) = r.interval {
         out.interval = d.0;
     }
