@@ -17,6 +17,8 @@
 #
 # The guard runs the policy below once per mode:
 #   on       protect.adaptive with min_limit: 1 (an API that can degrade to one worker);
+#   noyield  as on, with bulk_yields_to_critical: false (bulk is sent while commands are in
+#            flight at the API; not in the default modes);
 #   default  protect.adaptive turned on with its other defaults (min_limit 3);
 #   off      adaptive: { enabled: false }: bulk may keep bulk_max_in_flight = 32 batches at the
 #            ill API, as before adaptive concurrency.
@@ -89,9 +91,10 @@ declare -A RESULTS
 for mode in $MODES; do
     case "$mode" in
         on) adaptive='{ enabled: true, min_limit: 1 }' ;;
+        noyield) adaptive='{ enabled: true, min_limit: 1, bulk_yields_to_critical: false }' ;;
         default) adaptive='{ enabled: true }' ;;
         off) adaptive='{ enabled: false }' ;;
-        *) die "BENCH_MODES: on, default or off, not $mode" ;;
+        *) die "BENCH_MODES: on, noyield, default or off, not $mode" ;;
     esac
     read -r API_PORT GUARD_PORT ADMIN_PORT < <(free_ports 3)
     policy "$adaptive" >"$TMP/policy-$mode.yaml"

@@ -184,11 +184,16 @@ fn write_protect(pr: &ProtectConfig, out: &mut String) {
         let [normal, bulk] = pr.class_max();
         let _ = writeln!(
             out,
-            "  adaptive concurrency: normal {}..{normal}, bulk {}..{bulk} in flight, from latency over min RTT x{} (min RTT every {})",
+            "  adaptive concurrency: normal {}..{normal}, bulk {}..{bulk} in flight, from latency over min RTT x{} (min RTT every {}){}",
             a.min_limit.min(normal),
             a.min_limit.min(bulk),
             a.tolerance,
             HumanDuration(a.min_rtt_interval),
+            if a.bulk_yields_to_critical {
+                "; bulk yields to critical while the upstream queues"
+            } else {
+                ""
+            },
         );
     } else {
         let _ = writeln!(out, "  adaptive concurrency: off");

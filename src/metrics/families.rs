@@ -337,6 +337,14 @@ pub const UPSTREAM_MIN_RTT: Family = family!(
     "The adaptive limiter's no-load upstream latency (median at min_limit in flight, or the \
      lowest window median seen since), by class (normal, bulk)."
 );
+pub const BULK_YIELDING: Family = family!(
+    "bulk_yielding_to_critical",
+    Gauge,
+    [],
+    "1 while bulk requests wait for in-flight critical ones before being sent (adaptive \
+     concurrency sees the upstream queueing, and protect.adaptive.bulk_yields_to_critical is \
+     on), else 0."
+);
 pub const UPSTREAM_FAILURE_RATIO: Family = family!(
     "upstream_failure_ratio",
     Gauge,
@@ -503,6 +511,7 @@ pub const FAMILIES: &[Family] = &[
     UPSTREAM_FAILURE_RATIO,
     UPSTREAM_CONCURRENCY_LIMIT,
     UPSTREAM_MIN_RTT,
+    BULK_YIELDING,
     SURGE_ACTIVE,
     SURGE_RATIO,
     SURGES,

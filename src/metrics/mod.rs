@@ -106,6 +106,7 @@ pub struct ProtectMetrics {
     pub upstream_baseline: GaugeVec,
     pub concurrency_limit: IntGaugeVec,
     pub min_rtt: GaugeVec,
+    pub bulk_yielding: IntGauge,
     pub upstream_failure_ratio: GaugeVec,
     pub surge_active: IntGaugeVec,
     pub surge_ratio: GaugeVec,
@@ -218,6 +219,7 @@ impl ProtectMetrics {
             concurrency_limit: adaptive::CLASSES
                 .map(|p| self.concurrency_limit.with_label_values(&[p.as_str()])),
             min_rtt: adaptive::CLASSES.map(|p| self.min_rtt.with_label_values(&[p.as_str()])),
+            bulk_yielding: self.bulk_yielding.clone(),
         }
     }
 
@@ -250,6 +252,7 @@ impl ProtectMetrics {
             upstream_baseline: r.float_gauges(&f::UPSTREAM_BASELINE)?,
             concurrency_limit: r.gauges(&f::UPSTREAM_CONCURRENCY_LIMIT)?,
             min_rtt: r.float_gauges(&f::UPSTREAM_MIN_RTT)?,
+            bulk_yielding: r.gauge(&f::BULK_YIELDING)?,
             upstream_failure_ratio: r.float_gauges(&f::UPSTREAM_FAILURE_RATIO)?,
             surge_active: r.gauges(&f::SURGE_ACTIVE)?,
             surge_ratio: r.float_gauges(&f::SURGE_RATIO)?,

@@ -285,6 +285,11 @@ pub struct RawAdaptive {
     /// Each holds the class at `min_limit` for three windows of `min_samples` (about three
     /// intervals).
     pub min_rtt_interval: Option<HumanDuration>,
+    /// While bulk's latency says the upstream is queueing, a bulk request that has its slot
+    /// waits (within bulk's `queue_timeout`) until no critical request is in flight, so that
+    /// an upstream serving in arrival order never queues a command behind more than the bulk
+    /// exchange already running. Default `true`.
+    pub bulk_yields_to_critical: Option<bool>,
 }
 
 /// One route: which requests it takes and the budgets they are held to.

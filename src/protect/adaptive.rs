@@ -19,6 +19,10 @@
 //! - **Bounded.** The limit stays within `[min_limit, max]`, where `max` is the class's configured
 //!   ceiling (`bulk_max_in_flight` for bulk; the slots not reserved for critical for normal).
 //!
+//! - **Bulk yields to critical** from a window that shrank bulk's limit until one that grows
+//!   it (`bulk_yields_to_critical`, applied by [`super::slots`]): a bulk request is not sent
+//!   while a critical one is in flight, since the upstream is queueing.
+//!
 //! Critical requests are never limited by this: they keep their reserve and their share of the
 //! pool. A window with no answered exchange holds the limit (failures carry no service latency;
 //! they are the brownout controller's signal).
@@ -65,6 +69,9 @@ pub struct AdaptiveConfig {
     /// Time between two min RTT probes.
     #[serde(serialize_with = "crate::units::serialize_secs")]
     pub min_rtt_interval: Duration,
+    /// While bulk's last judged window was over its target, bulk is not sent while a critical
+    /// request is in flight (see [`super::slots`]).
+    pub bulk_yields_to_critical: bool,
 }
 
 impl Default for AdaptiveConfig {
@@ -77,6 +84,7 @@ impl Default for AdaptiveConfig {
             min_limit: 3,
             min_samples: 5,
             min_rtt_interval: Duration::from_secs(30),
+            bulk_yields_to_critical: true,
         }
     }
 }

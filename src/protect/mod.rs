@@ -187,6 +187,8 @@ pub struct Gauges {
     /// Adaptive concurrency, per [`adaptive::CLASSES`]: the limit in force, and the min RTT.
     pub concurrency_limit: [IntGauge; 2],
     pub min_rtt: [Gauge; 2],
+    /// 1 while bulk yields to in-flight critical requests.
+    pub bulk_yielding: IntGauge,
 }
 
 impl Protection {
@@ -242,6 +244,9 @@ impl Protection {
             Err(_) => None,
         };
         self.slots.reconfigure(&cfg.slots, limits);
+        if limits.is_none() || !cfg.adaptive.bulk_yields_to_critical {
+            self.set_bulk_yields(false);
+        }
         if let Ok(mut c) = self.controller.lock() {
             c.reconfigure(cfg.brownout.clone());
             self.publish(c.level());
@@ -348,7 +353,16 @@ impl Protection {
             let Adaptive {
                 cfg, max, limiters, ..
             } = &mut *a;
-            limiters[i].update(cfg, max[i], now, window);
+            let step = limiters[i].update(cfg, max[i], now, window);
+            if adaptive::CLASSES[i] == Priority::Bulk {
+                // Queueing in the upstream (bulk over its target) makes bulk yield to critical
+                // until a window says it is gone; a probe or an unjudged window changes nothing.
+                match step {
+                    adaptive::Step::Shrank => self.set_bulk_yields(cfg.bulk_yields_to_critical),
+                    adaptive::Step::Grew => self.set_bulk_yields(false),
+                    _ => {}
+                }
+            }
         }
         let limits = a.limits();
         self.slots.set_limits(limits);
@@ -358,6 +372,11 @@ impl Protection {
                 self.gauges.min_rtt[i].set(rtt.as_secs_f64());
             }
         }
+    }
+
+    fn set_bulk_yields(&self, on: bool) {
+        self.slots.set_bulk_yields(on);
+        self.gauges.bulk_yielding.set(i64::from(on));
     }
 
     /// Sets the limit gauges: the limits, or the ceilings with adaptive concurrency off.

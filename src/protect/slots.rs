@@ -18,12 +18,19 @@
 //! adaptive limit instead of `bulk_max_in_flight`, and normal requests also hold a permit of a
 //! `normal` pool sized to normal's limit, the way bulk holds one of its own. The shared pool
 //! and the reserve keep their configured sizes, so critical requests are never limited by it.
+//!
+//! **Bulk yields to critical** while the adaptive limiter sees the upstream queueing
+//! ([`Slots::set_bulk_yields`]): a bulk request that has its slot is not sent while a critical
+//! request is in flight, and waits (within bulk's `queue_timeout`, counted as queued) until none
+//! is. An upstream that serves in arrival order would otherwise queue the next critical request
+//! behind it: with one bulk slot, a command would wait for the commands ahead of it *and* a
+//! whole bulk exchange, instead of at most the bulk exchange already running.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use prometheus::IntGauge;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use super::Priority;
 
@@ -132,6 +139,10 @@ pub struct Slots {
     /// Normal's adaptive limit; only taken while `limit_normal` is set.
     normal: Pool,
     limit_normal: AtomicBool,
+    /// Critical slots held now; `critical_idle` wakes yielding bulk when it reaches zero.
+    critical: AtomicU32,
+    critical_idle: Notify,
+    bulk_yields: AtomicBool,
     waits: std::sync::RwLock<([Duration; Priority::COUNT], [u32; Priority::COUNT])>,
     in_flight: [IntGauge; Priority::COUNT],
     queued: [IntGauge; Priority::COUNT],
@@ -146,12 +157,19 @@ pub struct Slot<'a> {
     /// request asks, so that a reload turning the limit on or off never unbalances a pool.
     own_pool: Option<&'a Pool>,
     own: Option<SemaphorePermit<'a>>,
+    /// Counted in flight (from [`Slot::granted`] until the drop).
+    granted: bool,
 }
 
 impl Slot<'_> {
-    /// The class gauge counts a slot from here until its drop.
-    fn granted(self) -> Self {
+    /// The class gauge (and, for critical, the count bulk yields to) counts a slot from here
+    /// until its drop.
+    fn granted(mut self) -> Self {
         self.slots.in_flight[self.class.index()].inc();
+        if self.class == Priority::Critical {
+            self.slots.critical.fetch_add(1, Ordering::AcqRel);
+        }
+        self.granted = true;
         self
     }
 }
@@ -163,7 +181,14 @@ impl Drop for Slot<'_> {
         }
         if let Some((pool, permit)) = self.main.take() {
             pool.release(permit);
+        }
+        if self.granted {
             self.slots.in_flight[self.class.index()].dec();
+            if self.class == Priority::Critical
+                && self.slots.critical.fetch_sub(1, Ordering::AcqRel) == 1
+            {
+                self.slots.critical_idle.notify_waiters();
+            }
         }
     }
 }
@@ -193,6 +218,9 @@ impl Slots {
             bulk: Pool::new(cfg.bulk_max_in_flight),
             normal: Pool::new(shared),
             limit_normal: AtomicBool::new(adaptive),
+            critical: AtomicU32::new(0),
+            critical_idle: Notify::new(),
+            bulk_yields: AtomicBool::new(false),
             waits: std::sync::RwLock::new((cfg.queue_timeout, cfg.max_queued)),
             in_flight,
             queued,
@@ -226,6 +254,35 @@ impl Slots {
         self.bulk.resize(bulk);
     }
 
+    /// Whether bulk yields to critical (the adaptive limiter sees the upstream queueing, and
+    /// the policy lets bulk yield). Turning it off releases bulk requests waiting on it.
+    pub fn set_bulk_yields(&self, on: bool) {
+        let was = self.bulk_yields.swap(on, Ordering::AcqRel);
+        if was && !on {
+            self.critical_idle.notify_waiters();
+        }
+    }
+
+    /// Whether a request of `class` that has its slot must wait before it is sent.
+    fn must_yield(&self, class: Priority) -> bool {
+        class == Priority::Bulk
+            && self.bulk_yields.load(Ordering::Acquire)
+            && self.critical.load(Ordering::Acquire) > 0
+    }
+
+    /// Returns once no critical request is in flight, or bulk no longer yields.
+    async fn critical_clear(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.critical_idle.notified());
+            // Registered before the check, so a drop to zero in between is not missed.
+            notified.as_mut().enable();
+            if !self.must_yield(Priority::Bulk) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn waits(&self, class: Priority) -> (Duration, u32) {
         match self.waits.read() {
             Ok(w) => (w.0[class.index()], w.1[class.index()]),
@@ -237,7 +294,8 @@ impl Slots {
     pub async fn acquire(&self, class: Priority) -> Result<Slot<'_>, NoSlot> {
         // Fast path: a free slot, no timer, no queue.
         let mut slot = self.empty(class);
-        if self.try_fill(&mut slot) {
+        let filled = self.try_fill(&mut slot);
+        if filled && !self.must_yield(class) {
             return Ok(slot.granted());
         }
 
@@ -254,6 +312,10 @@ impl Slots {
             {
                 slot.own = pool.sem.acquire().await.ok();
             }
+            if filled {
+                self.critical_clear().await;
+                return;
+            }
             slot.main = match class {
                 Priority::Critical => tokio::select! {
                     p = self.reserved.sem.acquire() => p.ok().map(|p| (&self.reserved, p)),
@@ -267,6 +329,9 @@ impl Slots {
                     .ok()
                     .map(|p| (&self.shared, p)),
             };
+            if slot.main.is_some() && class == Priority::Bulk {
+                self.critical_clear().await;
+            }
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(()) if slot.main.is_some() => Ok(slot.granted()),
@@ -274,10 +339,14 @@ impl Slots {
         }
     }
 
-    /// A slot for a request of `class` if one is free now; never waits or queues. Shadow
-    /// requests take their slots this way: they hold one when there is one (they are real
-    /// upstream load), and are not delayed when there is none.
+    /// A slot for a request of `class` if one is free now; never waits or queues. A bulk
+    /// request that must yield to critical finds none. Shadow requests take their slots this
+    /// way: they hold one when there is one (they are real upstream load), and are not delayed
+    /// when there is none.
     pub fn try_acquire(&self, class: Priority) -> Option<Slot<'_>> {
+        if self.must_yield(class) {
+            return None;
+        }
         let mut slot = self.empty(class);
         // Dropping an incomplete `slot` gives back what it did take.
         self.try_fill(&mut slot).then(|| slot.granted())
@@ -295,6 +364,7 @@ impl Slots {
             main: None,
             own_pool,
             own: None,
+            granted: false,
         }
     }
 

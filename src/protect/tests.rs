@@ -311,16 +311,29 @@ fn rates_under_min_rate_never_surge() {
 
 // ---- slots ---------------------------------------------------------------------------------
 
-fn slots(max: u32, reserved: u32, bulk: u32) -> Slots {
-    let cfg = SlotsConfig {
+fn slots_cfg(max: u32, reserved: u32, bulk: u32) -> SlotsConfig {
+    SlotsConfig {
         max_in_flight: max,
         critical_reserved: reserved,
         bulk_max_in_flight: bulk,
         queue_timeout: [ms(1000), ms(200), ms(50)],
         max_queued: [8, 8, 2],
-    };
-    let gauges = || Priority::ALL.map(|_| prometheus::IntGauge::new("g", "g").unwrap());
-    Slots::new(&cfg, false, gauges(), gauges())
+    }
+}
+
+fn gauges() -> [prometheus::IntGauge; Priority::COUNT] {
+    Priority::ALL.map(|_| prometheus::IntGauge::new("g", "g").unwrap())
+}
+
+fn slots(max: u32, reserved: u32, bulk: u32) -> Slots {
+    Slots::new(&slots_cfg(max, reserved, bulk), false, gauges(), gauges())
+}
+
+/// Asserts that a request of `class` waits exactly `wait` and is shed for it.
+async fn times_out(s: &Slots, class: Priority, wait: Duration) {
+    let t = tokio::time::Instant::now();
+    assert_eq!(s.acquire(class).await.err(), Some(NoSlot::QueueTimeout));
+    assert_eq!(t.elapsed(), wait);
 }
 
 #[tokio::test(start_paused = true)]
@@ -329,12 +342,7 @@ async fn bulk_can_never_take_the_critical_reserve() {
     let b1 = s.acquire(Priority::Bulk).await.unwrap();
     let _b2 = s.acquire(Priority::Bulk).await.unwrap();
     // The shared pool (2) is full: bulk waits its 50 ms and is shed, though 2 slots are free.
-    let t = tokio::time::Instant::now();
-    assert_eq!(
-        s.acquire(Priority::Bulk).await.err(),
-        Some(NoSlot::QueueTimeout)
-    );
-    assert_eq!(t.elapsed(), ms(50));
+    times_out(&s, Priority::Bulk, ms(50)).await;
     assert_eq!(
         s.acquire(Priority::Normal).await.err(),
         Some(NoSlot::QueueTimeout)
@@ -415,6 +423,65 @@ async fn shrinking_the_pools_takes_effect_as_slots_come_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn yielding_bulk_waits_for_in_flight_critical_requests_within_its_queue_timeout() {
+    let (in_flight, queued) = (gauges(), gauges());
+    let s = Slots::new(&slots_cfg(8, 2, 4), true, in_flight.clone(), queued.clone());
+    let bulk_in_flight = || in_flight[Priority::Bulk.index()].get();
+
+    // Not yielding: bulk goes at once, a critical request in flight or not.
+    let c = s.acquire(Priority::Critical).await.unwrap();
+    drop(s.acquire(Priority::Bulk).await.unwrap());
+
+    // Yielding: bulk waits, counted as queued and not in flight, until no critical request is.
+    s.set_bulk_yields(true);
+    let c2 = s.acquire(Priority::Critical).await.unwrap();
+    assert!(
+        s.try_acquire(Priority::Bulk).is_none(),
+        "a yielding bulk request finds no free slot"
+    );
+    let waiting = s.acquire(Priority::Bulk);
+    tokio::pin!(waiting);
+    assert!(futures_poll(&mut waiting).await.is_none());
+    assert_eq!(
+        (queued[Priority::Bulk.index()].get(), bulk_in_flight()),
+        (1, 0)
+    );
+    drop(c);
+    assert!(
+        futures_poll(&mut waiting).await.is_none(),
+        "one critical is still in flight"
+    );
+    let t = tokio::time::Instant::now();
+    drop(c2);
+    let b = waiting.await.unwrap();
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    assert_eq!(
+        (queued[Priority::Bulk.index()].get(), bulk_in_flight()),
+        (0, 1)
+    );
+    drop(b);
+    // With no critical request in flight it goes at once; normal never yields.
+    drop(s.acquire(Priority::Bulk).await.unwrap());
+    let c = s.acquire(Priority::Critical).await.unwrap();
+    drop(s.acquire(Priority::Normal).await.unwrap());
+
+    // A critical request in flight longer than bulk's queue_timeout sheds it, leaking nothing.
+    times_out(&s, Priority::Bulk, ms(50)).await;
+    assert_eq!(
+        (queued[Priority::Bulk.index()].get(), bulk_in_flight()),
+        (0, 0)
+    );
+
+    // Turning it off lets a waiting bulk request go.
+    let waiting = s.acquire(Priority::Bulk);
+    tokio::pin!(waiting);
+    assert!(futures_poll(&mut waiting).await.is_none());
+    s.set_bulk_yields(false);
+    assert!(waiting.await.is_ok());
+    drop(c);
+}
+
+#[tokio::test(start_paused = true)]
 async fn try_acquire_takes_a_free_slot_under_the_same_rules_and_never_waits() {
     let s = slots(4, 2, 1);
     let bulk = s.try_acquire(Priority::Bulk).expect("a free bulk slot");
@@ -469,13 +536,10 @@ fn the_accepted_level_told_to_senders_follows_the_brownout() {
 #[tokio::test(start_paused = true)]
 async fn adaptive_limits_bound_normal_and_bulk_but_never_critical() {
     let cfg = SlotsConfig {
-        max_in_flight: 8,
-        critical_reserved: 2,
-        bulk_max_in_flight: 4,
         queue_timeout: [ms(1000), ms(20), ms(20)],
         max_queued: [8, 8, 8],
+        ..slots_cfg(8, 2, 4)
     };
-    let gauges = || Priority::ALL.map(|_| prometheus::IntGauge::new("g", "g").unwrap());
     let s = Slots::new(&cfg, true, gauges(), gauges());
     s.set_limits([2, 1]);
     let _b = s.acquire(Priority::Bulk).await.unwrap();

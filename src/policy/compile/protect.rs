@@ -275,6 +275,9 @@ fn adaptive<C: BudgetClock>(
     if let Some(d) = r.min_rtt_interval {
         out.min_rtt_interval = d.0;
     }
+    if let Some(y) = r.bulk_yields_to_critical {
+        out.bulk_yields_to_critical = y;
+    }
     let ten = out.interval.checked_mul(10).unwrap_or(Duration::MAX);
     if out.min_rtt_interval < ten {
         c.problem(
