@@ -4,6 +4,8 @@
 #
 #   benches/degraded.sh                 # the three modes below (~2 min after the build)
 #   BENCH_MODES=on benches/degraded.sh  # one mode only
+#   BENCH_ADAPTIVE='{ enabled: true, min_limit: 1, tolerance: 1.1 }' BENCH_MODES=on benches/degraded.sh
+#                                       # the "on" mode with other protect.adaptive settings
 #
 # Topology (everything on 127.0.0.1, ports picked free at start):
 #
@@ -87,10 +89,11 @@ routes:
 EOF
 }
 
+ON_DEFAULT='{ enabled: true, min_limit: 1 }'
 declare -A RESULTS
 for mode in $MODES; do
     case "$mode" in
-        on) adaptive='{ enabled: true, min_limit: 1 }' ;;
+        on) adaptive="${BENCH_ADAPTIVE:-$ON_DEFAULT}" ;;
         noyield) adaptive='{ enabled: true, min_limit: 1, bulk_yields_to_critical: false }' ;;
         default) adaptive='{ enabled: true }' ;;
         off) adaptive='{ enabled: false }' ;;
