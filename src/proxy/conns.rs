@@ -220,7 +220,7 @@ impl ConnTable {
         for (id, conn) in &live.conns {
             if conn.stopped.load(Ordering::Relaxed) {
                 closing += 1;
-            } else if conn.busy.load(Ordering::Acquire) == 0 {
+            } else if !conn.busy() {
                 idle.push((conn.idle_since.load(Ordering::Relaxed), *id));
             }
         }
@@ -322,7 +322,7 @@ pub async fn drive_h2<C: GracefulConnection>(
     state.precise.store(true, Ordering::Relaxed);
     let mut idle_timeout = false;
     // The idle deadline, then, once closing, the grace after the GOAWAY.
-    let mut timer = Box::pin(tokio::time::sleep_until(state.idle_deadline(idle)));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(state.idle_deadline(idle)));
     let mut grace = false;
     poll_fn(|cx| {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -348,10 +348,12 @@ pub async fn drive_h2<C: GracefulConnection>(
                 timer.as_mut().reset(now + H2_CLOSE_GRACE);
             } else if !state.busy() && state.idle_deadline(idle) <= now {
                 idle_timeout = true;
-                conn.as_mut().graceful_shutdown();
+                // The connection's own stop signal, so an eviction meanwhile skips it (it is
+                // closing already); its `Watched` starts the shutdown and hyper writes the
+                // GOAWAY when next polled.
+                state.stop();
                 grace = true;
                 timer.as_mut().reset(now + H2_CLOSE_GRACE);
-                // hyper writes the GOAWAY when next polled.
                 cx.waker().wake_by_ref();
             } else if state.busy() {
                 timer.as_mut().reset(now + idle);

@@ -110,13 +110,6 @@ pin_project! {
 }
 
 impl<C: GracefulConnection> Watched<'_, C> {
-    /// Starts the connection's graceful shutdown now (the drain's own signal does the same).
-    pub fn graceful_shutdown(self: Pin<&mut Self>) {
-        let this = self.project();
-        *this.stopping = true;
-        this.conn.graceful_shutdown();
-    }
-
     /// Whether a graceful shutdown has started.
     pub fn is_stopping(&self) -> bool {
         self.stopping
