@@ -44,14 +44,7 @@ need_tools curl taskset python3
 
 log "building: cargo build --release --locked"
 cargo build --release --locked >&2 || die "cargo build failed"
-log "building: cargo bench --bench degraded_api --no-run --locked"
-DRIVER_BIN="$(cargo bench --bench degraded_api --no-run --locked --message-format=json |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "degraded_api" and m.get("executable"):
-        print(m["executable"])')" || die "cargo bench --no-run failed"
-[[ -x "$DRIVER_BIN" ]] || die "no degraded_api binary after the build"
+DRIVER_BIN="$(bench_bin degraded_api)"
 
 TMP="$(mktemp -d)"
 read -r -a ALLOWED_CPUS < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')

@@ -1,6 +1,7 @@
-# Shared by benches/load.sh and benches/instructions.sh (source it after `set -euo pipefail`):
-# logging, stopping every process a script started, installing missing tools, free loopback
-# ports, the upstream nginx both scripts measure against, and waiting for a server to answer.
+# Shared by the scripts in benches/ (source it after `set -euo pipefail`): logging, stopping
+# every process a script started, installing missing tools, free loopback ports, the upstream
+# nginx the load scripts measure against, waiting for a server to answer, and building a bench
+# target's executable.
 #
 # A script sets TMP (its temporary directory, removed on exit unless BENCH_KEEP=1), appends
 # what it starts to PIDS, and sets WRK_PID while a wrk run is in the background.
@@ -153,4 +154,19 @@ wait_http() {
         sleep 0.1
     done
     die "$1 did not answer 200 at $2 within $within s (last status: ${code:-none})"
+}
+
+# bench_bin NAME: builds the bench target NAME (`cargo bench --no-run`) and prints the path of
+# its executable, which cargo names with a hash.
+bench_bin() {
+    local bin
+    log "building: cargo bench --bench $1 --no-run --locked"
+    bin="$(cargo bench --bench "$1" --no-run --locked --message-format=json |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1")" || die "cargo bench --bench $1 --no-run failed"
+    [[ -x "$bin" ]] || die "no $1 binary after the build"
+    printf '%s\n' "$bin"
 }

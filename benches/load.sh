@@ -60,14 +60,7 @@ log "building: cargo build --release --locked"
 cargo build --release --locked >&2 || die "cargo build failed"
 [[ -x "$GUARD_BIN" ]] || die "$GUARD_BIN not found after the build"
 # The plain hyper proxy is a bench target (it uses a dev-dependency): cargo names the binary.
-log "building: cargo bench --bench hyper_proxy --no-run --locked"
-HYPER_BIN="$(cargo bench --bench hyper_proxy --no-run --locked --message-format=json |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "hyper_proxy" and m.get("executable"):
-        print(m["executable"])')" || die "cargo bench --no-run failed"
-[[ -x "$HYPER_BIN" ]] || die "no hyper_proxy binary after the build"
+HYPER_BIN="$(bench_bin hyper_proxy)"
 log "checking $POLICY"
 "$GUARD_BIN" check "$POLICY" >&2 || die "$POLICY does not check"
 

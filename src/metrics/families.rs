@@ -243,7 +243,8 @@ pub const SHED: Family = family!(
     Counter,
     ["class", "reason"],
     "Requests refused with 503 to protect the upstream, by priority class and reason \
-     (queue_full, queue_timeout, brownout)."
+     (queue_full, queue_timeout, brownout; overload: the guard itself, see \
+     overload_shed_total)."
 );
 pub const SALVAGED: Family = family!(
     "shed_salvaged_total",

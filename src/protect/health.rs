@@ -33,22 +33,32 @@ fn upper_edge(i: usize) -> Duration {
     Duration::from_nanos((4 + quarter) << (octave + BASE_SHIFT - 2))
 }
 
+/// Exchanges counted per latency bucket, added to with relaxed atomics and taken (read and
+/// reset) at once.
+struct Histogram([AtomicU32; BUCKETS]);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(std::array::from_fn(|_| AtomicU32::new(0)))
+    }
+}
+
+impl Histogram {
+    fn record(&self, latency: Duration) {
+        self.0[bucket(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> [u32; BUCKETS] {
+        std::array::from_fn(|i| self.0[i].swap(0, Ordering::Relaxed))
+    }
+}
+
+#[derive(Default)]
 pub struct Window {
     responses: AtomicU64,
     failures: AtomicU64,
     shed: AtomicU64,
-    buckets: [AtomicU32; BUCKETS],
-}
-
-impl Default for Window {
-    fn default() -> Self {
-        Window {
-            responses: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            shed: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
-        }
-    }
+    latency: Histogram,
 }
 
 impl Window {
@@ -59,7 +69,7 @@ impl Window {
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
+            self.latency.record(latency);
         }
     }
 
@@ -74,9 +84,7 @@ impl Window {
         let responses = self.responses.swap(0, Ordering::Relaxed);
         let failures = self.failures.swap(0, Ordering::Relaxed);
         let shed = self.shed.swap(0, Ordering::Relaxed);
-        let counts: [u32; BUCKETS] =
-            std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed));
-        let p90 = quantile(&counts, 9, 10);
+        let p90 = quantile(&self.latency.take(), 9, 10);
         ClassSignal {
             responses,
             failures,
@@ -106,37 +114,29 @@ fn quantile(counts: &[u32; BUCKETS], num: u64, den: u64) -> Option<Duration> {
 
 /// The adaptive limiter's view of one class: answered exchanges and their latency histogram,
 /// over a window the limiter takes when it holds enough of them.
+#[derive(Default)]
 pub struct LatencyWindow {
-    answered: AtomicU64,
-    buckets: [AtomicU32; BUCKETS],
-}
-
-impl Default for LatencyWindow {
-    fn default() -> Self {
-        LatencyWindow {
-            answered: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
-        }
-    }
+    latency: Histogram,
 }
 
 impl LatencyWindow {
     /// One answered exchange (failures carry no service latency and are not counted).
     pub fn observe(&self, latency: Duration) {
-        self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.latency.record(latency);
     }
 
     /// Answered exchanges in the window so far.
     pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
+        self.latency
+            .0
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum()
     }
 
     /// The window's count and median; the window starts over.
     pub fn take(&self) -> super::adaptive::Window {
-        self.answered.swap(0, Ordering::Relaxed);
-        let counts: [u32; BUCKETS] =
-            std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed));
+        let counts = self.latency.take();
         super::adaptive::Window {
             answered: counts.iter().map(|&c| u64::from(c)).sum(),
             median: quantile(&counts, 1, 2),

@@ -312,23 +312,9 @@ impl Slots {
             {
                 slot.own = pool.sem.acquire().await.ok();
             }
-            if filled {
-                self.critical_clear().await;
-                return;
+            if !filled {
+                slot.main = self.wait_main(class).await;
             }
-            slot.main = match class {
-                Priority::Critical => tokio::select! {
-                    p = self.reserved.sem.acquire() => p.ok().map(|p| (&self.reserved, p)),
-                    p = self.shared.sem.acquire() => p.ok().map(|p| (&self.shared, p)),
-                },
-                _ => self
-                    .shared
-                    .sem
-                    .acquire()
-                    .await
-                    .ok()
-                    .map(|p| (&self.shared, p)),
-            };
             if slot.main.is_some() && class == Priority::Bulk {
                 self.critical_clear().await;
             }
@@ -336,6 +322,23 @@ impl Slots {
         match tokio::time::timeout(timeout, wait).await {
             Ok(()) if slot.main.is_some() => Ok(slot.granted()),
             _ => Err(NoSlot::QueueTimeout),
+        }
+    }
+
+    /// Waits for a main permit: critical takes the first of the reserve and the shared pool.
+    async fn wait_main(&self, class: Priority) -> Option<(&Pool, SemaphorePermit<'_>)> {
+        match class {
+            Priority::Critical => tokio::select! {
+                p = self.reserved.sem.acquire() => p.ok().map(|p| (&self.reserved, p)),
+                p = self.shared.sem.acquire() => p.ok().map(|p| (&self.shared, p)),
+            },
+            _ => self
+                .shared
+                .sem
+                .acquire()
+                .await
+                .ok()
+                .map(|p| (&self.shared, p)),
         }
     }
 

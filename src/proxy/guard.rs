@@ -276,9 +276,7 @@ impl ConnGuard {
                 counter[ShedReason::Brownout.index()].inc();
             }
             match filtered {
-                Filtered::Forward { body, summary } => {
-                    (self.buffered(&mut parts, body), summary, held)
-                }
+                Filtered::Forward { body, summary } => (buffered(&mut parts, body), summary, held),
                 Filtered::Answer(response) => return Ok(Reply::Guard(response)),
             }
         } else {
@@ -393,47 +391,37 @@ impl ConnGuard {
         let protection = &self.shared.protection;
         let shed = match protection.slot(class).await {
             Ok(slot) => return Ok(slot),
-            Err(no_slot) => Reject::from(no_slot),
+            Err(shed) => shed,
         };
         let (Some(judged), Some(records), Some(metrics)) =
             (held.judged, held.records, held.metrics)
         else {
-            return Err(shed);
-        };
-        let reason = match &shed {
-            Reject::Shed(s) => s.reason,
-            _ => return Err(shed),
+            return Err(shed.into());
         };
         if class != Priority::Bulk {
-            batch::count_refused(metrics, judged, reason);
-            return Err(shed);
+            batch::count_refused(metrics, judged, shed.reason);
+            return Err(shed.into());
         }
         match batch::cut_to_errors(records, judged)? {
             Cut::Nothing => {
-                batch::count_refused(metrics, judged, reason);
-                return Err(shed);
+                batch::count_refused(metrics, judged, shed.reason);
+                return Err(shed.into());
             }
             Cut::Whole => {}
             Cut::Rewritten(data, summary) => {
                 summary.write(&mut held.parts.headers, false);
-                held.parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
-                *held.body = UpstreamBody::Full { data: Some(data) };
+                *held.body = buffered(held.parts, data);
                 *held.summary = Some(summary);
             }
         }
         match protection.slot(Priority::Normal).await {
             Ok(slot) => {
-                self.shared.metrics.protect.salvaged[reason.index()].inc();
+                self.shared.metrics.protect.salvaged[shed.reason.index()].inc();
                 Ok(slot)
             }
-            Err(no_slot) => {
-                let shed = Reject::from(no_slot);
-                if let Reject::Shed(s) = &shed {
-                    batch::count_refused(metrics, judged, s.reason);
-                }
-                Err(shed)
+            Err(shed) => {
+                batch::count_refused(metrics, judged, shed.reason);
+                Err(shed.into())
             }
         }
     }
@@ -543,15 +531,6 @@ impl ConnGuard {
             salvage: input.admitted.salvage.as_ref(),
         };
         Ok(judge_batch(judge, &rules, &mut parts.headers, raw)?)
-    }
-
-    /// A buffered body on its way upstream, with its length.
-    /// (Its bytes are counted as forwarded once it has its upstream slot.)
-    fn buffered(&self, parts: &mut request::Parts, body: Bytes) -> UpstreamBody {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        UpstreamBody::Full { data: Some(body) }
     }
 
     /// A body streamed upstream frame by frame. `max_body` holds for a body without a
@@ -664,6 +643,15 @@ impl BodyInput {
             declared,
         }
     }
+}
+
+/// A buffered body on its way upstream, with its length.
+/// (Its bytes are counted as forwarded once it has its upstream slot.)
+fn buffered(parts: &mut request::Parts, body: Bytes) -> UpstreamBody {
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    UpstreamBody::Full { data: Some(body) }
 }
 
 /// A request's buffered batch while it waits for an upstream slot (see `wait_slot`): what a

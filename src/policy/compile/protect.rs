@@ -163,16 +163,12 @@ fn brownout_thresholds<C: BudgetClock>(
     }
     out.error_rate = b.error_rate.map_or(out.error_rate, share);
     out.shed_rate = b.shed_rate.map_or(out.shed_rate, share);
-    if let Some(n) = &b.min_samples {
-        if n.value == 0 {
-            c.problem(
-                line(n),
-                "protect.brownout.min_samples",
-                "must be at least 1",
-            );
-        }
-        out.min_samples = n.value.max(1);
-    }
+    min_samples(
+        c,
+        &b.min_samples,
+        "protect.brownout.min_samples",
+        &mut out.min_samples,
+    );
     if let Some(f) = b.info_sample {
         out.info_sample = Sample::per_million(f.per_million);
     }
@@ -262,16 +258,12 @@ fn adaptive<C: BudgetClock>(
         }
         out.min_limit = m.value.max(1);
     }
-    if let Some(n) = &r.min_samples {
-        if n.value == 0 {
-            c.problem(
-                line(n),
-                "protect.adaptive.min_samples",
-                "must be at least 1",
-            );
-        }
-        out.min_samples = n.value.max(1);
-    }
+    min_samples(
+        c,
+        &r.min_samples,
+        "protect.adaptive.min_samples",
+        &mut out.min_samples,
+    );
     if let Some(d) = r.min_rtt_interval {
         out.min_rtt_interval = d.0;
     }
@@ -287,6 +279,21 @@ fn adaptive<C: BudgetClock>(
                 "must be at least ten intervals ({ten:?}): each measurement holds the limit down"
             ),
         );
+    }
+}
+
+/// Resolves a `min_samples` field (at least 1) into `out`.
+fn min_samples<C: BudgetClock>(
+    c: &mut Compiler<C>,
+    n: &Option<Spanned<u64>>,
+    path: &str,
+    out: &mut u64,
+) {
+    if let Some(n) = n {
+        if n.value == 0 {
+            c.problem(line(n), path, "must be at least 1");
+        }
+        *out = n.value.max(1);
     }
 }
 
