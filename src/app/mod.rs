@@ -259,10 +259,7 @@ impl App {
             tokio::spawn(tasks::run_controller(shared.clone())),
             tokio::spawn({
                 let shared = shared.clone();
-                async move {
-                    let gauge = shared.metrics.protect.resident_memory.clone();
-                    shared.overload.watch_memory(gauge).await;
-                }
+                async move { shared.overload.watch_memory().await }
             }),
         ];
         if let Some(worker) = fleet.worker(&shared) {
@@ -372,6 +369,7 @@ fn shared_state(cfg: &Config, policy: Policy, registry: &Registry) -> Result<Sha
     let overload = crate::protect::overload::Overload::new(
         cfg.overload.clone(),
         metrics.protect.buffered_bytes.clone(),
+        metrics.protect.resident_memory.clone(),
     );
     Ok(Shared {
         protection,

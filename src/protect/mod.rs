@@ -27,7 +27,7 @@ pub mod surge;
 mod tests;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use prometheus::{Gauge, IntCounter, IntGauge};
@@ -150,6 +150,8 @@ pub struct Protection {
     /// Adaptive concurrency: the latency windows of normal and bulk, and their limiters
     /// (locked by the controller task and by a reload).
     latency: [LatencyWindow; 2],
+    /// Whether adaptive concurrency is on: off, exchanges fill no latency window.
+    adapting: AtomicBool,
     adaptive: Mutex<Adaptive>,
     gauges: Gauges,
 }
@@ -216,6 +218,7 @@ impl Protection {
             level: AtomicU8::new(Brownout::Off as u8),
             controller: Mutex::new(Controller::new(cfg.brownout.clone())),
             latency: std::array::from_fn(|_| LatencyWindow::default()),
+            adapting: AtomicBool::new(on),
             adaptive: Mutex::new(adaptive),
             gauges,
         }
@@ -227,8 +230,8 @@ impl Protection {
         let limits = match self.adaptive.lock() {
             Ok(mut a) => {
                 if cfg.adaptive.enabled && !a.cfg.enabled {
-                    // Turned (back) on: what the limiters knew is stale, and the windows hold
-                    // what the exchanges did while it was off.
+                    // Turned (back) on: what the limiters knew is stale, and the windows start
+                    // empty.
                     a.limiters = cfg.class_max().map(adaptive::Limiter::new);
                     a.gathering = [0; 2];
                     for w in &self.latency {
@@ -244,6 +247,7 @@ impl Protection {
             Err(_) => None,
         };
         self.slots.reconfigure(&cfg.slots, limits);
+        self.adapting.store(cfg.adaptive.enabled, Ordering::Relaxed);
         if limits.is_none() || !cfg.adaptive.bulk_yields_to_critical {
             self.set_bulk_yields(false);
         }
@@ -283,7 +287,9 @@ impl Protection {
     /// refused, reset or timed-out exchange.
     pub fn observe(&self, class: Priority, latency: Duration, failed: bool) {
         self.windows[class.index()].observe(latency, failed);
-        if let (Some(i), false) = (adaptive::slot_of(class), failed) {
+        if let (Some(i), false) = (adaptive::slot_of(class), failed)
+            && self.adapting.load(Ordering::Relaxed)
+        {
             self.latency[i].observe(latency);
         }
         self.gauges.exchanges[class.index()][usize::from(failed)].inc();

@@ -20,7 +20,6 @@
 //! and the check is a plain read on the request path.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -80,40 +79,36 @@ thread_local! {
     static LAG: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
-/// The process's pressure and its thresholds.
+/// The process's pressure and its thresholds. The gauges are the pressure's only store: what
+/// is judged is what is exported.
 pub struct Overload {
     limits: OverloadLimits,
-    buffered: AtomicU64,
-    memory: AtomicU64,
-    buffered_gauge: IntGauge,
+    /// `buffered_body_bytes`.
+    buffered: IntGauge,
+    /// `resident_memory_bytes`.
+    memory: IntGauge,
 }
 
 impl Overload {
-    pub fn new(limits: OverloadLimits, buffered_gauge: IntGauge) -> Overload {
+    pub fn new(limits: OverloadLimits, buffered: IntGauge, memory: IntGauge) -> Overload {
         Overload {
             limits,
-            buffered: AtomicU64::new(0),
-            memory: AtomicU64::new(0),
-            buffered_gauge,
+            buffered,
+            memory,
         }
-    }
-
-    pub fn limits(&self) -> &OverloadLimits {
-        &self.limits
     }
 
     /// The first threshold the calling worker is over, if any.
     #[inline]
     pub fn pressure(&self) -> Option<Pressure> {
-        let over = |value: u64, limit: Option<u64>| limit.is_some_and(|l| value > l);
+        let over = |gauge: &IntGauge, limit: Option<u64>| {
+            limit.is_some_and(|l| u64::try_from(gauge.get()).is_ok_and(|value| value > l))
+        };
         if self.limits.max_lag.is_some_and(|l| LAG.with(Cell::get) > l) {
             Some(Pressure::Lag)
-        } else if over(
-            self.buffered.load(Ordering::Relaxed),
-            self.limits.max_buffered,
-        ) {
+        } else if over(&self.buffered, self.limits.max_buffered) {
             Some(Pressure::Buffered)
-        } else if over(self.memory.load(Ordering::Relaxed), self.limits.max_memory) {
+        } else if over(&self.memory, self.limits.max_memory) {
             Some(Pressure::Memory)
         } else {
             None
@@ -122,24 +117,23 @@ impl Overload {
 
     /// Counts `bytes` of a request body held in memory until the returned guard is dropped.
     pub fn hold(&self, bytes: u64) -> Held<'_> {
-        let now = self.buffered.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.buffered_gauge
-            .set(i64::try_from(now).unwrap_or(i64::MAX));
+        // Held bodies are bounded by `max_body`, far below i64::MAX.
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.buffered.add(bytes);
         Held {
             overload: self,
             bytes,
         }
     }
 
-    /// Reads resident memory every [`MEMORY_PERIOD`] into `gauge`, forever.
-    pub async fn watch_memory(&self, gauge: IntGauge) {
+    /// Reads resident memory every [`MEMORY_PERIOD`], forever.
+    pub async fn watch_memory(&self) {
         let mut ticks = tokio::time::interval(MEMORY_PERIOD);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             if let Some(rss) = resident_bytes() {
-                self.memory.store(rss, Ordering::Relaxed);
-                gauge.set(i64::try_from(rss).unwrap_or(i64::MAX));
+                self.memory.set(i64::try_from(rss).unwrap_or(i64::MAX));
             }
         }
     }
@@ -148,14 +142,12 @@ impl Overload {
 /// Bytes counted as buffered by [`Overload::hold`].
 pub struct Held<'a> {
     overload: &'a Overload,
-    bytes: u64,
+    bytes: i64,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        let o = self.overload;
-        let now = o.buffered.fetch_sub(self.bytes, Ordering::Relaxed) - self.bytes;
-        o.buffered_gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
+        self.overload.buffered.sub(self.bytes);
     }
 }
 
