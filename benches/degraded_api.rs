@@ -246,13 +246,14 @@ fn main() -> Result<(), Error> {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(command_every);
                 let mut n = 0u64;
+                let mut sent = tokio::task::JoinSet::new();
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
                     n += 1;
                     let (http, guard, samples) = (http.clone(), guard.clone(), samples.clone());
                     let p = current(&phase);
                     let since = phase_start.lock().map(|s| s.elapsed()).unwrap_or_default();
-                    tokio::spawn(async move {
+                    sent.spawn(async move {
                         let started = Instant::now();
                         let ok = http
                             .post(format!("{guard}/api/1/vehicles/{}/command/honk", n % 50))
@@ -268,6 +269,8 @@ fn main() -> Result<(), Error> {
                         }
                     });
                 }
+                // Commands still in flight end within their timeout.
+                sent.join_all().await;
             })
         };
 
@@ -324,8 +327,6 @@ fn main() -> Result<(), Error> {
         for f in fleet {
             let _ = f.await;
         }
-        // Commands still in flight finish within their timeout.
-        tokio::time::sleep(Duration::from_millis(200)).await;
 
         let s = samples.lock().map_err(|_| "poisoned")?;
         let api_log = api.commands.lock().map_err(|_| "poisoned")?;

@@ -92,7 +92,15 @@ run_mode() { # NAME SERVE_ARGS...
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$((DURATION + 4))s" -s "$TMP/bulk.lua" "$url" \
         >"$TMP/bulk-$name.txt" &
     WRK_PID=$!
-    sleep 2 # the flood ramps up to all its connections before the owner is measured
+    # The owner is measured once the flood holds all its connections (within 10 s).
+    local open=0
+    for _ in $(seq 100); do
+        open="$(curl -s --max-time 1 "http://127.0.0.1:$APORT/metrics" |
+            awk '$1 == "verbosity_guard_connections_open" { print int($2) }')"
+        ((${open:-0} >= CONNS)) && break
+        sleep 0.1
+    done
+    ((${open:-0} >= CONNS)) || log "WARNING: the flood holds only ${open:-0} of $CONNS connections"
     taskset -c "$LOAD_CPU" wrk -t1 -c1 -d"${DURATION}s" --latency -s "$TMP/command.lua" "$url" \
         >"$TMP/loaded-$name.txt"
     wait "$WRK_PID" || true

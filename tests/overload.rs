@@ -46,7 +46,7 @@ fn pipelined_batch() -> String {
 }
 
 /// Reads until `needle` has arrived (or the peer closes); returns what was read.
-async fn read_to_close_after(s: &mut TcpStream, needle: &str) -> String {
+async fn read_until(s: &mut TcpStream, needle: &str) -> String {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -61,6 +61,18 @@ async fn read_to_close_after(s: &mut TcpStream, needle: &str) -> String {
     .await
     .expect("nothing more in time");
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// An owner's command (a critical route) through the guard; its status.
+async fn command(g: &TestGuard) -> u16 {
+    client()
+        .post(format!("{}/command/unlock", g.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 async fn shed(g: &TestGuard, pressure: &str) -> (f64, f64) {
@@ -108,7 +120,7 @@ async fn a_late_event_loop_sheds_bulk_after_its_head_and_serves_critical() {
     // The small body was read and discarded, so the connection stays open and the pipelined
     // request behind the batch is served, not lost.
     assert!(!lower.contains("connection: close"), "{head}");
-    let rest = read_to_close_after(&mut s, "HTTP/1.1 200").await;
+    let rest = read_until(&mut s, "HTTP/1.1 200").await;
     assert!(rest.contains("HTTP/1.1 200"), "{rest}");
     assert_eq!(up.next_request().await.target, "/after");
 
@@ -127,13 +139,11 @@ async fn a_late_event_loop_sheds_bulk_after_its_head_and_serves_critical() {
     );
     read_to_close(&mut s).await;
 
-    let resp = client()
-        .post(format!("{}/command/unlock", g.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "critical is never shed for pressure");
+    assert_eq!(
+        command(&g).await,
+        200,
+        "critical is never shed for pressure"
+    );
     assert_eq!(shed(&g, "event_loop_lag").await, (2.0, 2.0));
 }
 
@@ -160,13 +170,7 @@ async fn buffered_batches_over_the_threshold_shed_further_bulk_until_they_are_do
     let (_s, head) = raw_exchange(g.app.proxy_addr(), pipelined_batch().as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert_eq!(shed(&g, "buffered_bytes").await, (1.0, 1.0));
-    let resp = client()
-        .post(format!("{}/command/unlock", g.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(command(&g).await, 200);
     up.next_request().await;
 
     // The slow batch ends (200 bytes of records) and is released: bulk passes again.
