@@ -349,11 +349,8 @@ fn main() -> Result<(), Error> {
             }
             (v, failed)
         };
-        let bulk_service = {
-            let slow = f64::from(cfg.slow_permille as u32) / 1000.0;
-            (cfg.telemetry_overhead + Duration::from_secs_f64(batch(0).len() as f64 / cfg.bytes_per_s))
-                .mul_f64(slow)
-        };
+        // Degraded by now: the API's own service time of a batch.
+        let bulk_service = api.service_time(false, batch(0).len());
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "{:<18} {:>8} {:>7} {:>9} {:>9} {:>9} {:>10} {:>11}",

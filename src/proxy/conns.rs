@@ -159,13 +159,9 @@ impl ConnTable {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A free slot now, if there is one; `Err(true)` once the table is closed.
-    pub fn try_slot(&self) -> Result<OwnedSemaphorePermit, bool> {
-        use tokio::sync::TryAcquireError;
-        self.slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|e| matches!(e, TryAcquireError::Closed))
+    /// A free slot now, if there is one (the semaphore is never closed).
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// Waits for a slot, closing idle connections to make room; see the module docs. Returns

@@ -169,9 +169,8 @@ pub async fn accept(
             _ = shutdown.changed() => return,
         };
         let slot = match table.try_slot() {
-            Ok(slot) => slot,
-            Err(true) => return,
-            Err(false) => tokio::select! {
+            Some(slot) => slot,
+            None => tokio::select! {
                 (slot, evicted) = table.slot() => {
                     shared
                         .metrics
